@@ -1,0 +1,265 @@
+"""Load, validate, normalize and save ONNX models.
+
+Every pass sees a model that went through `normalize`: BatchNormalization folded into the
+Conv/Gemm before it, constants folded, every prunable weight an initializer, and no initializer
+listed as a graph input. Saving is atomic and never overwrites the input file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from .errors import BadInputError, UnsupportedModelError
+
+log = logging.getLogger(__name__)
+
+TWO_GB = 2**31
+MIN_OPSET = 13  # Gather/Reshape/Squeeze forms the passes emit assume opset >= 13
+
+
+def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
+    """Read an ONNX file (external data included), check it fully and infer shapes."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except DecodeError as e:
+        raise BadInputError(
+            f"{path}: not an ONNX model (protobuf parse failed: {e}); "
+            "is the file truncated, or is it a container (.onnxc) that needs 'unpack'?"
+        ) from e
+    except (OSError, ValueError) as e:
+        raise BadInputError(f"{path}: cannot read the model or its external data: {e}") from e
+    if not model.graph.node:
+        raise BadInputError(f"{path}: not an ONNX model (no graph nodes found); is the file truncated?")
+    if check:
+        check_model(model, where=str(path))
+    return model
+
+
+def check_model(model: onnx.ModelProto, where: str = "model") -> None:
+    """Full onnx.checker pass (with shape inference); raises BadInputError with the checker's words."""
+    try:
+        if model.ByteSize() < TWO_GB:
+            onnx.checker.check_model(model, full_check=True)
+        else:  # the checker needs a path for models over 2 GB
+            with tempfile.TemporaryDirectory() as tmp:
+                p = Path(tmp) / "m.onnx"
+                onnx.save(model, str(p), save_as_external_data=True, location="m.data")
+                onnx.checker.check_model(str(p), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BadInputError(f"{where}: invalid ONNX model: {first}") from e
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, inputs: tuple = ()) -> Path:
+    """Write `model` atomically: a temporary file beside `path`, then rename.
+
+    Models over 2 GB are written with their tensors in one external data file beside the output
+    (`<name>.data`). `inputs` lists paths the output must not overwrite.
+    """
+    path = Path(path)
+    refuse_overwrite(path, inputs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    external = model.ByteSize() >= TWO_GB if _all_data_inline(model) else True
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    data_name = path.name + ".data"
+    tmp_data = Path(tmp).parent / (Path(tmp).name + ".data")
+    try:
+        if external:
+            onnx.save(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=tmp_data.name, size_threshold=1024)
+            _rename_external_location(tmp, tmp_data.name, data_name)
+            os.replace(tmp_data, path.parent / data_name)
+        else:
+            onnx.save(model, tmp)
+        os.replace(tmp, path)
+    finally:
+        for p in (tmp, tmp_data):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+    return path
+
+
+def refuse_overwrite(path: Path, inputs: tuple) -> None:
+    for src in inputs:
+        if src and Path(src).exists() and path.exists() and path.resolve() == Path(src).resolve():
+            raise BadInputError(f"{path}: refusing to overwrite the input file; choose another -o")
+
+
+def _all_data_inline(model: onnx.ModelProto) -> bool:
+    return all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def _rename_external_location(model_path: str, old: str, new: str) -> None:
+    """Point the saved model's external-data entries at the final data file name."""
+    m = onnx.load(model_path, load_external_data=False)
+    for t in m.graph.initializer:
+        for kv in t.external_data:
+            if kv.key == "location" and kv.value == old:
+                kv.value = new
+    onnx.save(m, model_path)
+
+
+def serialize(model: onnx.ModelProto) -> bytes:
+    return model.SerializeToString()
+
+
+# ----------------------------------------------------------------------------- normalization
+
+
+def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy ready for the passes; the input proto is not modified.
+
+    1. initializers that are also graph inputs (legacy exporters) stop being inputs, so they
+       count as constants;
+    2. ONNX Runtime's basic offline optimizer folds constants (Constant, ConstantOfShape …) into
+       initializers and BatchNormalization into the Conv before it; it emits standard ONNX only;
+    3. old opsets are upgraded to MIN_OPSET;
+    4. BatchNormalization left after a Gemm/MatMul is folded by us.
+    """
+    model = _drop_initializer_inputs(model)
+    model = _ort_basic_optimize(model)
+    model = _upgrade_opset(model)
+    model = fold_batchnorm_after_gemm(model)
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise UnsupportedModelError(
+                f"normalization produced non-standard op {node.domain}::{node.op_type} "
+                f"('{node.name}'); please report this model")
+    return model
+
+
+def _drop_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    init_names = {t.name for t in model.graph.initializer}
+    if not any(i.name in init_names for i in model.graph.input):
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.ir_version = max(m.ir_version, 4)  # IR >= 4 lets initializers stay out of the inputs
+    keep = [i for i in m.graph.input if i.name not in init_names]
+    del m.graph.input[:]
+    m.graph.input.extend(keep)
+    return m
+
+
+def _upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if version is None or version >= MIN_OPSET:
+        return model
+    try:
+        up = onnx.version_converter.convert_version(model, MIN_OPSET)
+    except Exception as e:  # the converter raises bare RuntimeErrors
+        raise UnsupportedModelError(
+            f"cannot upgrade the model from opset {version} to {MIN_OPSET}: {e}") from e
+    log.info("upgraded opset %d -> %d", version, MIN_OPSET)
+    return up
+
+
+def _ort_basic_optimize(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="onnxcompress-") as tmp:
+        src = Path(tmp) / "in.onnx"
+        dst = Path(tmp) / "out.onnx"
+        big = model.ByteSize() >= TWO_GB or not _all_data_inline(model)
+        if big:
+            onnx.save(model, str(src), save_as_external_data=True, location="in.data")
+        else:
+            onnx.save(model, str(src))
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(dst)
+        so.log_severity_level = 3
+        if big:
+            so.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name", "out.data")
+            so.add_session_config_entry(
+                "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        try:
+            ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise UnsupportedModelError(f"ONNX Runtime cannot load this model: {e}") from e
+        out = onnx.load(str(dst), load_external_data=True)
+    # ORT stamps its own producer; keep the user's metadata
+    out.producer_name, out.producer_version = model.producer_name, model.producer_version
+    out.ir_version = max(out.ir_version, model.ir_version)
+    used = {n.domain or "" for n in out.graph.node} | {""}
+    keep = [o for o in out.opset_import if (o.domain or "") in used]
+    del out.opset_import[:]
+    out.opset_import.extend(keep)
+    return out
+
+
+def fold_batchnorm_after_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold BatchNormalization(Gemm(x, W, b)) into the Gemm (transB-aware).
+
+    ORT's basic level folds Conv+BN but leaves BN after a fully connected layer.
+    """
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    producer = {o: n for n in g.node for o in n.output}
+    drop = []
+    for bn in g.node:
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
+            continue
+        gemm = producer.get(bn.input[0])
+        if gemm is None or gemm.op_type != "Gemm" or len(consumers.get(gemm.output[0], [])) != 1:
+            continue
+        if any(a.name in ("alpha", "beta") and a.f != 1.0 for a in gemm.attribute):
+            continue
+        if not all(x in inits for x in bn.input[1:5]) or gemm.input[1] not in inits:
+            continue
+        scale, bias, mean, var = (numpy_helper.to_array(inits[x]).astype(np.float64)
+                                  for x in bn.input[1:5])
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        k = scale / np.sqrt(var + eps)
+        w = numpy_helper.to_array(inits[gemm.input[1]]).astype(np.float64)
+        trans_b = next((a.i for a in gemm.attribute if a.name == "transB"), 0)
+        w = w * k[:, None] if trans_b else w * k[None, :]
+        b = (numpy_helper.to_array(inits[gemm.input[2]]).astype(np.float64)
+             if len(gemm.input) > 2 and gemm.input[2] in inits else np.zeros_like(k))
+        b = (b - mean) * k + bias
+        wt = numpy_helper.from_array(w.astype(np.float32), gemm.input[1] + "_bnfold")
+        bt = numpy_helper.from_array(b.astype(np.float32), gemm.output[0] + "_bias_bnfold")
+        g.initializer.extend([wt, bt])
+        del gemm.input[1:]
+        gemm.input.extend([wt.name, bt.name])
+        gemm.output[0] = bn.output[0]
+        drop.append(bn)
+    for bn in drop:
+        g.node.remove(bn)
+    if drop:
+        used = {i for n in g.node for i in n.input}
+        keep = [t for t in g.initializer if t.name in used]
+        del g.initializer[:]
+        g.initializer.extend(keep)
+    return model
+
+
+def input_specs(model: onnx.ModelProto) -> list[tuple[str, list, np.dtype]]:
+    """(name, shape with None for symbolic dims, numpy dtype) for each real graph input."""
+    init_names = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in init_names:
+            continue
+        tt = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        specs.append((vi.name, shape, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))))
+    return specs
