@@ -1,0 +1,1 @@
+"""The click command line (lives in the top-level cli/ folder)."""
