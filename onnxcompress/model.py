@@ -112,8 +112,29 @@ def _rename_external_location(model_path: str, old: str, new: str) -> None:
     onnx.save(m, model_path)
 
 
-def serialize(model: onnx.ModelProto) -> bytes:
-    return model.SerializeToString()
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
 
 
 # ----------------------------------------------------------------------------- normalization
@@ -133,12 +154,22 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     model = _ort_basic_optimize(model)
     model = _upgrade_opset(model)
     model = fold_batchnorm_after_gemm(model)
+    name_nodes(model)
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx"):
             raise UnsupportedModelError(
                 f"normalization produced non-standard op {node.domain}::{node.op_type} "
                 f"('{node.name}'); please report this model")
     return model
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give every node a unique, stable name so reports and recipes can refer to layers."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
 
 
 def _drop_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -1,0 +1,328 @@
+"""The `onnxcompress` command line: thin commands over the library.
+
+Each pass command (`prune`, `cluster`) builds a one-step recipe and runs the same code path as
+`compress`, so a command line and a recipe file behave identically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from onnxcompress import __version__
+from onnxcompress.errors import OnnxCompressError
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_BUDGET, EXIT_FAILURE = 0, 2, 3, 4
+
+EPILOG = """\b
+Exit codes: 0 success; 2 bad input (file, data, option, recipe); 3 the accuracy drop exceeds
+--max-accuracy-drop (outputs and report are still written); 4 a pass failed unexpectedly.
+"""
+
+
+def _progress(msg: str) -> None:
+    click.echo(f"  .. {msg}", err=True)
+
+
+def _fail(e: OnnxCompressError) -> None:
+    click.echo(f"error: {e}", err=True)
+    sys.exit(e.exit_code)
+
+
+class _Group(click.Group):
+    """Turns library errors into one clear line and the documented exit code, no traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OnnxCompressError as e:
+            _fail(e)
+
+
+@click.group(cls=_Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnxcompress")
+@click.option("-v", "--verbose", is_flag=True, help="Log what each pass does.")
+def main(verbose: bool) -> None:
+    """Make an exported ONNX model smaller and faster after training.
+
+    \b
+    The whole Deep Compression pipeline, gated on accuracy, in one line:
+      onnxcompress compress model.onnx -o small.onnxc --calib calib.npz \\
+          --eval eval.npz --max-accuracy-drop 1.0 --json report.json
+    \b
+    Or step by step:
+      onnxcompress prune model.onnx -o pruned.onnx --sparsity 0.8
+      onnxcompress cluster pruned.onnx -o clustered.onnx --bits 5
+      onnxcompress pack clustered.onnx -o clustered.onnxc
+      onnxcompress run clustered.onnxc --input x.npy
+      onnxcompress unpack clustered.onnxc -o plain.onnx
+
+    Data files (--calib, --eval, --input) are .npz files keyed by the model's input names, with
+    an optional `labels` array of class ids for top-1 accuracy; .npy works for one-input models.
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _default_out(model: str, suffix: str) -> Path:
+    p = Path(model)
+    stem = p.name[: -len(p.suffix)] if p.suffix else p.name
+    return p.with_name(f"{stem}.{suffix}")
+
+
+def _finish(report, json_path: str | None, quiet: bool = False) -> None:
+    from onnxcompress.report.render import render
+
+    if json_path:
+        from onnxcompress.model import atomic_write_text
+
+        atomic_write_text(Path(json_path), json.dumps(report.to_dict(), indent=2))
+    if not quiet:
+        click.echo(render(report))
+    if report.within_budget is False:
+        click.echo(f"error: accuracy drop {report.accuracy_drop:.2f} points exceeds "
+                   f"--max-accuracy-drop {report.budget}", err=True)
+        sys.exit(EXIT_BUDGET)
+
+
+_data_opts = [
+    click.option("--calib", type=click.Path(dir_okay=False), help="Calibration .npz (inputs, "
+                 "optional labels): drives sensitivity scans and bias correction."),
+    click.option("--eval", "eval_data", type=click.Path(dir_okay=False),
+                 help="Evaluation .npz: accuracy (with labels) or fidelity before and after."),
+    click.option("--json", "json_path", type=click.Path(dir_okay=False),
+                 help="Also write the report as JSON here."),
+    click.option("--no-latency", is_flag=True, help="Skip the batch-1 latency measurement."),
+]
+
+
+def data_options(f):
+    for opt in reversed(_data_opts):
+        f = opt(f)
+    return f
+
+
+@main.command(epilog=EPILOG)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Output: .onnxc (container, smallest) or .onnx. Default: MODEL.onnxc")
+@click.option("--recipe", default="deep-compression", show_default=True,
+              help="Built-in recipe (deep-compression, prune-only, cluster-only) or a .toml/.yaml "
+                   "file of steps.")
+@click.option("--max-accuracy-drop", type=float,
+              help="Budget in points of top-1 (accuracy with labels, else agreement with the "
+                   "original). Exceeding it exits with code 3.")
+@data_options
+def compress(model, output, recipe, max_accuracy_drop, calib, eval_data, json_path, no_latency):
+    """Run a compression recipe (default: prune → cluster → Huffman container).
+
+    \b
+    Example:
+      onnxcompress compress models/lenet5.onnx -o lenet5.onnxc \\
+          --calib models/data/calib.npz --eval models/data/eval.npz \\
+          --max-accuracy-drop 1.0 --json report.json
+    """
+    from onnxcompress.compress import compress as run_compress
+
+    report = run_compress(model, output or _default_out(model, "onnxc"), recipe=recipe,
+                          calib=calib, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop,
+                          measure_latency=not no_latency, progress=_progress)
+    _finish(report, json_path)
+
+
+def _run_one_pass(name, model, output, settings, suffix, calib, eval_data, json_path, no_latency):
+    from onnxcompress.compress import compress as run_compress
+    from onnxcompress.pipeline import Step
+    from onnxcompress.recipe import make_config
+
+    settings = {k: v for k, v in settings.items() if v is not None}
+    step = Step(name, make_config(name, settings, where=f"onnxcompress {name}"))
+    report = run_compress(model, output or _default_out(model, suffix), recipe=[step],
+                          calib=calib, eval_data=eval_data, measure_latency=not no_latency,
+                          progress=_progress)
+    _finish(report, json_path)
+
+
+def _parse_layers(values: tuple[str, ...]) -> dict[str, float] | None:
+    out = {}
+    for v in values:
+        name, sep, ratio = v.rpartition("=")
+        try:
+            out[name] = float(ratio)
+        except ValueError:
+            name = ""
+        if not sep or not name:
+            raise click.BadParameter(f"'{v}': expected NAME=RATIO, e.g. 'fc1=0.9' or '*=0.5'",
+                                     param_hint="--layer")
+    return out or None
+
+
+@main.command(epilog=EPILOG)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Output .onnx (or .onnxc). Default: MODEL.pruned.onnx")
+@click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True),
+              help="Fraction of weights to zero in every layer (uniform mode).")
+@click.option("--mode", type=click.Choice(["uniform", "global", "sensitivity"]),
+              help="uniform: --sparsity per layer; global: one magnitude threshold over all "
+                   "layers; sensitivity (default with --calib): per-layer ratios from a scan.")
+@click.option("--layer", "layers", multiple=True, metavar="NAME=RATIO",
+              help="Per-layer sparsity; NAME may be a pattern, '*' sets the default. Repeatable.")
+@click.option("--tolerance", type=float, help="Sensitivity mode: points of top-1 a single layer "
+              "may cost.")
+@data_options
+def prune(model, output, sparsity, mode, layers, tolerance, calib, eval_data, json_path,
+          no_latency):
+    """Magnitude pruning (Deep Compression): zero the smallest weights of Conv/Gemm/MatMul.
+
+    \b
+    Examples:
+      onnxcompress prune model.onnx -o pruned.onnx --sparsity 0.8
+      onnxcompress prune model.onnx --mode global --sparsity 0.9
+      onnxcompress prune model.onnx --calib calib.npz              # sensitivity scan
+      onnxcompress prune model.onnx --layer '*=0.5' --layer 'fc*=0.9'
+    """
+    if sparsity is not None and mode is None:
+        mode = "uniform"
+    settings = {"sparsity": sparsity, "mode": mode, "per_layer": _parse_layers(layers),
+                "tolerance": tolerance}
+    _run_one_pass("prune", model, output, settings, "pruned.onnx", calib, eval_data, json_path,
+                  no_latency)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Output .onnx (or .onnxc). Default: MODEL.clustered.onnx")
+@click.option("--bits", type=click.IntRange(1, 8), help="Bits per weight index for every layer.")
+@click.option("--bits-conv", type=click.IntRange(1, 8), help="Bits for Conv layers (default 8).")
+@click.option("--bits-fc", type=click.IntRange(1, 8), help="Bits for Gemm/MatMul (default 5).")
+@click.option("--form", type=click.Choice(["dense", "gather"]),
+              help="dense: float weights set to centroids; gather: uint8 indices + a codebook "
+                   "decoded in-graph, so the .onnx file itself shrinks.")
+@data_options
+def cluster(model, output, bits, bits_conv, bits_fc, form, calib, eval_data, json_path, no_latency):
+    """k-means weight sharing (Deep Compression): a small codebook per layer.
+
+    \b
+    Examples:
+      onnxcompress cluster pruned.onnx -o clustered.onnx --bits 5
+      onnxcompress cluster model.onnx --bits-conv 6 --bits-fc 4 --form gather
+    """
+    settings = {"bits_conv": bits if bits is not None else bits_conv,
+                "bits_fc": bits if bits is not None else bits_fc, "form": form}
+    _run_one_pass("cluster", model, output, settings, "clustered.onnx", calib, eval_data,
+                  json_path, no_latency)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Container path. Default: MODEL.onnxc")
+def pack(model, output):
+    """Store a model in the Huffman-coded container (lossless; see docs/FORMAT.md).
+
+    \b
+    Example:
+      onnxcompress pack clustered.onnx -o clustered.onnxc
+    """
+    from onnxcompress.compress import file_size, write_output
+    from onnxcompress.model import load_model
+
+    out = Path(output) if output else _default_out(model, "onnxc")
+    if out.suffix != ".onnxc":
+        raise click.BadParameter("the container's name must end in .onnxc", param_hint="-o")
+    m = load_model(model)
+    write_output(m, out, (model,))
+    before, after = file_size(model), file_size(out)
+    click.echo(f"{model}: {before:,} B -> {out}: {after:,} B ({before / after:.1f}x)")
+
+
+@main.command(epilog=EPILOG)
+@click.argument("container", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Output .onnx. Default: CONTAINER.onnx")
+def unpack(container, output):
+    """Turn a container back into a plain ONNX file any runtime can run.
+
+    \b
+    Example:
+      onnxcompress unpack small.onnxc -o small.onnx
+    """
+    from onnxcompress.container import is_container, read_container
+    from onnxcompress.errors import BadInputError
+    from onnxcompress.model import save_model
+
+    if not Path(container).is_file():
+        raise BadInputError(f"{container}: no such file")
+    if not is_container(container):
+        raise BadInputError(f"{container}: not an onnxcompress container (bad magic); "
+                            "plain .onnx files need no unpacking")
+    out = Path(output) if output else _default_out(container, "onnx")
+    save_model(read_container(container), out, inputs=(container,))
+    click.echo(f"wrote {out}")
+
+
+@main.command(epilog=EPILOG)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
+              help=".npy (one-input models) or .npz keyed by input name.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Save all outputs to this .npz.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
+def run(model, input_path, output, threads):
+    """Run a .onnx or .onnxc model on ONNX Runtime and print (or save) its outputs.
+
+    \b
+    Example:
+      onnxcompress run small.onnxc --input x.npy -o outputs.npz
+    """
+    from onnxcompress.data import load_dataset
+    from onnxcompress.model import atomic_write_npz
+    from onnxcompress.runtime import Session
+    from onnxcompress.compress import load_any
+    from onnxcompress.model import input_specs
+
+    sess = Session(model, threads=threads)
+    ds = load_dataset(input_path, input_specs(load_any(model)), what="input")
+    names = [o.name for o in sess.get_outputs()]
+    outs = sess.run(None, ds.feeds)
+    for name, arr in zip(names, outs):
+        click.echo(f"{name}: {arr.dtype}{list(arr.shape)}")
+        if arr.ndim == 2:
+            click.echo(f"  top-1: {arr.argmax(axis=1)[:20].tolist()}"
+                       f"{' ...' if len(arr) > 20 else ''}")
+        with np.printoptions(precision=4, suppress=True, threshold=40, edgeitems=3):
+            click.echo(f"  {arr}")
+    if output:
+        atomic_write_npz(Path(output), dict(zip(names, outs)))
+        click.echo(f"wrote {output}")
+
+
+@main.command(epilog=EPILOG)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--baseline", type=click.Path(dir_okay=False),
+              help="The uncompressed model, for ratios, fidelity and latency side by side.")
+@click.option("--eval", "eval_data", type=click.Path(dir_okay=False),
+              help="Evaluation .npz (inputs, optional labels).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write JSON.")
+@click.option("--no-latency", is_flag=True, help="Skip the batch-1 latency measurement.")
+def report(model, baseline, eval_data, json_path, no_latency):
+    """Size, per-layer weights, accuracy and latency of a model (against a baseline).
+
+    \b
+    Example:
+      onnxcompress report small.onnxc --baseline models/lenet5.onnx --eval eval.npz
+    """
+    from onnxcompress.report.compare import compare
+
+    _finish(compare(model, baseline, eval_data, measure_latency=not no_latency), json_path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The onnxcompress model zoo: Fashion-MNIST loader, training, evaluation, legacy topologies."""

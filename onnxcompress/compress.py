@@ -1,0 +1,193 @@
+"""The end-to-end job behind `onnxcompress compress`: load → normalize → passes → write → report."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import data as D
+from .container import is_container, read_container, write_container
+from .errors import BadInputError, UnsupportedModelError
+from .graph import WEIGHT_INPUTS, iter_weights, to_graph, to_model
+from .model import input_specs, load_model, normalize, refuse_overwrite, save_model
+from .passes.base import Context
+from .pipeline import Step, run
+from .recipe import load_recipe
+from .report import bench
+from .report.stats import (Report, StageRow, layer_rows, original_weights, resolve_weight,
+                           unknown_op_types)
+from .runtime import Session
+
+log = logging.getLogger(__name__)
+
+STAGE_NAMES = {"prune": "pruned", "cluster": "clustered"}
+
+
+def file_size(path: str | Path) -> int:
+    """Bytes of a model file plus its external data files, if any."""
+    path = Path(path)
+    size = path.stat().st_size
+    if not is_container(path):
+        m = onnx.load(str(path), load_external_data=False)
+        locations = {kv.value for t in m.graph.initializer for kv in t.external_data
+                     if kv.key == "location"}
+        size += sum((path.parent / loc).stat().st_size for loc in locations)
+    return size
+
+
+def model_runner(model: onnx.ModelProto | str | Path, threads: int = 1) -> Callable:
+    """feeds -> first output, on ONNX Runtime (containers and paths via runtime.Session)."""
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    sess = Session(source, threads=threads)
+    return lambda feeds: sess.run(None, feeds)[0]
+
+
+def tensor_kinds(model: onnx.ModelProto) -> dict[str, str]:
+    """Stored initializer name -> 'conv' | 'fc', for the container's sparse gap width."""
+    graph = to_graph(model)
+    kinds = {}
+    for node in graph.nodes:
+        if node.op in WEIGHT_INPUTS and len(node.inputs) > WEIGHT_INPUTS[node.op][0]:
+            r = resolve_weight(node, WEIGHT_INPUTS[node.op][0])
+            for c in (r[1] if r else []):
+                kinds[c.name] = WEIGHT_INPUTS[node.op][1]
+    return kinds
+
+
+def load_any(path: str | Path) -> onnx.ModelProto:
+    """A plain ONNX model from a .onnx file or a container."""
+    return read_container(path) if Path(path).is_file() and is_container(path) else load_model(path)
+
+
+def write_output(model: onnx.ModelProto, path: Path, inputs: tuple = ()):
+    """Write ONNX or, for a .onnxc path, a container; return the container report (or None)."""
+    refuse_overwrite(path, inputs)
+    if path.suffix == ".onnxc":
+        return write_container(model, path, tensor_kinds=tensor_kinds(model))
+    save_model(model, path, inputs=inputs)
+    return None
+
+
+@dataclasses.dataclass
+class Evaluator:
+    """Scores models on the eval set against the uncompressed model's outputs."""
+
+    data: D.Dataset
+    reference: np.ndarray
+
+    def stage(self, name: str, size: int, base_size: int, run: Callable) -> StageRow:
+        fid = D.fidelity(D.predict(run, self.data), self.reference, self.data.labels)
+        return StageRow(name, size, base_size / max(size, 1), fid.accuracy, fid.agreement,
+                        fid.max_abs_diff, fid.mean_abs_diff)
+
+
+def compress(input_path: str | Path, output_path: str | Path, *,
+             recipe: str | Path | list[Step] = "deep-compression",
+             calib: str | Path | None = None, eval_data: str | Path | None = None,
+             max_accuracy_drop: float | None = None, measure_latency: bool = True,
+             progress: Callable[[str], None] = lambda m: None) -> Report:
+    """Compress `input_path` into `output_path` (.onnx or .onnxc) and return the report."""
+    input_path, output_path = Path(input_path), Path(output_path)
+    refuse_overwrite(output_path, (input_path,))
+    steps = recipe if isinstance(recipe, list) else load_recipe(recipe)
+    progress(f"loading {input_path}")
+    original = load_model(input_path)
+    model = normalize(original)
+    specs = input_specs(model)
+    calib_ds = D.load_dataset(calib, specs, what="calibration") if calib else None
+    eval_ds = D.load_dataset(eval_data, specs, what="evaluation") if eval_data else None
+    graph = to_graph(model)
+    if not iter_weights(graph):
+        raise UnsupportedModelError(f"{input_path}: no prunable layer (Conv, Gemm or MatMul with a "
+                                    "constant weight); nothing to compress")
+    base_run = model_runner(original)
+    base_size = file_size(input_path)
+    report = Report(model=str(input_path), output=str(output_path),
+                    unknown_ops=unknown_op_types(model), budget=max_accuracy_drop)
+    evaluator = None
+    if eval_ds is not None:
+        progress("scoring the uncompressed model")
+        evaluator = Evaluator(eval_ds, D.predict(base_run, eval_ds))
+        report.stages.append(evaluator.stage("original", base_size, base_size, base_run))
+    else:
+        report.stages.append(StageRow("original", base_size, 1.0))
+    ctx = _context(calib_ds, base_run, progress)
+    steps = [_with_budget(s, max_accuracy_drop) for s in steps]
+
+    def after_step(step: Step, pass_report) -> None:
+        report.notes.extend(f"{step.name}: {n}" for n in pass_report.notes)
+        m = gs.export_onnx(graph, do_type_check=False)
+        size = m.ByteSize()
+        name = STAGE_NAMES.get(step.name, step.name)
+        report.stages.append(evaluator.stage(name, size, base_size, model_runner(m))
+                             if evaluator else StageRow(name, size, base_size / size))
+
+    run(graph, steps, ctx, after_step)
+    final = to_model(graph, like=model)
+    progress(f"writing {output_path}")
+    creport = write_output(final, output_path, (input_path,))
+    out_size = file_size(output_path)
+    out_run = model_runner(output_path)
+    if creport is not None:
+        report.stages.append(evaluator.stage("packed", out_size, base_size, out_run)
+                             if evaluator else StageRow("packed", out_size, base_size / out_size))
+    stored = {t.name: t.stored_bytes for t in creport.tensors} if creport else None
+    codecs = {t.name: t.codec for t in creport.tensors} if creport else None
+    report.layers = layer_rows(final, stored, codecs, original_weights(model))
+    if measure_latency:
+        feeds = (calib_ds or eval_ds).feeds if (calib_ds or eval_ds) else _zeros(specs)
+        progress("timing batch-1 latency")
+        report.latency_ms["original"] = bench.latency_ms(Session(str(input_path), threads=1), feeds)
+        report.latency_ms[report.stages[-1].stage] = bench.latency_ms(
+            Session(str(output_path), threads=1), feeds)
+    _gate(report)
+    return report
+
+
+def _context(calib_ds: D.Dataset | None, base_run: Callable, progress) -> Context:
+    if calib_ds is None:
+        return Context(progress=progress)
+    reference = D.predict(base_run, calib_ds)
+    labels = calib_ds.labels
+
+    def score(graph: gs.Graph) -> float:
+        out = D.predict(model_runner(gs.export_onnx(graph, do_type_check=False)), calib_ds)
+        target = labels if labels is not None else D.top1(reference)
+        return float((D.top1(out) == target).mean())
+
+    return Context(calib=calib_ds.feeds, labels=labels, score=score, progress=progress)
+
+
+def _with_budget(step: Step, budget: float | None) -> Step:
+    """Hand the accuracy budget to passes that can plan against it (prune's max_drop)."""
+    cfg = step.config
+    if budget is not None and hasattr(cfg, "max_drop") and getattr(cfg, "max_drop") is None:
+        return Step(step.name, dataclasses.replace(cfg, max_drop=budget))
+    return step
+
+
+def _gate(report: Report) -> None:
+    first, last = report.stages[0], report.stages[-1]
+    if first.accuracy is not None or first.agreement is not None:
+        before = first.accuracy if first.accuracy is not None else 100.0
+        after = last.accuracy if last.accuracy is not None else last.agreement
+        report.accuracy_drop = before - after
+        if report.budget is not None:
+            report.within_budget = report.accuracy_drop <= report.budget + 1e-9
+
+
+def _zeros(specs) -> dict[str, np.ndarray]:
+    return {n: np.zeros([1] + [d or 1 for d in shape[1:]], dtype) for n, shape, dtype in specs}
+
+
+def ensure_distinct(paths: list[str | os.PathLike]) -> None:
+    resolved = [Path(p).resolve() for p in paths]
+    if len(set(resolved)) != len(resolved):
+        raise BadInputError("input and output paths must differ")

@@ -1,0 +1,55 @@
+"""`onnxcompress report`: describe a (compressed) model, side by side with its baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import data as D
+from ..compress import Evaluator, file_size, load_any, model_runner
+from ..container import read_container_report
+from ..model import input_specs
+from ..runtime import Session
+from . import bench
+from .stats import Report, StageRow, layer_rows, original_weights, unknown_op_types
+
+
+def compare(model_path: str | Path, baseline: str | Path | None = None,
+            eval_data: str | Path | None = None, *, measure_latency: bool = True) -> Report:
+    model = load_any(model_path)
+    base_model = load_any(baseline) if baseline else None
+    specs = input_specs(base_model or model)
+    ds = D.load_dataset(eval_data, specs, what="evaluation") if eval_data else None
+    creport = read_container_report(model_path)
+    stored = {t.name: t.stored_bytes for t in creport.tensors} if creport else None
+    codecs = {t.name: t.codec for t in creport.tensors} if creport else None
+    rep = Report(model=str(baseline or model_path), output=str(model_path),
+                 unknown_ops=unknown_op_types(model),
+                 layers=layer_rows(model, stored, codecs,
+                                   original_weights(base_model) if base_model else None))
+    size = file_size(model_path)
+    base_size = file_size(baseline) if baseline else size
+    run = model_runner(model)
+    if ds is not None:
+        base_run = model_runner(base_model) if base_model else run
+        ev = Evaluator(ds, D.predict(base_run, ds))
+        if base_model:
+            rep.stages.append(ev.stage("baseline", base_size, base_size, base_run))
+        rep.stages.append(ev.stage("model", size, base_size, run))
+    else:
+        if base_model:
+            rep.stages.append(StageRow("baseline", base_size, 1.0))
+        rep.stages.append(StageRow("model", size, base_size / size))
+    if measure_latency:
+        feeds = ds.feeds if ds else {n: _zeros(s, t) for n, s, t in specs}
+        if base_model:
+            rep.latency_ms["baseline"] = bench.latency_ms(Session(str(baseline), threads=1), feeds)
+        rep.latency_ms["model"] = bench.latency_ms(Session(str(model_path), threads=1), feeds)
+    if base_model and rep.stages[0].accuracy is not None:
+        rep.accuracy_drop = rep.stages[0].accuracy - rep.stages[-1].accuracy
+    return rep
+
+
+def _zeros(shape, dtype):
+    import numpy as np
+
+    return np.zeros([1] + [d or 1 for d in shape[1:]], dtype)

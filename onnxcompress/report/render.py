@@ -1,0 +1,50 @@
+"""Turn a Report into text for the terminal. Computes nothing; the only module that formats."""
+
+from __future__ import annotations
+
+from .stats import Report
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def render(report: Report) -> str:
+    lines = [f"model:  {report.model}", f"output: {report.output}", ""]
+    header = ("layer", "op", "shape", "params", "sparsity", "bits", "before", "after", "stored as")
+    rows = [(r.layer, r.op, "x".join(map(str, r.shape)), f"{r.params:,}", f"{r.sparsity:.1%}",
+             "-" if r.bits is None else str(r.bits), _size(r.bytes_before), _size(r.bytes_after),
+             r.stored_as) for r in report.layers]
+    if rows:
+        lines += _table(header, rows) + [""]
+    srows = [(s.stage, _size(s.bytes), f"{s.ratio:.1f}x", _pct(s.accuracy), _pct(s.agreement),
+              "-" if s.max_abs_diff is None else f"{s.max_abs_diff:.3g}",
+              "-" if s.mean_abs_diff is None else f"{s.mean_abs_diff:.3g}",
+              "-" if s.stage not in report.latency_ms else f"{report.latency_ms[s.stage]:.3f}")
+             for s in report.stages]
+    lines += _table(("stage", "size", "ratio", "top-1 %", "agree %", "max |d|", "mean |d|",
+                     "latency ms"), srows)
+    if report.unknown_ops:
+        lines += ["", "left untouched (no pass knows these ops): " + ", ".join(report.unknown_ops)]
+    lines += [f"note: {n}" for n in report.notes]
+    if report.budget is not None and report.accuracy_drop is not None:
+        verdict = "within" if report.within_budget else "EXCEEDS"
+        lines += ["", f"accuracy drop {report.accuracy_drop:.2f} points: {verdict} the budget of "
+                      f"{report.budget:.2f}"]
+    return "\n".join(lines)
+
+
+def _table(header: tuple, rows: list[tuple]) -> list[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = lambda r: "  ".join(  # noqa: E731
+        str(x).ljust(w) if i == 0 or i == len(r) - 1 and not str(x)[:1].isdigit() else str(x).rjust(w)
+        for i, (x, w) in enumerate(zip(r, widths)))
+    return [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]

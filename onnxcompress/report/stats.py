@@ -1,0 +1,165 @@
+"""Compute what the report shows: per-layer weight facts, per-stage sizes, fidelity. No printing."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..graph import WEIGHT_INPUTS, to_graph, unknown_ops
+
+# ops through which a stored weight may be decoded in-graph before it reaches its layer
+_DECODE_OPS = {"Gather", "Reshape", "Identity", "Cast", "Mul", "DequantizeLinear", "Unsqueeze"}
+
+
+@dataclass
+class LayerRow:
+    layer: str
+    op: str
+    shape: list[int]
+    params: int
+    sparsity: float  # fraction of exact zeros
+    bits: int | None  # bits per index when the weight takes few values, else None (float)
+    distinct: int  # distinct nonzero values
+    bytes_before: int
+    bytes_after: int
+    stored_as: str  # how the bytes are stored: float32, gather codebook, container codec …
+
+
+@dataclass
+class StageRow:
+    stage: str
+    bytes: int
+    ratio: float
+    accuracy: float | None = None  # top-1 %, when labels exist
+    agreement: float | None = None  # top-1 agreement with the uncompressed model, %
+    max_abs_diff: float | None = None
+    mean_abs_diff: float | None = None
+
+
+@dataclass
+class Report:
+    model: str
+    output: str
+    layers: list[LayerRow] = field(default_factory=list)
+    stages: list[StageRow] = field(default_factory=list)
+    latency_ms: dict[str, float] = field(default_factory=dict)  # stage -> median batch-1 ms
+    unknown_ops: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    accuracy_drop: float | None = None
+    budget: float | None = None
+    within_budget: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_weight(node: gs.Node, index: int) -> tuple[np.ndarray, list[gs.Constant]] | None:
+    """The dense value of a layer's weight input and the stored constants it is decoded from.
+
+    Handles plain initializers and in-graph decoders (Gather(codebook, indices) → Reshape …).
+    Returns None when the weight is not a constant function of initializers.
+    """
+    tensor = node.inputs[index]
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values), [tensor]
+    if not tensor.inputs or tensor.inputs[0].op not in _DECODE_OPS:
+        return None
+    producer = tensor.inputs[0]
+    parts = [resolve_weight(producer, i) for i in range(len(producer.inputs))]
+    if any(p is None for p in parts):
+        return None
+    vals = [p[0] for p in parts]
+    stored = [c for p in parts for c in p[1]]
+    return _eval_decoder(producer, vals), stored
+
+
+def _eval_decoder(node: gs.Node, vals: list[np.ndarray]) -> np.ndarray:
+    op = node.op
+    if op == "Gather":
+        return np.take(vals[0], vals[1].astype(np.int64), axis=int(node.attrs.get("axis", 0)))
+    if op == "Reshape":
+        shape = [d if d != 0 else vals[0].shape[i] for i, d in enumerate(vals[1].tolist())]
+        return vals[0].reshape(shape)
+    if op == "Unsqueeze":
+        return np.expand_dims(vals[0], tuple(int(a) for a in vals[1]))
+    if op == "Cast":
+        to = onnx.helper.tensor_dtype_to_np_dtype(node.attrs["to"])
+        return vals[0].astype(to)
+    if op == "Mul":
+        return vals[0] * vals[1]
+    if op == "DequantizeLinear":
+        zp = vals[2] if len(vals) > 2 else 0
+        return (vals[0].astype(np.float32) - zp) * vals[1]
+    return vals[0]  # Identity
+
+
+def layer_rows(model: onnx.ModelProto, stored_bytes: dict[str, int] | None = None,
+               stored_codec: dict[str, str] | None = None,
+               original: dict[str, np.ndarray] | None = None) -> list[LayerRow]:
+    """One row per weight-bearing layer of `model`.
+
+    `stored_bytes`/`stored_codec` (from a container report) give each initializer's stored size;
+    otherwise the in-file size is used. `original` maps layer name -> uncompressed weight, for
+    bytes_before (default: the dense float32 size of the current weight).
+    """
+    graph = to_graph(model)
+    rows, seen = [], set()
+    for node in graph.nodes:
+        if node.op not in WEIGHT_INPUTS:
+            continue
+        index = WEIGHT_INPUTS[node.op][0]
+        if node.op == "MatMul" and not _is_const_chain(node, 1) and _is_const_chain(node, 0):
+            index = 0
+        resolved = resolve_weight(node, index) if len(node.inputs) > index else None
+        if resolved is None:
+            continue
+        dense, stored = resolved
+        key = tuple(c.name for c in stored)
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append(_row(node, dense, stored, stored_bytes, stored_codec, original))
+    return rows
+
+
+def _is_const_chain(node: gs.Node, index: int) -> bool:
+    return len(node.inputs) > index and resolve_weight(node, index) is not None
+
+
+def _row(node, dense, stored, stored_bytes, stored_codec, original) -> LayerRow:
+    flat = dense.reshape(-1)
+    nonzero = flat[flat != 0]
+    distinct = int(len(np.unique(nonzero))) if nonzero.size else 0
+    has_zero = nonzero.size < flat.size
+    bits = (max(1, math.ceil(math.log2(distinct + has_zero))) if 0 < distinct <= 256 else None)
+    after = sum((stored_bytes or {}).get(c.name, np.asarray(c.values).nbytes) for c in stored)
+    if stored_codec:
+        how = "+".join(sorted({stored_codec.get(c.name, "?") for c in stored}))
+    else:
+        how = "gather codebook" if len(stored) > 1 else str(dense.dtype)
+    before_arr = (original or {}).get(node.name, dense)
+    return LayerRow(
+        layer=node.name, op=node.op, shape=list(dense.shape), params=int(flat.size),
+        sparsity=float(1 - nonzero.size / max(flat.size, 1)), bits=bits, distinct=distinct,
+        bytes_before=int(np.asarray(before_arr).size * 4), bytes_after=int(after), stored_as=how)
+
+
+def original_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """layer name -> dense weight, for the bytes-before column."""
+    graph = to_graph(model)
+    out = {}
+    for node in graph.nodes:
+        if node.op in WEIGHT_INPUTS and len(node.inputs) > 1:
+            r = resolve_weight(node, WEIGHT_INPUTS[node.op][0])
+            if r is not None:
+                out[node.name] = r[0]
+    return out
+
+
+def unknown_op_types(model: onnx.ModelProto) -> list[str]:
+    return unknown_ops(to_graph(model))
