@@ -62,16 +62,19 @@ def check_model(model: onnx.ModelProto, where: str = "model") -> None:
         raise BadInputError(f"{where}: invalid ONNX model: {first}") from e
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, inputs: tuple = ()) -> Path:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, inputs: tuple = (),
+               external: bool | None = None) -> Path:
     """Write `model` atomically: a temporary file beside `path`, then rename.
 
     Models over 2 GB are written with their tensors in one external data file beside the output
-    (`<name>.data`). `inputs` lists paths the output must not overwrite.
+    (`<name>.data`); `external=True` forces that layout. `inputs` lists paths the output must
+    not overwrite.
     """
     path = Path(path)
     refuse_overwrite(path, inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    external = model.ByteSize() >= TWO_GB if _all_data_inline(model) else True
+    if external is None:
+        external = not _all_data_inline(model) or model.ByteSize() >= TWO_GB
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     data_name = path.name + ".data"
