@@ -1,0 +1,147 @@
+"""ctypes bindings to the container's C library (csrc/huffman.c, csrc/codebook.c).
+
+The library is plain C built by setup.py as `_native<EXT_SUFFIX>` beside this file. Each wrapper
+takes and returns numpy arrays and turns the C return codes into `NativeError`; ctypes drops the
+GIL during the calls, so large tensors can be decoded from several threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import OnnxCompressError
+
+log = logging.getLogger(__name__)
+
+_MESSAGES = {
+    -1: "invalid Huffman code lengths",
+    -2: "the bit stream ended early",
+    -3: "a bit pattern that is no Huffman code",
+    -4: "bytes left over after the last symbol",
+    -5: "a symbol without a code (or the output buffer is too small)",
+    -6: "unsupported element size",
+    -7: "an index past the codebook or a position past the tensor",
+}
+
+_u8p = ctypes.POINTER(ctypes.c_uint8)
+_vp = ctypes.c_void_p
+_sz = ctypes.c_size_t
+
+
+class NativeError(OnnxCompressError):
+    """The C library rejected its input; `code` is its (negative) return code."""
+
+    def __init__(self, code: int, what: str):
+        super().__init__(f"{what}: {_MESSAGES.get(code, f'error {code}')}")
+        self.code = code
+
+
+@lru_cache(maxsize=1)
+def library() -> ctypes.CDLL:
+    """Load the shared library once; raise a clear error when it was never built."""
+    here = Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = here / f"_native{suffix}"
+        if candidate.is_file():
+            return _declare(ctypes.CDLL(str(candidate)))
+    raise OnnxCompressError(
+        f"the container's C library (_native*.so) is missing in {here}; "
+        "build it with `pip install -e .` or `python setup.py build_ext --inplace`")
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    lib.ocx_huff_decode.argtypes = [_vp, ctypes.c_int, _vp, _sz, _vp, _sz]
+    lib.ocx_huff_decode.restype = ctypes.c_int
+    lib.ocx_huff_encode.argtypes = [_vp, ctypes.c_int, _vp, _sz, _vp, _sz]
+    lib.ocx_huff_encode.restype = ctypes.c_int64
+    lib.ocx_huff_codes.argtypes = [_vp, ctypes.c_int, _vp]
+    lib.ocx_huff_codes.restype = ctypes.c_int
+    lib.ocx_codebook_index.argtypes = [_vp, _sz, ctypes.c_int, ctypes.c_int, _vp, _vp]
+    lib.ocx_codebook_index.restype = ctypes.c_int
+    lib.ocx_codebook_gather.argtypes = [_vp, _sz, _vp, ctypes.c_int, ctypes.c_int, _vp]
+    lib.ocx_codebook_gather.restype = ctypes.c_int
+    lib.ocx_sparse_scatter.argtypes = [_vp, _vp, _sz, ctypes.c_int, _vp, ctypes.c_int,
+                                       ctypes.c_int, _vp, _sz]
+    lib.ocx_sparse_scatter.restype = ctypes.c_int
+    return lib
+
+
+def _ptr(a: np.ndarray) -> int:
+    return a.ctypes.data
+
+
+def _lengths(lengths: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(lengths, dtype=np.uint8)
+
+
+def huff_decode(lengths: np.ndarray, data: bytes | memoryview | np.ndarray, n: int) -> np.ndarray:
+    """Decode n uint8 symbols from a canonical Huffman bit stream."""
+    lens = _lengths(lengths)
+    src = np.frombuffer(data, dtype=np.uint8)
+    out = np.empty(n, dtype=np.uint8)
+    rc = library().ocx_huff_decode(_ptr(lens), lens.size, _ptr(src), src.size, _ptr(out), n)
+    if rc:
+        raise NativeError(rc, "Huffman decode")
+    return out
+
+
+def huff_encode(lengths: np.ndarray, symbols: np.ndarray, nbytes: int) -> bytes:
+    """Encode uint8 symbols; nbytes is the exact output size the caller computed."""
+    lens = _lengths(lengths)
+    sym = np.ascontiguousarray(symbols, dtype=np.uint8)
+    out = np.empty(max(nbytes, 1), dtype=np.uint8)
+    rc = library().ocx_huff_encode(_ptr(lens), lens.size, _ptr(sym), sym.size, _ptr(out), nbytes)
+    if rc < 0:
+        raise NativeError(int(rc), "Huffman encode")
+    if rc != nbytes:
+        raise NativeError(-5, f"Huffman encode wrote {rc} bytes, expected {nbytes}")
+    return out[:nbytes].tobytes()
+
+
+def huff_codes(lengths: np.ndarray) -> np.ndarray:
+    """Canonical code of each symbol (right-aligned), from the lengths alone."""
+    lens = _lengths(lengths)
+    codes = np.zeros(lens.size, dtype=np.uint16)
+    rc = library().ocx_huff_codes(_ptr(lens), lens.size, _ptr(codes))
+    if rc:
+        raise NativeError(rc, "Huffman code table")
+    return codes
+
+
+def codebook_index(elements: np.ndarray, max_k: int = 256) -> tuple[np.ndarray, np.ndarray] | None:
+    """(codebook in first-appearance order, uint8 index per element), or None if > max_k values."""
+    flat = np.ascontiguousarray(elements).reshape(-1)
+    book = np.zeros(256, dtype=np.uint64)
+    idx = np.empty(flat.size, dtype=np.uint8)
+    k = library().ocx_codebook_index(_ptr(flat), flat.size, flat.itemsize, max_k, _ptr(book),
+                                     _ptr(idx))
+    if k == -1:
+        return None
+    if k < 0:
+        raise NativeError(k, "codebook index")
+    return book[:k].astype(flat.dtype), idx
+
+
+def codebook_gather(idx: np.ndarray, book: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = book[idx[i]] (book and out share one unsigned dtype)."""
+    book = np.ascontiguousarray(book)
+    rc = library().ocx_codebook_gather(_ptr(idx), idx.size, _ptr(book), book.size, book.itemsize,
+                                       _ptr(out))
+    if rc:
+        raise NativeError(rc, "codebook gather")
+
+
+def sparse_scatter(gaps: np.ndarray, vals: np.ndarray, filler: int, book: np.ndarray,
+                   out: np.ndarray) -> None:
+    """Write book[vals[j]] at the positions the gaps walk to; out must hold the fill value."""
+    book = np.ascontiguousarray(book)
+    rc = library().ocx_sparse_scatter(_ptr(gaps), _ptr(vals), gaps.size, filler, _ptr(book),
+                                      book.size, out.itemsize, _ptr(out), out.size)
+    if rc:
+        raise NativeError(rc, "sparse scatter")

@@ -1,0 +1,251 @@
+"""Per-tensor codecs of the container: each is an encode/decode pair over raw element bytes.
+
+- raw: the bytes stored, zlib- or LZMA-compressed (biases, shapes, unclustered weights);
+- codebook: at most 256 distinct element bit patterns, stored once, plus a Huffman-coded index
+  per element; bit patterns, not float values, are compared, so -0.0 and NaN payloads survive;
+- sparse: Deep Compression's relative-index form (Han et al., "Deep Compression", ICLR 2016,
+  section 4). The most frequent value (the pruned zero, or a dominant cluster index) is the fill
+  and stays out of the codebook; every other element is an entry (gap, value) where gap counts the
+  fill elements since the previous entry in `gap_bits` bits (8 for conv, 5 for fc in the paper).
+  A gap too long for `gap_bits` is bridged with filler entries (gap = 2^gap_bits - 1, value = the
+  reserved symbol K, where K is the codebook size), which occupy a fill element. The gap and value
+  streams are Huffman-coded separately.
+
+The writer computes the exact size of each candidate from histograms (no trial encoding of the
+Huffman codecs) and keeps the smallest; docs/FORMAT.md gives the byte layouts.
+"""
+
+from __future__ import annotations
+
+import logging
+import lzma
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _cnative, huffman
+from .format import Codec, Cursor, PayloadError
+
+log = logging.getLogger(__name__)
+
+LZMA_MAX_BYTES = 1 << 20  # LZMA (slow to write) is tried on tensors up to this size
+FULL_RAW_MAX_BYTES = 16 << 20  # above this, raw zlib is first tried on a sample
+SAMPLE_BYTES = 1 << 20
+SPARSE_MIN_FILL = 0.5  # the sparse form is considered when the fill value is >= half the tensor
+ELEMENT_SIZES = (1, 2, 4, 8)
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One encoded tensor payload and what it cost."""
+
+    codec: Codec
+    payload: bytes
+    n_symbols: int = 0  # Huffman-coded symbols (both streams for sparse)
+    coded_bits: int = 0  # their payload bits
+    entropy_bits: float | None = None  # their empirical entropy bound; None for raw codecs
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    codec: Codec
+    nbytes: int
+    build: object  # zero-argument callable returning Encoded
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def encode(data: bytes, elem_size: int, gap_bits: int = 8) -> Encoded:
+    """Encode raw little-endian tensor bytes with the smallest applicable codec.
+
+    elem_size is the element width in bytes; codebook codecs need 1, 2, 4 or 8 and a whole number
+    of elements, anything else is stored raw.
+    """
+    if not 1 <= gap_bits <= 8:
+        raise ValueError(f"gap_bits must be within 1..8, got {gap_bits}")
+    candidates: list[_Candidate] = []
+    if elem_size in ELEMENT_SIZES and len(data) % elem_size == 0 and data:
+        elements = np.frombuffer(data, dtype=_UNSIGNED[elem_size])
+        candidates += _codebook_candidates(elements, gap_bits)
+    best_coded = min((c.nbytes for c in candidates), default=None)
+    candidates += _raw_candidates(data, best_coded)
+    best = min(candidates, key=lambda c: (c.nbytes, c.codec))
+    out = best.build()
+    if len(out.payload) != best.nbytes:
+        raise AssertionError(f"{best.codec.name}: planned {best.nbytes} bytes, wrote "
+                             f"{len(out.payload)}")
+    return out
+
+
+def _raw_candidates(data: bytes, best_coded: int | None) -> list[_Candidate]:
+    """Stored always; zlib unless a sample shows a codebook codec wins clearly; small LZMA."""
+    size = struct.pack("<Q", len(data))
+    out = [_Candidate(Codec.STORED, 8 + len(data), lambda: Encoded(Codec.STORED, size + data))]
+    if not data:
+        return out
+    if best_coded is not None and len(data) > FULL_RAW_MAX_BYTES:
+        sample = data[:SAMPLE_BYTES]
+        rate = len(zlib.compress(sample, 6)) / len(sample)
+        if rate * len(data) > best_coded:
+            return out
+    level = 9 if len(data) <= SAMPLE_BYTES else 6
+    z = size + zlib.compress(data, level)
+    out.append(_Candidate(Codec.ZLIB, len(z), lambda: Encoded(Codec.ZLIB, z)))
+    if len(data) <= LZMA_MAX_BYTES:
+        x = size + lzma.compress(data, format=lzma.FORMAT_ALONE, preset=9)
+        out.append(_Candidate(Codec.LZMA, len(x), lambda: Encoded(Codec.LZMA, x)))
+    return out
+
+
+def _codebook_candidates(elements: np.ndarray, gap_bits: int) -> list[_Candidate]:
+    found = _cnative.codebook_index(elements)
+    if found is None:
+        return []
+    book, idx = found
+    counts = np.bincount(idx, minlength=book.size)
+    dense = huffman.plan(counts)
+    head = 1 + 2 + book.nbytes
+    out = [_Candidate(Codec.CODEBOOK, head + dense.nbytes,
+                      lambda: _encode_codebook(book, idx, dense))]
+    fill = int(np.argmax(counts))
+    if counts[fill] >= SPARSE_MIN_FILL * elements.size:
+        gaps, vals, nz_book = sparse_entries(idx, book, fill, gap_bits)
+        pg, pv = huffman.plan(huffman.histogram(gaps)), huffman.plan(huffman.histogram(vals))
+        size = 1 + 1 + 8 + book.itemsize + 2 + nz_book.nbytes + pg.nbytes + pv.nbytes
+        out.append(_Candidate(Codec.SPARSE, size, lambda: _encode_sparse(
+            elements.size, book[fill], gap_bits, nz_book, gaps, vals, pg, pv)))
+    return out
+
+
+def sparse_entries(idx: np.ndarray, book: np.ndarray, fill: int, gap_bits: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gap stream, value stream, codebook without the fill) of Deep Compression's sparse form.
+
+    Value symbols index the codebook without the fill; symbol K = len(that codebook) marks a
+    filler entry, inserted wherever a gap exceeds 2^gap_bits - 1.
+    """
+    max_gap = (1 << gap_bits) - 1
+    pos = np.flatnonzero(idx != fill)
+    sym = idx[pos]
+    sym = (sym - (sym > fill)).astype(np.uint8)  # drop the fill from the codebook
+    nz_book = np.delete(book, fill)
+    gap = np.diff(pos, prepend=-1) - 1
+    fillers = gap // (max_gap + 1)
+    if not fillers.any():
+        return gap.astype(np.uint8), sym, nz_book
+    last = np.cumsum(fillers + 1) - 1  # where each real entry lands after its fillers
+    gaps = np.full(int(last[-1]) + 1, max_gap, dtype=np.uint8)
+    vals = np.full(gaps.size, nz_book.size, dtype=np.uint8)
+    gaps[last] = gap % (max_gap + 1)
+    vals[last] = sym
+    return gaps, vals, nz_book
+
+
+def _encode_codebook(book: np.ndarray, idx: np.ndarray, p: huffman.StreamPlan) -> Encoded:
+    payload = (struct.pack("<BH", book.itemsize, book.size) + _le_bytes(book)
+               + huffman.encode(idx, p))
+    return Encoded(Codec.CODEBOOK, payload, p.n, p.bits, p.entropy_bits)
+
+
+def _encode_sparse(n: int, fill: np.generic, gap_bits: int, nz_book: np.ndarray,
+                   gaps: np.ndarray, vals: np.ndarray, pg: huffman.StreamPlan,
+                   pv: huffman.StreamPlan) -> Encoded:
+    payload = b"".join([
+        struct.pack("<BBQ", nz_book.itemsize, gap_bits, n),
+        _le_bytes(np.array([fill], dtype=nz_book.dtype)),
+        struct.pack("<H", nz_book.size),
+        _le_bytes(nz_book),
+        huffman.encode(gaps, pg),
+        huffman.encode(vals, pv),
+    ])
+    return Encoded(Codec.SPARSE, payload, pg.n + pv.n, pg.bits + pv.bits,
+                   pg.entropy_bits + pv.entropy_bits)
+
+
+def _le_bytes(a: np.ndarray) -> bytes:
+    return a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def decode(codec: Codec, buf: memoryview) -> np.ndarray:
+    """Decode a payload into a flat array: uint8 for raw codecs, the element width otherwise."""
+    cur = Cursor(buf)
+    if codec in (Codec.STORED, Codec.ZLIB, Codec.LZMA):
+        return _decode_raw(codec, cur)
+    if codec == Codec.CODEBOOK:
+        return _decode_codebook(cur)
+    if codec == Codec.SPARSE:
+        return _decode_sparse(cur)
+    raise PayloadError(f"unknown tensor codec {int(codec)}")
+
+
+def _decode_raw(codec: Codec, cur: Cursor) -> np.ndarray:
+    n = cur.u64()
+    body = cur.take(len(cur.buf) - cur.pos)
+    try:
+        if codec == Codec.STORED:
+            data = body
+        elif codec == Codec.ZLIB:
+            data = zlib.decompress(body)
+        else:
+            data = lzma.decompress(body, format=lzma.FORMAT_ALONE)
+    except (zlib.error, lzma.LZMAError) as e:
+        raise PayloadError(f"{codec.name.lower()} data does not decompress: {e}") from e
+    if len(data) != n:
+        raise PayloadError(f"raw payload holds {len(data)} bytes, its header says {n}")
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def _read_book(cur: Cursor, elem_size: int) -> np.ndarray:
+    k = cur.u16()
+    if k > 256:
+        raise PayloadError(f"codebook of {k} entries, at most 256 allowed")
+    return np.frombuffer(cur.take(k * elem_size), dtype=_UNSIGNED[elem_size])
+
+
+def _element_size(cur: Cursor) -> int:
+    e = cur.u8()
+    if e not in ELEMENT_SIZES:
+        raise PayloadError(f"element size {e}, expected one of {ELEMENT_SIZES}")
+    return e
+
+
+def _decode_codebook(cur: Cursor) -> np.ndarray:
+    e = _element_size(cur)
+    book = _read_book(cur, e)
+    idx = huffman.decode(cur, max_alphabet=book.size)
+    cur.done()
+    out = np.empty(idx.size, dtype=book.dtype)
+    _native_call(_cnative.codebook_gather, idx, book, out)
+    return out
+
+
+def _decode_sparse(cur: Cursor) -> np.ndarray:
+    e = _element_size(cur)
+    gap_bits = cur.u8()
+    if not 1 <= gap_bits <= 8:
+        raise PayloadError(f"gap_bits {gap_bits}, expected 1..8")
+    n = cur.u64()
+    fill = np.frombuffer(cur.take(e), dtype=_UNSIGNED[e])[0]
+    book = _read_book(cur, e)
+    gaps = huffman.decode(cur, max_alphabet=1 << gap_bits)
+    vals = huffman.decode(cur, max_alphabet=book.size + 1)
+    cur.done()
+    if gaps.size != vals.size:
+        raise PayloadError(f"{gaps.size} gaps but {vals.size} values")
+    out = np.zeros(n, dtype=book.dtype) if fill == 0 else np.full(n, fill, dtype=book.dtype)
+    _native_call(_cnative.sparse_scatter, gaps, vals, book.size, book, out)
+    return out
+
+
+def _native_call(fn, *args) -> None:
+    try:
+        fn(*args)
+    except _cnative.NativeError as e:
+        raise PayloadError(str(e)) from e

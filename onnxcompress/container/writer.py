@@ -1,0 +1,205 @@
+"""Write an ONNX model as a container (`pack`): the graph once, then one payload per weight.
+
+The last two stages of Deep Compression (Han et al., ICLR 2016): the passes already pruned and
+clustered the weights; here each initializer gets the smallest lossless encoding among raw
+(zlib/LZMA), codebook + Huffman indices, and the sparse relative-index form with Huffman-coded
+gaps and values (`codecs.py`). The file is written to a temporary file beside the target and
+renamed over it, so a crash never leaves half a container under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import lzma
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from ..errors import BadInputError
+from . import codecs
+from .format import Codec, Entry, SectionKind, crc32, pack_header, prefix_size
+
+log = logging.getLogger(__name__)
+
+GAP_BITS = {"conv": 8, "fc": 5}  # Deep Compression's relative-index widths per layer kind
+DEFAULT_GAP_BITS = 8
+_DATA_FIELDS = ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+_PACKED_4BIT = {TensorProto.INT4, TensorProto.UINT4}
+if hasattr(TensorProto, "FLOAT4E2M1"):
+    _PACKED_4BIT.add(TensorProto.FLOAT4E2M1)
+
+
+@dataclass(frozen=True)
+class TensorRow:
+    """How one initializer was stored."""
+
+    name: str
+    codec: str  # "stored", "zlib", "lzma", "codebook", "sparse"
+    original_bytes: int
+    stored_bytes: int  # the payload section, headers included
+    n_symbols: int  # Huffman-coded symbols (gaps + values for sparse); 0 for raw codecs
+    bits_per_symbol: float | None  # coded payload bits / n_symbols; None for raw codecs
+    entropy_bits: float | None  # empirical entropy of those symbols, in bits (total)
+
+    @property
+    def entropy_bits_per_symbol(self) -> float | None:
+        if self.entropy_bits is None or not self.n_symbols:
+            return None
+        return self.entropy_bits / self.n_symbols
+
+
+@dataclass(frozen=True)
+class ContainerReport:
+    """Sizes of a written container; rendering is the report package's job."""
+
+    path: str
+    total_bytes: int
+    graph_bytes: int  # the compressed graph section
+    tensors: list[TensorRow] = field(default_factory=list)
+
+    @property
+    def original_bytes(self) -> int:
+        return sum(r.original_bytes for r in self.tensors)
+
+    @property
+    def ratio(self) -> float:
+        """Weight bytes before / whole file after."""
+        return self.original_bytes / self.total_bytes if self.total_bytes else 0.0
+
+
+def write_container(model: onnx.ModelProto, path: str | os.PathLike, *,
+                    tensor_kinds: dict[str, str] | None = None) -> ContainerReport:
+    """Encode `model` and write it atomically to `path`; returns the sizes per tensor."""
+    path = Path(path)
+    chunks, rows, graph_bytes = encode_container(model, tensor_kinds=tensor_kinds)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, chunks)
+    total = sum(len(c) for c in chunks)
+    log.info("wrote %s: %d bytes, %d tensors", path, total, len(rows))
+    return ContainerReport(str(path), total, graph_bytes, rows)
+
+
+def container_bytes(model: onnx.ModelProto, *, tensor_kinds: dict[str, str] | None = None
+                    ) -> bytes:
+    """The container as one bytes object (what write_container would write)."""
+    return b"".join(encode_container(model, tensor_kinds=tensor_kinds)[0])
+
+
+def encode_container(model: onnx.ModelProto, *, tensor_kinds: dict[str, str] | None = None
+                     ) -> tuple[list[bytes], list[TensorRow], int]:
+    """(file chunks in order, per-tensor rows, graph section size)."""
+    gap_bits = _gap_bits_by_name(model, tensor_kinds or {})
+    stripped, extracted = strip_initializers(model)
+    graph_codec, graph = _compress_graph(stripped.SerializeToString())
+    payloads: list[tuple[SectionKind, Codec, int, bytes]] = [
+        (SectionKind.GRAPH, graph_codec, 0, graph)]
+    rows = []
+    for index, tensor, raw, elem_size in extracted:
+        enc = codecs.encode(raw, elem_size, gap_bits.get(tensor.name, DEFAULT_GAP_BITS))
+        payloads.append((SectionKind.TENSOR, enc.codec, index, enc.payload))
+        rows.append(_row(tensor.name, raw, enc))
+        log.debug("%s: %s, %d -> %d bytes", tensor.name, enc.codec.name, len(raw),
+                  len(enc.payload))
+    entries, offset = [], prefix_size(len(payloads))
+    for kind, codec, index, payload in payloads:
+        entries.append(Entry(kind, codec, index, offset, len(payload), crc32(payload)))
+        offset += len(payload)
+    return [pack_header(entries)] + [p[3] for p in payloads], rows, len(graph)
+
+
+def _row(name: str, raw: bytes, enc: codecs.Encoded) -> TensorRow:
+    bps = enc.coded_bits / enc.n_symbols if enc.n_symbols else None
+    if enc.entropy_bits is not None and not enc.n_symbols:
+        bps = 0.0
+    return TensorRow(name, enc.codec.name.lower(), len(raw), len(enc.payload), enc.n_symbols,
+                     bps, enc.entropy_bits)
+
+
+def _gap_bits_by_name(model: onnx.ModelProto, kinds: dict[str, str]) -> dict[str, int]:
+    names = {t.name for t in model.graph.initializer}
+    unknown = sorted(set(kinds) - names)
+    if unknown:
+        raise BadInputError(f"tensor_kinds names tensors that are no initializer: {unknown[:5]}")
+    out = {}
+    for name, kind in kinds.items():
+        if kind not in GAP_BITS:
+            raise BadInputError(
+                f"tensor_kinds['{name}'] = {kind!r}; expected one of {sorted(GAP_BITS)}")
+        out[name] = GAP_BITS[kind]
+    return out
+
+
+def strip_initializers(model: onnx.ModelProto
+                       ) -> tuple[onnx.ModelProto, list[tuple[int, TensorProto, bytes, int]]]:
+    """A copy of the model whose initializers have no data, and (index, tensor, bytes, width)
+    of each one taken out. Strings and typed-field 4-bit tensors stay in the graph."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    extracted = []
+    for i, (src, dst) in enumerate(zip(model.graph.initializer, out.graph.initializer)):
+        raw = tensor_bytes(src)
+        if raw is None:
+            continue
+        for f in _DATA_FIELDS:
+            dst.ClearField(f)
+        extracted.append((i, src, raw, element_size(src, len(raw))))
+    return out, extracted
+
+
+def tensor_bytes(t: TensorProto) -> bytes | None:
+    """The tensor's data as ONNX raw_data bytes (little-endian), or None to keep it inline."""
+    if t.data_location == TensorProto.EXTERNAL:
+        raise BadInputError(f"initializer '{t.name}' has external data that was not loaded; "
+                            "load the model with load_external_data=True first")
+    if t.data_type in (TensorProto.UNDEFINED, TensorProto.STRING):
+        return None
+    if t.HasField("raw_data"):
+        return t.raw_data
+    if t.data_type in _PACKED_4BIT:
+        return None
+    arr = numpy_helper.to_array(t)
+    return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def element_size(t: TensorProto, nbytes: int) -> int:
+    """Element width in bytes when the data is a whole number of such elements, else 0."""
+    if t.data_type in _PACKED_4BIT:
+        return 0
+    try:
+        width = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return 0
+    return width if int(np.prod(t.dims, dtype=np.int64)) * width == nbytes else 0
+
+
+def _compress_graph(data: bytes) -> tuple[Codec, bytes]:
+    """The smallest of stored, zlib and LZMA for the serialized graph."""
+    options = [
+        (Codec.STORED, data),
+        (Codec.ZLIB, zlib.compress(data, 9)),
+        (Codec.LZMA, lzma.compress(data, format=lzma.FORMAT_ALONE, preset=9)),
+    ]
+    return min(options, key=lambda o: (len(o[1]), o[0]))
+
+
+def _write_atomic(path: Path, chunks: list[bytes]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
