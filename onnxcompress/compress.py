@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -14,15 +13,15 @@ import onnx_graphsurgeon as gs
 
 from . import data as D
 from .container import is_container, read_container, write_container
-from .errors import BadInputError, UnsupportedModelError
+from .errors import UnsupportedModelError
 from .graph import WEIGHT_INPUTS, iter_weights, to_graph, to_model
 from .model import input_specs, load_model, normalize, refuse_overwrite, save_model
 from .passes.base import Context
 from .pipeline import Step, run
 from .recipe import load_recipe
 from .report import bench
-from .report.stats import (Report, StageRow, layer_rows, original_weights, resolve_weight,
-                           unknown_op_types)
+from .report.stats import (Report, StageRow, coding_summary, layer_rows, original_weights,
+                           resolve_weight, unknown_op_types)
 from .runtime import Session
 
 log = logging.getLogger(__name__)
@@ -138,6 +137,8 @@ def compress(input_path: str | Path, output_path: str | Path, *,
     if creport is not None:
         report.stages.append(evaluator.stage("packed", out_size, base_size, out_run)
                              if evaluator else StageRow("packed", out_size, base_size / out_size))
+    if creport is not None:
+        report.container = coding_summary(creport)
     stored = {t.name: t.stored_bytes for t in creport.tensors} if creport else None
     codecs = {t.name: t.codec for t in creport.tensors} if creport else None
     report.layers = layer_rows(final, stored, codecs, original_weights(model))
@@ -185,9 +186,3 @@ def _gate(report: Report) -> None:
 
 def _zeros(specs) -> dict[str, np.ndarray]:
     return {n: np.zeros([1] + [d or 1 for d in shape[1:]], dtype) for n, shape, dtype in specs}
-
-
-def ensure_distinct(paths: list[str | os.PathLike]) -> None:
-    resolved = [Path(p).resolve() for p in paths]
-    if len(set(resolved)) != len(resolved):
-        raise BadInputError("input and output paths must differ")

@@ -32,6 +32,11 @@ def render(report: Report) -> str:
              for s in report.stages]
     lines += _table(("stage", "size", "ratio", "top-1 %", "agree %", "max |d|", "mean |d|",
                      "latency ms"), srows)
+    if report.container:
+        c = report.container
+        lines += ["", f"Huffman: {c['n_symbols']:,} symbols at {c['bits_per_symbol']:.3f} bits each; "
+                      f"entropy bound {c['entropy_bits_per_symbol']:.3f} "
+                      f"({c['over_entropy']:+.1%})"]
     if report.unknown_ops:
         lines += ["", "left untouched (no pass knows these ops): " + ", ".join(report.unknown_ops)]
     lines += [f"note: {n}" for n in report.notes]

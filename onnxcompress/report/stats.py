@@ -50,6 +50,7 @@ class Report:
     latency_ms: dict[str, float] = field(default_factory=dict)  # stage -> median batch-1 ms
     unknown_ops: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    container: dict[str, float] = field(default_factory=dict)  # coded symbols vs entropy
     accuracy_drop: float | None = None
     budget: float | None = None
     within_budget: bool | None = None
@@ -159,6 +160,19 @@ def original_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
             if r is not None:
                 out[node.name] = r[0]
     return out
+
+
+def coding_summary(creport) -> dict[str, float]:
+    """Huffman-coded symbols of a container against their empirical entropy (Shannon bound)."""
+    rows = [t for t in creport.tensors if t.n_symbols and t.bits_per_symbol is not None]
+    n = sum(t.n_symbols for t in rows)
+    coded = sum(t.bits_per_symbol * t.n_symbols for t in rows)
+    entropy = sum(t.entropy_bits or 0.0 for t in rows)
+    return {"n_symbols": n, "coded_bits": coded, "entropy_bits": entropy,
+            "bits_per_symbol": coded / n if n else 0.0,
+            "entropy_bits_per_symbol": entropy / n if n else 0.0,
+            "over_entropy": coded / entropy - 1 if entropy else 0.0,
+            "container_bytes": creport.total_bytes, "graph_bytes": creport.graph_bytes}
 
 
 def unknown_op_types(model: onnx.ModelProto) -> list[str]:
