@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import data as D
-from ..compress import Evaluator, file_size, load_any, model_runner
-from ..container import read_container_report
+from ..compress import Evaluator, file_size, load_any, model_runner, tensor_kinds
+from ..container import ContainerReport, is_container
+from ..container.writer import encode_container
 from ..model import input_specs
 from ..runtime import Session
 from . import bench
-from .stats import Report, StageRow, layer_rows, original_weights, unknown_op_types
+from .stats import (Report, StageRow, coding_summary, layer_rows, original_weights,
+                    unknown_op_types)
 
 
 def compare(model_path: str | Path, baseline: str | Path | None = None,
@@ -19,13 +21,17 @@ def compare(model_path: str | Path, baseline: str | Path | None = None,
     base_model = load_any(baseline) if baseline else None
     specs = input_specs(base_model or model)
     ds = D.load_dataset(eval_data, specs, what="evaluation") if eval_data else None
-    creport = read_container_report(model_path)
+    creport = _container_report(model, model_path)
     stored = {t.name: t.stored_bytes for t in creport.tensors} if creport else None
     codecs = {t.name: t.codec for t in creport.tensors} if creport else None
+    if creport is not None:
+        rep_container = coding_summary(creport)
     rep = Report(model=str(baseline or model_path), output=str(model_path),
                  unknown_ops=unknown_op_types(model),
                  layers=layer_rows(model, stored, codecs,
                                    original_weights(base_model) if base_model else None))
+    if creport is not None:
+        rep.container = rep_container
     size = file_size(model_path)
     base_size = file_size(baseline) if baseline else size
     run = model_runner(model)
@@ -47,6 +53,14 @@ def compare(model_path: str | Path, baseline: str | Path | None = None,
     if base_model and rep.stages[0].accuracy is not None:
         rep.accuracy_drop = rep.stages[0].accuracy - rep.stages[-1].accuracy
     return rep
+
+
+def _container_report(model, path) -> ContainerReport | None:
+    """Per-tensor coded sizes of a container: encoding is deterministic, so re-encode."""
+    if not is_container(path):
+        return None
+    chunks, rows, graph_bytes = encode_container(model, tensor_kinds=tensor_kinds(model))
+    return ContainerReport(str(path), sum(len(c) for c in chunks), graph_bytes, rows)
 
 
 def _zeros(shape, dtype):

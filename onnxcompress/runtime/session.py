@@ -13,8 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from ..container import is_container, read_container
-from ..errors import BadInputError
+from ..container import is_container, ort_session
+from ..errors import BadInputError, OnnxCompressError
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -34,9 +34,14 @@ class Session:
                  providers: Sequence[str] | None = None, *, threads: int | None = None):
         so = sess_options or session_options(threads)
         providers = list(providers or ["CPUExecutionProvider"])
-        source = _model_source(model)
         try:
-            self._sess = ort.InferenceSession(source, so, providers=providers)
+            if _is_container_path(model):
+                # decoded weights go straight to ORT as external initializers: no proto copy
+                self._sess = ort_session(model, so, providers)
+            else:
+                self._sess = ort.InferenceSession(_model_source(model), so, providers=providers)
+        except OnnxCompressError:
+            raise
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
             where = model if not isinstance(model, bytes) else "model bytes"
             raise BadInputError(f"{where}: ONNX Runtime cannot load the model: {e}") from e
@@ -56,12 +61,13 @@ class Session:
         return self._sess
 
 
-def _model_source(model: str | os.PathLike | bytes) -> str | bytes:
+def _is_container_path(model: str | os.PathLike | bytes) -> bool:
     if isinstance(model, bytes):
-        return model
-    path = Path(model)
-    if not path.is_file():
-        raise BadInputError(f"{path}: no such file")
-    if is_container(path):
-        return read_container(path).SerializeToString()
-    return str(path)
+        return False
+    if not Path(model).is_file():
+        raise BadInputError(f"{model}: no such file")
+    return is_container(model)
+
+
+def _model_source(model: str | os.PathLike | bytes) -> str | bytes:
+    return model if isinstance(model, bytes) else str(model)
