@@ -1,0 +1,237 @@
+"""k-means weight sharing (Han, Mao & Dally, "Deep Compression", ICLR 2016, section 3).
+
+Method. The nonzero weights of each layer are clustered by 1-D k-means,
+
+    min_c  sum_i |w_i - c_{a(i)}|^2,   a(i) = argmin_j |w_i - c_j|,
+
+with centroids initialized LINEARLY between the layer's min and max nonzero weight (the paper
+found linear initialization best: it keeps the rare large weights represented). Every weight is
+then replaced by its centroid, so a layer holds at most 2**bits distinct values and can be
+stored as `bits`-bit indices into a small float codebook. Defaults follow the paper: 8 bits
+for Conv layers, 5 bits for fully connected ones (Gemm, MatMul).
+
+Zeros. Pruned weights (exact zeros) are never clustered and stay exactly +0.0. When a layer has
+zeros, codebook entry 0 is 0.0 and the nonzeros share at most 2**bits - 1 centroids, so the
+whole dense index tensor (zeros included) fits in `bits` bits; a layer without zeros gets
+2**bits centroids. Centroids left empty (e.g. inside the gap pruning leaves around zero) are
+moved into the clusters with the largest error; unused entries are dropped from the codebook.
+
+Speed. Clusters of sorted 1-D data are contiguous runs, so Lloyd's step is k binary searches
+plus prefix sums on a sorted sample (`fit_samples` values); the assignment of all weights is
+one `searchsorted` over the midpoints. A 100M-weight layer takes seconds (kernels/kmeans.py).
+
+Forms. ``dense`` keeps float weights (values replaced by centroids); the container writer
+turns them into indices later. ``gather`` stores a uint8 (uint16 above 8 bits) index
+initializer and a float codebook and decodes in-graph with standard ops,
+
+    W = Gather(codebook, Cast(indices, to=INT32))      (shape of W = shape of indices)
+
+so the .onnx file itself shrinks and runs on stock ONNX Runtime with outputs identical to the
+dense form. Gather form should be the last pass that edits weights: later passes see the
+weight as a computed tensor, not a constant.
+
+Bias correction (Nagel et al. 2019; passes/calibrate.py) restores each layer's per-channel
+output mean on the calibration data, layer by layer, after clustering.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..graph import Scope, Weight, iter_weights
+from ..kernels.kmeans import share_weights
+from ..kernels.masks import sparsity_of
+from . import calibrate as C
+from .base import Context, PassReport
+from .prune import resolve_per_layer
+
+log = logging.getLogger(__name__)
+
+NAME = "cluster"
+MAX_BITS = 16
+
+
+class Form(str, enum.Enum):
+    DENSE = "dense"
+    GATHER = "gather"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of the cluster pass (see the module docstring)."""
+
+    bits_conv: int = 8  # bits per index for Conv weights
+    bits_fc: int = 5  # bits per index for Gemm / MatMul weights
+    per_layer: Mapping[str, int] | None = None  # layer name / fnmatch pattern / '*' -> bits
+    exclude: tuple[str, ...] = ()  # layers left unclustered (names or patterns)
+    form: Form = Form.DENSE
+    bias_correction: bool = True  # when calibration data is available
+    iterations: int = 1000  # max Lloyd iterations (each is O(k log n) on the sorted sample)
+    fit_samples: int = 1 << 20  # k-means is fitted on at most this many sampled weights
+    seed: int = 0  # sampling seed (only layers above fit_samples are sampled)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "form", Form(self.form))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        checks = {"bits_conv": self.bits_conv, "bits_fc": self.bits_fc}
+        checks.update({f"per_layer['{k}']": v for k, v in (self.per_layer or {}).items()})
+        for what, bits in checks.items():
+            if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
+                raise ValueError(f"{what} must be an integer in [1, {MAX_BITS}], got {bits!r}")
+        if self.iterations < 1 or self.fit_samples < 2:
+            raise ValueError("iterations must be >= 1 and fit_samples >= 2")
+
+
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def layer_bits(weights: list[Weight], cfg: Config) -> dict[str, int]:
+    """Weight name -> bits: per_layer entry (exact, pattern, '*'), else the kind's default."""
+    table = resolve_per_layer(weights, cfg.per_layer)
+    default = {"conv": cfg.bits_conv, "fc": cfg.bits_fc}
+    return {w.tensor.name: int(table.get(w.tensor.name, default[w.kind])) for w in weights}
+
+
+def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
+    """Cluster the selected weights of `graph` in place; see the module docstring."""
+    report = PassReport(NAME, modified=False)
+    weights = iter_weights(graph)
+    if weights and cfg.exclude:
+        weights = Scope(exclude=cfg.exclude).select(weights)
+    if not weights:
+        report.notes.append("no Conv/Gemm/MatMul weight to cluster")
+        return report
+    bits = layer_bits(weights, cfg)
+    correct = cfg.bias_correction and ctx.calib is not None
+    if cfg.bias_correction and ctx.calib is None:
+        report.notes.append("bias correction skipped: no calibration data")
+    slots, stats = _prepare_correction(graph, weights, ctx, report.notes) if correct else ({}, {})
+    before = {w.tensor.name: w.values.copy() for w in weights}
+    codes = {}
+    for i, w in enumerate(weights):
+        ctx.progress(f"cluster: {i + 1}/{len(weights)} {w.layer} ({bits[w.tensor.name]} bits)")
+        codebook, indices = share_weights(
+            w.values,
+            bits[w.tensor.name],
+            iters=cfg.iterations,
+            fit_samples=cfg.fit_samples,
+            seed=cfg.seed,
+        )
+        w.set_values(codebook[indices])
+        codes[w.tensor.name] = (codebook, indices)
+        report.per_tensor[w.tensor.name] = _facts(
+            w, before[w.tensor.name], codebook, bits[w.tensor.name], cfg.form
+        )
+    shifts = _correct(graph, weights, slots, stats, before, ctx) if correct else {}
+    for name, shift in shifts.items():
+        report.per_tensor[name]["bias_corrected"] = True
+        report.per_tensor[name]["bias_shift"] = float(np.max(np.abs(shift))) if shift.size else 0.0
+    if cfg.form is Form.GATHER:
+        for w in weights:
+            to_gather(graph, w, *codes[w.tensor.name])
+    graph.cleanup().toposort()
+    report.modified = True
+    report.notes.append(f"form: {cfg.form.value}; bits conv {cfg.bits_conv}, fc {cfg.bits_fc}")
+    return report
+
+
+def _prepare_correction(
+    graph: gs.Graph, weights: list[Weight], ctx: Context, notes: list[str]
+) -> tuple[dict[str, C.BiasSlot], dict[str, np.ndarray]]:
+    slots = {}
+    for w in weights:
+        slot = C.bias_slot(graph, w)
+        if isinstance(slot, str):
+            notes.append(f"no bias correction: {slot}")
+        else:
+            slots[w.tensor.name] = slot
+    ctx.progress("cluster: collecting layer input statistics")
+    stats = C.input_stats(graph, [w for w in weights if w.tensor.name in slots], ctx.calib)
+    return slots, stats
+
+
+def _correct(
+    graph: gs.Graph,
+    weights: list[Weight],
+    slots: dict[str, C.BiasSlot],
+    stats: dict[str, np.ndarray],
+    before: dict[str, np.ndarray],
+    ctx: Context,
+) -> dict[str, np.ndarray]:
+    layers = [
+        C.Corrected(w, slots[w.tensor.name], before[w.tensor.name], stats[w.tensor.name])
+        for w in weights
+        if w.tensor.name in slots
+    ]
+    shifts = C.correct_biases(graph, layers, ctx.calib, progress=ctx.progress)
+    for w in weights:
+        if w.tensor.name in slots:
+            C.drop_if_unused(graph, w, slots[w.tensor.name])
+    return shifts
+
+
+def _facts(
+    w: Weight, before: np.ndarray, codebook: np.ndarray, bits: int, form: Form
+) -> dict[str, Any]:
+    after = w.values
+    err = after.astype(np.float64) - before
+    norm = float(np.sqrt(np.mean(before.astype(np.float64) ** 2))) or 1.0
+    return {
+        "layer": w.layer,
+        "op": w.node.op,
+        "kind": w.kind,
+        "shape": list(after.shape),
+        "params": int(after.size),
+        "sparsity": sparsity_of(after),
+        "bits": bits,
+        "codebook_size": int(codebook.size),
+        "distinct_nonzero": int(np.count_nonzero(codebook)),
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "relative_rmse": float(np.sqrt(np.mean(err**2)) / norm),
+        "form": form.value,
+        "bias_corrected": False,
+    }
+
+
+def to_gather(graph: gs.Graph, w: Weight, codebook: np.ndarray, indices: np.ndarray) -> None:
+    """Replace the constant weight by Gather(codebook, Cast(indices, INT32)) for every consumer."""
+    name = w.tensor.name
+    consumers = list(w.tensor.outputs)
+    w.tensor.name = C.fresh_name(graph, name + "_dense")  # the old constant goes at cleanup
+    cb = gs.Constant(C.fresh_name(graph, name + "_codebook"), codebook)
+    ix = gs.Constant(C.fresh_name(graph, name + "_indices"), indices)
+    ix32 = gs.Variable(
+        C.fresh_name(graph, name + "_indices_i32"), dtype=np.int32, shape=list(indices.shape)
+    )
+    decoded = gs.Variable(name, dtype=codebook.dtype, shape=list(indices.shape))
+    graph.nodes.append(
+        gs.Node(
+            "Cast",
+            C.fresh_name(graph, name + "_cast"),
+            {"to": onnx.TensorProto.INT32},
+            inputs=[ix],
+            outputs=[ix32],
+        )
+    )
+    graph.nodes.append(
+        gs.Node(
+            "Gather",
+            C.fresh_name(graph, name + "_decode"),
+            {"axis": 0},
+            inputs=[cb, ix32],
+            outputs=[decoded],
+        )
+    )
+    for node in consumers:
+        for i, t in enumerate(node.inputs):
+            if t is w.tensor:
+                node.inputs[i] = decoded

@@ -1,0 +1,427 @@
+"""Unstructured magnitude pruning, post-training (Han, Pool, Tran & Dally, NIPS 2015; Han, Mao &
+Dally, "Deep Compression", ICLR 2016, section 2).
+
+Method. For a weight tensor W of a Conv, Gemm or MatMul (biases are never pruned) and a ratio
+s in [0, 1], keep the largest magnitudes:
+
+    W' = W * [|W| > t],   t = the k-th smallest |W|,  k = round(s * |W|)
+
+(exactly k weights pruned; ties broken by position). Pruned entries are +0.0 exactly.
+
+How s is chosen per layer (`mode`):
+
+- ``uniform``: `per_layer` ratios (exact names, then fnmatch patterns in order, then ``'*'``),
+  else `sparsity`, else 0 (Distiller's convention: a layer not listed is not pruned).
+- ``global``: one magnitude threshold t over all selected weights pooled, so that the pooled
+  sparsity is `sparsity`: W' = W * [|W| > t]. Plain global magnitude with no per-layer
+  normalization, so layers with small weights (wide fully connected layers) lose the most,
+  which is what Deep Compression's FC-heavy ratios look like. Layers named in `per_layer`
+  keep their own ratio and stay out of the pool.
+- ``sensitivity`` (the default when calibration data and a score are available): prune each
+  layer ALONE at each ratio of `ladder` (ascending, stopping at the first failure), measure
+  ctx.score and keep, per layer, the largest ratio whose drop is <= `tolerance` points.
+  Then prune all layers jointly (with bias correction) and, if `max_drop` is set and the
+  joint drop exceeds it, lower the most sensitive layer (largest measured drop at its
+  current ratio) by one rung of the ladder until the joint drop fits.
+- ``auto``: ``uniform`` if `sparsity` or `per_layer` is given; else ``sensitivity`` when a
+  score is available; else ``uniform`` at FALLBACK_SPARSITY (0.5) with a warning note, because
+  without data the only safe choice is a moderate one.
+
+Bias correction (Nagel et al. 2019; see passes/calibrate.py): after pruning, each pruned
+layer's per-channel output mean is restored on the calibration data, layer by layer in
+topological order. The sensitivity scan applies the same correction (analytically, one layer
+at a time) so it measures what the joint pass will do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import fnmatch
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..errors import BadInputError
+from ..graph import Scope, Weight, iter_weights
+from ..kernels.masks import (
+    apply_mask,
+    check_ratio,
+    global_threshold,
+    magnitude_mask,
+    sparsity_of,
+    threshold_mask,
+)
+from . import calibrate as C
+from .base import Context, PassReport
+
+log = logging.getLogger(__name__)
+
+NAME = "prune"
+EPS = 1e-9  # points; scores are ratios of counts, so 100 * (a - b) carries rounding noise
+FALLBACK_SPARSITY = 0.5
+DEFAULT_LADDER = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98)
+
+
+class Mode(str, enum.Enum):
+    AUTO = "auto"
+    UNIFORM = "uniform"
+    GLOBAL = "global"
+    SENSITIVITY = "sensitivity"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of the prune pass (see the module docstring for their meaning)."""
+
+    mode: Mode = Mode.AUTO
+    sparsity: float | None = None  # uniform: default ratio; global: pooled ratio
+    per_layer: Mapping[str, float] | None = None  # layer name / fnmatch pattern / '*' -> ratio
+    exclude: tuple[str, ...] = ()  # layers never pruned (names or patterns)
+    protect_first_last: bool = False  # keep the first and last weight layers dense
+    tolerance: float = 0.5  # sensitivity: max drop (points) of one layer pruned alone
+    max_drop: float | None = None  # sensitivity: max joint drop (points); backs off to meet it
+    ladder: tuple[float, ...] = DEFAULT_LADDER  # sensitivity: ratios tried per layer
+    bias_correction: bool = True  # when calibration data is available
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", Mode(self.mode))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "ladder", tuple(sorted(float(r) for r in self.ladder)))
+        if self.sparsity is not None:
+            check_ratio(self.sparsity)
+        for key, ratio in (self.per_layer or {}).items():
+            check_ratio(ratio, f"per_layer['{key}']")
+        for r in self.ladder:
+            check_ratio(r, "ladder entry")
+        if not self.ladder:
+            raise ValueError("ladder must hold at least one ratio")
+        if self.tolerance < 0 or (self.max_drop is not None and self.max_drop < 0):
+            raise ValueError("tolerance and max_drop are points of accuracy and must be >= 0")
+        if self.mode is Mode.SENSITIVITY and self.sparsity is not None:
+            raise ValueError(
+                "sparsity is not used in sensitivity mode (ratios come from the scan; "
+                "use tolerance / max_drop, or mode 'uniform' or 'global')"
+            )
+
+
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+# ----------------------------------------------------------------------------- layer tables
+
+
+def resolve_per_layer(
+    weights: list[Weight], table: Mapping[str, Any] | None, what: str = "per_layer"
+) -> dict[str, Any]:
+    """Weight name -> value from a Distiller-style table; layers matched by nothing are absent.
+
+    Lookup order per layer: exact layer or weight name, then the first fnmatch pattern in the
+    table's order, then '*'. A key other than '*' that matches no layer is an error.
+    """
+    table = dict(table or {})
+    names = {w.tensor.name: (w.layer, w.tensor.name) for w in weights}
+    for key in table:
+        if key != "*" and not any(fnmatch.fnmatchcase(n, key) for ns in names.values() for n in ns):
+            layers = ", ".join(w.layer for w in weights) or "(none)"
+            raise BadInputError(f"{what}: '{key}' matches no layer; layers are: {layers}")
+    out = {}
+    for tensor, ns in names.items():
+        exact = [k for k in table if k in ns]
+        pattern = [k for k in table if k != "*" and any(fnmatch.fnmatchcase(n, k) for n in ns)]
+        key = (exact or pattern or (["*"] if "*" in table else [None]))[0]
+        if key is not None:
+            out[tensor] = table[key]
+    return out
+
+
+def _select(graph: gs.Graph, cfg: Config) -> tuple[list[Weight], set[str]]:
+    """Selected weights and the names of the protected (first/last) ones."""
+    all_weights = iter_weights(graph)
+    if not all_weights:
+        return [], set()
+    weights = Scope(exclude=cfg.exclude).select(all_weights) if cfg.exclude else all_weights
+    protected = set()
+    if cfg.protect_first_last:
+        protected = {all_weights[0].tensor.name, all_weights[-1].tensor.name}
+    return weights, protected
+
+
+def _resolve_mode(cfg: Config, ctx: Context, notes: list[str]) -> Mode:
+    if cfg.mode is Mode.SENSITIVITY and (ctx.score is None or ctx.calib is None):
+        raise BadInputError(
+            "prune mode 'sensitivity' needs calibration data (a score); "
+            "pass calibration data or choose mode 'uniform' or 'global'"
+        )
+    if cfg.mode is not Mode.AUTO:
+        return cfg.mode
+    if cfg.sparsity is not None or cfg.per_layer:
+        return Mode.UNIFORM
+    if ctx.score is not None and ctx.calib is not None:
+        return Mode.SENSITIVITY
+    msg = (
+        f"no calibration data: pruned every layer uniformly to the fallback sparsity "
+        f"{FALLBACK_SPARSITY:g} without sensitivity analysis or bias correction; expect a "
+        "larger accuracy loss than with calibration data"
+    )
+    log.warning(msg)
+    notes.append("WARNING: " + msg)
+    return Mode.UNIFORM
+
+
+# ----------------------------------------------------------------------------- state
+
+
+@dataclass
+class _State:
+    """What the pass needs to re-apply masks from scratch (the sensitivity back-off does)."""
+
+    graph: gs.Graph
+    weights: list[Weight]
+    originals: dict[str, np.ndarray]
+    slots: dict[str, C.BiasSlot]
+    bias_before: dict[str, np.ndarray]
+    stats: dict[str, np.ndarray]
+    ctx: Context
+
+    def apply(self, masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Prune every weight by its mask from the original values, then correct the biases."""
+        for w in self.weights:
+            orig = self.originals[w.tensor.name]
+            w.set_values(apply_mask(orig, masks[w.tensor.name]) if w.tensor.name in masks else orig)
+        for name, slot in self.slots.items():
+            slot.tensor.values = self.bias_before[name].copy()
+        layers = [
+            C.Corrected(
+                w,
+                self.slots[w.tensor.name],
+                self.originals[w.tensor.name],
+                self.stats[w.tensor.name],
+            )
+            for w in self.weights
+            if w.tensor.name in self.slots
+            and w.tensor.name in masks
+            and not masks[w.tensor.name].all()
+        ]
+        return C.correct_biases(self.graph, layers, self.ctx.calib, progress=self.ctx.progress)
+
+
+def _prepare(
+    graph: gs.Graph, weights: list[Weight], correct: bool, ctx: Context, notes: list[str]
+) -> _State:
+    originals = {w.tensor.name: w.values.copy() for w in weights}
+    slots, stats = {}, {}
+    if correct:
+        for w in weights:
+            slot = C.bias_slot(graph, w)
+            if isinstance(slot, str):
+                notes.append(f"no bias correction: {slot}")
+            else:
+                slots[w.tensor.name] = slot
+        with_slot = [w for w in weights if w.tensor.name in slots]
+        ctx.progress("prune: collecting layer input statistics")
+        stats = C.input_stats(graph, with_slot, ctx.calib)
+    before = {k: np.asarray(s.tensor.values).copy() for k, s in slots.items()}
+    return _State(graph, weights, originals, slots, before, stats, ctx)
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def _uniform_masks(weights: list[Weight], ratios: Mapping[str, float]) -> dict[str, np.ndarray]:
+    return {
+        w.tensor.name: magnitude_mask(w.values, ratios[w.tensor.name])
+        for w in weights
+        if ratios.get(w.tensor.name, 0.0) > 0
+    }
+
+
+def _global_masks(
+    weights: list[Weight], pinned: Mapping[str, float], sparsity: float
+) -> tuple[dict[str, np.ndarray], float]:
+    pool = [w for w in weights if w.tensor.name not in pinned]
+    t = global_threshold([w.values for w in pool], sparsity)
+    masks = {w.tensor.name: threshold_mask(w.values, t) for w in pool}
+    masks.update(_uniform_masks([w for w in weights if w.tensor.name in pinned], pinned))
+    return masks, t
+
+
+def _scan(
+    state: _State, layers: list[Weight], ladder: tuple[float, ...], tolerance: float, base: float
+) -> dict[str, list[tuple[float, float]]]:
+    """Per layer: [(ratio, drop in points)] pruning it alone, up to the first drop > tolerance."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for i, w in enumerate(layers):
+        name, orig = w.tensor.name, state.originals[w.tensor.name]
+        slot = state.slots.get(name)
+        curve = curves.setdefault(name, [])
+        for ratio in ladder:
+            pruned = apply_mask(orig, magnitude_mask(orig, ratio))
+            w.set_values(pruned)
+            if slot is not None:
+                slot.tensor.values = state.bias_before[name].copy()
+                stat = state.stats[name]
+                slot.shift(C.output_mean(w, orig, stat) - C.output_mean(w, pruned, stat))
+            drop = 100.0 * (base - state.ctx.score(state.graph))
+            curve.append((ratio, drop))
+            state.ctx.progress(
+                f"prune: scan {i + 1}/{len(layers)} {w.layer} s={ratio:.2f} drop={drop:+.2f}"
+            )
+            if drop > tolerance + EPS:
+                break
+        w.set_values(orig)
+        if slot is not None:
+            slot.tensor.values = state.bias_before[name].copy()
+    return curves
+
+
+def _allowed(curve: list[tuple[float, float]], tolerance: float) -> int:
+    """Index of the largest rung before the first one over tolerance (-1 = none passes)."""
+    best = -1
+    for i, (_, drop) in enumerate(curve):
+        if drop > tolerance + EPS:
+            break
+        best = i
+    return best
+
+
+def _sensitivity(
+    state: _State,
+    cfg: Config,
+    pinned: Mapping[str, float],
+    notes: list[str],
+    facts: dict[str, dict[str, Any]],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Scan, allocate, apply jointly and back off; returns the masks and the bias shifts."""
+    base = state.ctx.score(state.graph)
+    scanned = [w for w in state.weights if w.tensor.name not in pinned]
+    curves = _scan(state, scanned, cfg.ladder, cfg.tolerance, base)
+    rung = {name: _allowed(curve, cfg.tolerance) for name, curve in curves.items()}
+    for name, curve in curves.items():
+        facts[name]["scan"] = {f"{r:g}": round(d, 3) for r, d in curve}
+    while True:
+        ratios = {**pinned, **{n: (cfg.ladder[i] if i >= 0 else 0.0) for n, i in rung.items()}}
+        masks = _uniform_masks(state.weights, ratios)
+        shifts = state.apply(masks)
+        drop = 100.0 * (base - state.ctx.score(state.graph))
+        state.ctx.progress(f"prune: joint drop {drop:+.2f} points")
+        if cfg.max_drop is None or drop <= cfg.max_drop + EPS:
+            break
+        live = [n for n, i in rung.items() if i >= 0]
+        if not live:
+            notes.append(
+                f"could not meet max_drop={cfg.max_drop:g}: joint drop {drop:.2f} "
+                "points with every scanned layer unpruned"
+            )
+            break
+        worst = max(live, key=lambda n: (curves[n][rung[n]][1], -state.originals[n].size))
+        rung[worst] -= 1
+    notes.append(
+        f"sensitivity: base score {100 * base:.2f}%, joint drop {drop:.2f} points "
+        f"(tolerance {cfg.tolerance:g} per layer"
+        + (f", max_drop {cfg.max_drop:g})" if cfg.max_drop is not None else ")")
+    )
+    return masks, shifts
+
+
+# ----------------------------------------------------------------------------- the pass
+
+
+def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
+    """Prune the selected weights of `graph` in place; see the module docstring."""
+    report = PassReport(NAME, modified=False)
+    weights, protected = _select(graph, cfg)
+    if not weights:
+        report.notes.append("no Conv/Gemm/MatMul weight to prune")
+        return report
+    mode = _resolve_mode(cfg, ctx, report.notes)
+    ratios = resolve_per_layer(weights, cfg.per_layer)
+    pinned = {k: v for k, v in ratios.items() if _explicit(k, weights, cfg.per_layer)}
+    pinned.update({name: 0.0 for name in protected if any(w.tensor.name == name for w in weights)})
+    correct = cfg.bias_correction and ctx.calib is not None
+    if cfg.bias_correction and ctx.calib is None:
+        report.notes.append("bias correction skipped: no calibration data")
+    facts = {w.tensor.name: _facts(w) for w in weights}
+    state = _prepare(graph, weights, correct, ctx, report.notes)
+    threshold = None
+    if mode is Mode.UNIFORM:
+        default = (
+            cfg.sparsity
+            if cfg.sparsity is not None
+            else (FALLBACK_SPARSITY if cfg.per_layer is None else 0.0)
+        )
+        if cfg.mode is Mode.UNIFORM and cfg.sparsity is None and cfg.per_layer is None:
+            report.notes.append(f"no sparsity given: used the fallback {FALLBACK_SPARSITY:g}")
+        table = {w.tensor.name: ratios.get(w.tensor.name, default) for w in weights}
+        masks = _uniform_masks(weights, {**table, **{n: 0.0 for n in protected}})
+        shifts = state.apply(masks)
+    elif mode is Mode.GLOBAL:
+        pooled = cfg.sparsity if cfg.sparsity is not None else (cfg.per_layer or {}).get("*")
+        if pooled is None:
+            raise BadInputError("prune mode 'global' needs 'sparsity' (the pooled ratio)")
+        masks, threshold = _global_masks(weights, pinned, pooled)
+        shifts = state.apply(masks)
+        report.notes.append(f"global magnitude threshold {threshold:.6g}")
+    else:
+        masks, shifts = _sensitivity(state, cfg, pinned, report.notes, facts)
+    for w in weights:
+        if w.tensor.name in state.slots and C.drop_if_unused(graph, w, state.slots[w.tensor.name]):
+            del state.slots[w.tensor.name]
+    graph.cleanup().toposort()
+    _fill_report(report, weights, masks, facts, shifts, state, threshold, pinned, mode)
+    return report
+
+
+def _explicit(tensor: str, weights: list[Weight], table: Mapping[str, float] | None) -> bool:
+    """True if the weight is matched by a per_layer key other than '*'."""
+    w = next(w for w in weights if w.tensor.name == tensor)
+    return any(
+        k != "*" and (fnmatch.fnmatchcase(w.layer, k) or fnmatch.fnmatchcase(w.tensor.name, k))
+        for k in (table or {})
+    )
+
+
+def _facts(w: Weight) -> dict[str, Any]:
+    return {
+        "layer": w.layer,
+        "op": w.node.op,
+        "kind": w.kind,
+        "shape": list(w.values.shape),
+        "params": int(w.values.size),
+    }
+
+
+def _fill_report(
+    report: PassReport,
+    weights: list[Weight],
+    masks: Mapping[str, np.ndarray],
+    facts: dict[str, dict[str, Any]],
+    shifts: Mapping[str, Any],
+    state: _State,
+    threshold: float | None,
+    pinned: Mapping[str, float],
+    mode: Mode,
+) -> None:
+    report.notes.insert(0, f"mode: {mode.value}")
+    total = zeros = 0
+    for w in weights:
+        name, values = w.tensor.name, w.values
+        f = facts[name]
+        f["sparsity"] = sparsity_of(values)
+        f["target"] = float(1 - masks[name].mean()) if name in masks else 0.0
+        f["pinned"] = name in pinned
+        f["bias_corrected"] = name in shifts
+        if name in shifts:
+            f["bias_shift"] = float(np.max(np.abs(shifts[name]))) if shifts[name].size else 0.0
+        if threshold is not None and name not in pinned:
+            f["threshold"] = threshold
+        report.per_tensor[name] = f
+        total += values.size
+        zeros += values.size - np.count_nonzero(values)
+        report.modified |= name in masks
+    if total:
+        report.notes.append(f"overall sparsity {zeros / total:.4f} of {total} weights")
