@@ -6,15 +6,17 @@ come from package-merge (Larmore & Hirschberg 1990), which gives the optimal pre
 codes are at most 15 bits; that bound lets the C decoder (csrc/huffman.c) resolve codes of up to
 11 bits with one table lookup. Only the lengths are stored: codes are canonical.
 
-Stream layout (all little-endian), see docs/FORMAT.md:
-    u64 n symbols | u16 alphabet A | ceil(A/2) bytes of 4-bit lengths | u64 m | m bytes of bits
-A one-symbol alphabet stores no bits (m = 0); an empty stream has A = 0.
+Stream layout, see docs/FORMAT.md (varint = unsigned LEB128):
+    varint n symbols | varint alphabet A | length table | varint m | m bytes of bits
+The length table is a run of 4-bit tokens, high nibble first, padded with a zero nibble to a
+whole byte: token 1..15 is the code length of the next symbol, token 0 followed by token r
+says that the next r + 1 symbols are unused. A one-symbol alphabet stores no bits (m = 0);
+an empty stream has A = 0.
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +39,8 @@ class StreamPlan:
     @property
     def nbytes(self) -> int:
         """Size of the serialized stream, header included."""
-        return 8 + 2 + (self.lengths.size + 1) // 2 + 8 + (self.bits + 7) // 8
+        m = (self.bits + 7) // 8
+        return len(pack_header(self)) + len(varint(m)) + m
 
 
 def entropy_bits(counts: np.ndarray) -> float:
@@ -100,32 +103,90 @@ def encode(symbols: np.ndarray, p: StreamPlan | None = None) -> bytes:
     payload = b""
     if p.bits:
         payload = _cnative.huff_encode(p.lengths, symbols, (p.bits + 7) // 8)
-    return pack_header(p) + struct.pack("<Q", len(payload)) + payload
+    return pack_header(p) + varint(len(payload)) + payload
+
+
+def varint(x: int) -> bytes:
+    """Unsigned LEB128: 7 bits a byte, low bits first, high bit set on all but the last."""
+    out = bytearray()
+    while True:
+        byte, x = x & 0x7F, x >> 7
+        out.append(byte | (0x80 if x else 0))
+        if not x:
+            return bytes(out)
+
+
+def read_varint(cur: Cursor) -> int:
+    value = 0
+    for shift in range(0, 64, 7):
+        byte = cur.u8()
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value
+    raise PayloadError("a varint longer than 64 bits")
+
+
+def length_tokens(lengths: np.ndarray) -> list[int]:
+    """The 4-bit tokens of a length table: lengths as they are, zero runs as (0, run - 1)."""
+    tokens, i = [], 0
+    lens = lengths.tolist()
+    while i < len(lens):
+        if lens[i]:
+            tokens.append(lens[i])
+            i += 1
+            continue
+        run = 1
+        while run < 16 and i + run < len(lens) and not lens[i + run]:
+            run += 1
+        tokens += [0, run - 1]
+        i += run
+    return tokens
 
 
 def pack_header(p: StreamPlan) -> bytes:
-    """Symbol count, alphabet size and the 4-bit lengths (high nibble = even symbol)."""
-    lens = p.lengths
-    if lens.size % 2:
-        lens = np.append(lens, np.uint8(0))
-    nibbles = (lens[0::2] << 4) | lens[1::2]
-    return struct.pack("<QH", p.n, p.lengths.size) + nibbles.astype(np.uint8).tobytes()
+    """Symbol count, alphabet size and the length table."""
+    tokens = length_tokens(p.lengths)
+    if len(tokens) % 2:
+        tokens.append(0)
+    packed = bytes((tokens[i] << 4) | tokens[i + 1] for i in range(0, len(tokens), 2))
+    return varint(p.n) + varint(p.lengths.size) + packed
+
+
+def read_lengths(cur: Cursor, alphabet: int) -> np.ndarray:
+    """Parse a length table of `alphabet` entries (the inverse of length_tokens)."""
+    lengths = np.zeros(alphabet, dtype=np.uint8)
+    nibbles: list[int] = []
+
+    def token() -> int:
+        if not nibbles:
+            byte = cur.u8()
+            nibbles.extend((byte >> 4, byte & 15))
+        return nibbles.pop(0)
+
+    i = 0
+    while i < alphabet:
+        t = token()
+        if t:
+            lengths[i] = t
+            i += 1
+        else:
+            i += token() + 1
+    if i != alphabet or any(nibbles):
+        raise PayloadError(f"the code length table does not fit its alphabet of {alphabet}")
+    return lengths
 
 
 def read_header(cur: Cursor, max_alphabet: int) -> tuple[int, np.ndarray, memoryview]:
     """Parse one stream: (symbol count, code lengths, payload bytes)."""
-    n = cur.u64()
-    alphabet = cur.u16()
+    n = read_varint(cur)
+    alphabet = read_varint(cur)
     if alphabet > max_alphabet:
         raise PayloadError(f"Huffman alphabet of {alphabet} symbols, at most {max_alphabet} allowed")
     if (alphabet == 0) != (n == 0):
         raise PayloadError(f"Huffman stream of {n} symbols with an alphabet of {alphabet}")
-    packed = np.frombuffer(cur.take((alphabet + 1) // 2), dtype=np.uint8)
-    lengths = np.empty(packed.size * 2, dtype=np.uint8)
-    lengths[0::2] = packed >> 4
-    lengths[1::2] = packed & 15
-    payload = cur.take(cur.u64())
-    return n, lengths[:alphabet], payload
+    lengths = read_lengths(cur, alphabet)
+    payload = cur.take(read_varint(cur))
+    return n, lengths, payload
 
 
 def decode(cur: Cursor, max_alphabet: int = 256) -> np.ndarray:

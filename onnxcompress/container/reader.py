@@ -62,18 +62,20 @@ def read_container_bytes(data: bytes) -> onnx.ModelProto:
 def load_for_ort(path: str | os.PathLike) -> tuple[bytes, dict[str, np.ndarray]]:
     """(model bytes, arrays) for ONNX Runtime without building a proto of the big weights.
 
-    Initializers of at least EXTERNAL_MIN_BYTES with a numpy dtype ORT accepts are left out of
-    the model bytes (marked external) and returned as arrays; feed them to
+    Initializers of at least EXTERNAL_MIN_BYTES with a numpy dtype ORT accepts, which some node
+    consumes (ORT drops unused ones before it would take the arrays), are left out of the model
+    bytes (marked external) and returned as arrays; feed them to
     `SessionOptions.add_external_initializers` and keep them alive as long as the session.
     """
     p = _parse(_read_file(path), str(path))
     model = _graph(p)
+    used = _consumed_names(model.graph)
     arrays: dict[str, np.ndarray] = {}
     for e in p.tensors:
         t = model.graph.initializer[e.index]
         flat = _decode_tensor(p, e, t)
         dtype = _ort_dtype(t.data_type)
-        if dtype is None or flat.nbytes < EXTERNAL_MIN_BYTES:
+        if dtype is None or flat.nbytes < EXTERNAL_MIN_BYTES or t.name not in used:
             t.raw_data = flat.tobytes()
             continue
         arrays[t.name] = flat.view(dtype).reshape(tuple(t.dims))
@@ -86,7 +88,8 @@ def load_for_ort(path: str | os.PathLike) -> tuple[bytes, dict[str, np.ndarray]]
 def ort_session(path: str | os.PathLike, sess_options=None, providers=None):
     """An onnxruntime.InferenceSession over a container, through load_for_ort's fast path.
 
-    The decoded arrays are attached to the session (`_onnxcompress_arrays`) to keep them alive.
+    The arrays are registered on `sess_options` (pass a fresh one per session) and attached to
+    the session (`_onnxcompress_arrays`) to keep them alive as long as it lives.
     """
     import onnxruntime as ort
 
@@ -99,6 +102,17 @@ def ort_session(path: str | os.PathLike, sess_options=None, providers=None):
     sess = ort.InferenceSession(model_bytes, so, providers=providers or ["CPUExecutionProvider"])
     sess._onnxcompress_arrays = arrays
     return sess
+
+
+def _consumed_names(graph: onnx.GraphProto) -> set[str]:
+    """Names read by a node of the graph or of any subgraph, and the graph outputs."""
+    names = {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                names |= _consumed_names(g)
+    return names
 
 
 # ----------------------------------------------------------------------------- parsing

@@ -1,0 +1,173 @@
+"""write_container -> read_container gives back every initializer bit for bit."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from onnxcompress.container import (codecs, container_bytes, is_container, load_for_ort,
+                                    ort_session, read_container, read_container_bytes,
+                                    write_container)
+from onnxcompress.container.reader import _parse
+from onnxcompress.errors import BadInputError
+
+from .models import KINDS, initializer_bits, net, weights
+
+
+def assert_same_initializers(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
+    assert [t.name for t in a.graph.initializer] == [t.name for t in b.graph.initializer]
+    for x, y in zip(a.graph.initializer, b.graph.initializer):
+        u, v = numpy_helper.to_array(x), numpy_helper.to_array(y)
+        assert u.dtype == v.dtype and u.shape == v.shape, x.name
+        if u.dtype.itemsize in (1, 2, 4, 8) and u.dtype != np.bool_:
+            unsigned = f"u{u.dtype.itemsize}"
+            assert np.array_equal(u.view(unsigned), v.view(unsigned)), x.name
+        assert u.tobytes() == v.tobytes(), x.name
+
+
+def test_round_trip_is_bit_identical(tmp_path: Path) -> None:
+    model = net()
+    path = tmp_path / "m.onnxc"
+    report = write_container(model, path, tensor_kinds=KINDS)
+    assert is_container(path) and path.stat().st_size == report.total_bytes
+    back = read_container(path)
+    assert_same_initializers(model, back)
+    stripped = [onnx.ModelProto.FromString(m.SerializeToString()) for m in (model, back)]
+    for m in stripped:
+        for t in m.graph.initializer:
+            t.ClearField("raw_data")
+    assert stripped[0] == stripped[1]  # graph, names, dims, metadata untouched
+    assert initializer_bits(read_container_bytes(path.read_bytes())) == initializer_bits(model)
+
+
+def test_codec_choice_and_report(tmp_path: Path) -> None:
+    report = write_container(net(), tmp_path / "m.onnxc", tensor_kinds=KINDS)
+    rows = {r.name: r for r in report.tensors}
+    assert rows["conv_w"].codec == rows["fc_w"].codec == rows["emb_idx"].codec == "sparse"
+    assert rows["bits"].codec == "codebook"
+    assert rows["empty"].codec == "stored"
+    w = weights()
+    for name, row in rows.items():
+        assert row.original_bytes == w[name].nbytes
+    fc = rows["fc_w"]
+    assert fc.stored_bytes < fc.original_bytes / 10
+    assert fc.n_symbols > 0 and fc.bits_per_symbol * fc.n_symbols <= 1.05 * fc.entropy_bits
+    assert report.total_bytes == sum(r.stored_bytes for r in report.tensors) + \
+        report.graph_bytes + 24 + 32 * (1 + len(rows))
+    assert report.ratio > 5
+
+
+def sparse_gap_bits(data: bytes, name: str) -> int:
+    p = _parse(memoryview(data), "<test>")
+    model = read_container_bytes(data)
+    entry = next(e for e in p.tensors if model.graph.initializer[e.index].name == name)
+    assert entry.codec == codecs.Codec.SPARSE
+    return data[entry.offset + 1]
+
+
+def test_gap_bits_follow_tensor_kinds() -> None:
+    data = container_bytes(net(), tensor_kinds=KINDS)
+    assert sparse_gap_bits(data, "conv_w") == 8
+    assert sparse_gap_bits(data, "fc_w") == 5
+    assert sparse_gap_bits(data, "emb_idx") == 8  # default
+
+
+def test_fillers_bridge_long_zero_runs() -> None:
+    w = weights()["fc_w"].reshape(-1)
+    book, idx = codecs._cnative.codebook_index(w.view(np.uint32))
+    fill = int(np.argmax(np.bincount(idx)))
+    gaps, vals, nz_book = codecs.sparse_entries(idx, book, fill, gap_bits=5)
+    fillers = vals == nz_book.size
+    assert fillers.sum() >= 400 // 32 and (gaps[fillers] == 31).all() and gaps.max() == 31
+    from onnxcompress.container import reference
+
+    dense = reference.sparse_expand(gaps, vals, nz_book.size, nz_book, book[fill], w.size)
+    assert np.array_equal(dense, w.view(np.uint32))
+
+
+@pytest.mark.parametrize("array", [
+    np.zeros(5000, np.float32),  # one value: codebook with a bit-free stream
+    np.full(300, -0.0, np.float32),
+    np.array([np.nan, -np.nan, 0.0, -0.0, np.inf] * 100, np.float32),
+    np.arange(100_000, dtype=np.int64) % 7,
+    np.zeros((3, 0, 4), np.int64),
+    np.array(7, np.int64),
+    np.random.default_rng(1).normal(size=(64, 64)).astype(np.float64),
+    np.random.default_rng(2).integers(0, 256, size=10_000).astype(np.uint8),
+    np.where(np.random.default_rng(3).random(20_000) < 0.95, 0, 1.5).astype(np.float16),
+])
+def test_single_tensor_round_trip(array: np.ndarray) -> None:
+    model = onnx.helper.make_model(onnx.helper.make_graph(
+        [], "g", [], [], [numpy_helper.from_array(array, "t")]))
+    back = read_container_bytes(container_bytes(model))
+    assert_same_initializers(model, back)
+
+
+def test_typed_field_tensors_come_back_as_raw_data() -> None:
+    t = onnx.helper.make_tensor("t", onnx.TensorProto.FLOAT, [3], [1.0, -0.0, 2.5])
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], [t]))
+    back = read_container_bytes(container_bytes(model))
+    assert_same_initializers(model, back)
+
+
+def test_string_tensors_stay_in_the_graph() -> None:
+    t = onnx.helper.make_tensor("s", onnx.TensorProto.STRING, [2], [b"a", b"bc"])
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], [t]))
+    back = read_container_bytes(container_bytes(model))
+    assert list(back.graph.initializer[0].string_data) == [b"a", b"bc"]
+
+
+def test_bad_tensor_kinds_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="expected one of"):
+        write_container(net(), tmp_path / "m.onnxc", tensor_kinds={"fc_w": "dense"})
+    with pytest.raises(BadInputError, match="no initializer"):
+        write_container(net(), tmp_path / "m.onnxc", tensor_kinds={"fc_W": "fc"})
+    assert not any(tmp_path.iterdir())
+
+
+def test_failed_write_leaves_the_old_file(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "m.onnxc"
+    path.write_bytes(b"old")
+
+    def boom(chunks):  # fail half way through writing
+        raise OSError("disk full")
+
+    from onnxcompress.container import writer
+
+    real = writer.os.fsync
+    monkeypatch.setattr(writer.os, "fsync", lambda fd: boom(None))
+    with pytest.raises(OSError, match="disk full"):
+        write_container(net(), path)
+    monkeypatch.setattr(writer.os, "fsync", real)
+    assert path.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["m.onnxc"]
+
+
+def test_ort_fast_path_matches_the_original(tmp_path: Path) -> None:
+    model = net()
+    path = tmp_path / "m.onnxc"
+    write_container(model, path, tensor_kinds=KINDS)
+    x = np.random.default_rng(0).normal(size=(1, 8, 8, 8)).astype(np.float32)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    want = ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    model_bytes, arrays = load_for_ort(path)
+    assert {"fc_w", "conv_w"} <= set(arrays) and "fc_b" not in arrays
+    assert len(model_bytes) < net().ByteSize() // 20  # the big weights are not in it
+    assert np.array_equal(ort_session(path).run(None, {"x": x})[0], want)
+    via_proto = ort.InferenceSession(read_container(path).SerializeToString(), opts,
+                                     providers=["CPUExecutionProvider"])
+    assert np.array_equal(via_proto.run(None, {"x": x})[0], want)
+
+
+def test_is_container_is_false_for_other_files(tmp_path: Path) -> None:
+    onnx.save(net(), str(tmp_path / "m.onnx"))
+    assert not is_container(tmp_path / "m.onnx")
+    assert not is_container(tmp_path / "missing")
