@@ -25,12 +25,19 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxcompress.container import _cnative, codecs, huffman, ort_session, read_container
-from onnxcompress.container import write_container
+from onnxcompress.container import (
+    _cnative,
+    codecs,
+    huffman,
+    ort_session,
+    read_container,
+    write_container,
+)
 
 
-def pruned_clustered(rng: np.random.Generator, shape: tuple[int, ...], levels: int = 32,
-                     density: float = 0.1) -> np.ndarray:
+def pruned_clustered(
+    rng: np.random.Generator, shape: tuple[int, ...], levels: int = 32, density: float = 0.1
+) -> np.ndarray:
     """Weights on `levels` shared values with (1 - density) of them exactly zero."""
     centers = np.linspace(-0.1, 0.1, levels).astype(np.float32)
     w = centers[rng.integers(0, levels, size=shape)]
@@ -56,16 +63,22 @@ def decode_throughput(rng: np.random.Generator, n: int, repeats: int) -> None:
     for label, sym in (("gaps", gaps), ("values", vals)):
         p = huffman.plan(huffman.histogram(sym))
         payload = _cnative.huff_encode(p.lengths, sym, (p.bits + 7) // 8)
-        t = median_time(lambda: _cnative.huff_decode(p.lengths, payload, sym.size), repeats)
+        t = median_time(
+            lambda p=p, data=payload, s=sym: _cnative.huff_decode(p.lengths, data, s.size), repeats
+        )
         assert np.array_equal(_cnative.huff_decode(p.lengths, payload, sym.size), sym)
-        print(f"  {label:6s} {sym.size:>11,} symbols  decode {sym.size / t / 1e6:7.1f} M symbols/s"
-              f"  {p.bits / p.n:.3f} bits/symbol vs entropy {p.entropy_bits / p.n:.3f}"
-              f"  (+{100 * huffman.entropy_gap(p):.2f}%)")
+        print(
+            f"  {label:6s} {sym.size:>11,} symbols  decode {sym.size / t / 1e6:7.1f} M symbols/s"
+            f"  {p.bits / p.n:.3f} bits/symbol vs entropy {p.entropy_bits / p.n:.3f}"
+            f"  (+{100 * huffman.entropy_gap(p):.2f}%)"
+        )
     dense = huffman.plan(counts)
     payload = _cnative.huff_encode(dense.lengths, idx, (dense.bits + 7) // 8)
     t = median_time(lambda: _cnative.huff_decode(dense.lengths, payload, idx.size), repeats)
-    print(f"  dense  {idx.size:>11,} symbols  decode {idx.size / t / 1e6:7.1f} M symbols/s"
-          f"  (codebook indices, all elements)")
+    print(
+        f"  dense  {idx.size:>11,} symbols  decode {idx.size / t / 1e6:7.1f} M symbols/s"
+        f"  (codebook indices, all elements)"
+    )
 
 
 def big_model(rng: np.random.Generator, mb: int) -> onnx.ModelProto:
@@ -75,14 +88,20 @@ def big_model(rng: np.random.Generator, mb: int) -> onnx.ModelProto:
     nodes, inits, x = [], [], "x"
     for i in range(n_layers):
         w, b = f"W{i}", f"B{i}"
-        inits += [numpy_helper.from_array(pruned_clustered(rng, (dim, dim)), w),
-                  numpy_helper.from_array(np.zeros(dim, np.float32), b)]
+        inits += [
+            numpy_helper.from_array(pruned_clustered(rng, (dim, dim)), w),
+            numpy_helper.from_array(np.zeros(dim, np.float32), b),
+        ]
         y = "y" if i == n_layers - 1 else f"h{i}"
         nodes.append(helper.make_node("Gemm", [x, w, b], [y], name=f"fc{i}"))
         x = y
     graph = helper.make_graph(
-        nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, dim])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, dim])], inits)
+        nodes,
+        "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, dim])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -94,9 +113,11 @@ def load_ratio(rng: np.random.Generator, mb: int, repeats: int, work: Path) -> N
     t = time.perf_counter()
     report = write_container(model, dst, tensor_kinds=kinds)
     written = time.perf_counter() - t
-    print(f"\nmodel: {src.stat().st_size / 2**20:.1f} MiB .onnx -> {report.total_bytes / 2**20:.2f}"
-          f" MiB container ({src.stat().st_size / report.total_bytes:.1f}x, written in "
-          f"{written:.1f} s)")
+    print(
+        f"\nmodel: {src.stat().st_size / 2**20:.1f} MiB .onnx -> {report.total_bytes / 2**20:.2f}"
+        f" MiB container ({src.stat().st_size / report.total_bytes:.1f}x, written in "
+        f"{written:.1f} s)"
+    )
     x = rng.standard_normal((1, model.graph.input[0].type.tensor_type.shape.dim[1].dim_value))
     feed = {"x": x.astype(np.float32)}
 
@@ -110,8 +131,9 @@ def load_ratio(rng: np.random.Generator, mb: int, repeats: int, work: Path) -> N
 
     def via_proto() -> ort.InferenceSession:
         m = read_container(dst)
-        return ort.InferenceSession(m.SerializeToString(), opts(),
-                                    providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            m.SerializeToString(), opts(), providers=["CPUExecutionProvider"]
+        )
 
     def via_arrays() -> ort.InferenceSession:
         return ort_session(dst, opts())
@@ -122,10 +144,14 @@ def load_ratio(rng: np.random.Generator, mb: int, repeats: int, work: Path) -> N
     base = median_time(original, repeats)
     proto_only = median_time(lambda: read_container(dst), repeats)
     print(f"  ORT session from the original .onnx        {base:6.3f} s")
-    print(f"  read_container -> ModelProto               {proto_only:6.3f} s "
-          f"({proto_only / base:.2f}x)")
-    for label, fn in (("read_container + ORT session from bytes", via_proto),
-                      ("ort_session (arrays as external inits)", via_arrays)):
+    print(
+        f"  read_container -> ModelProto               {proto_only:6.3f} s "
+        f"({proto_only / base:.2f}x)"
+    )
+    for label, fn in (
+        ("read_container + ORT session from bytes", via_proto),
+        ("ort_session (arrays as external inits)", via_arrays),
+    ):
         t = median_time(fn, repeats)
         print(f"  {label:42s} {t:6.3f} s ({t / base:.2f}x)")
 

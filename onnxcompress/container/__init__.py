@@ -7,8 +7,7 @@ docs/FORMAT.md for the byte layout.
 
 from __future__ import annotations
 
-from .reader import (is_container, load_for_ort, ort_session, read_container,
-                     read_container_bytes)
+from .reader import is_container, load_for_ort, ort_session, read_container, read_container_bytes
 from .writer import ContainerReport, TensorRow, container_bytes, write_container
 
 __all__ = [

@@ -52,7 +52,8 @@ def library() -> ctypes.CDLL:
             return _declare(ctypes.CDLL(str(candidate)))
     raise OnnxCompressError(
         f"the container's C library (_native*.so) is missing in {here}; "
-        "build it with `pip install -e .` or `python setup.py build_ext --inplace`")
+        "build it with `pip install -e .` or `python setup.py build_ext --inplace`"
+    )
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -66,8 +67,17 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.ocx_codebook_index.restype = ctypes.c_int
     lib.ocx_codebook_gather.argtypes = [_vp, _sz, _vp, ctypes.c_int, ctypes.c_int, _vp]
     lib.ocx_codebook_gather.restype = ctypes.c_int
-    lib.ocx_sparse_scatter.argtypes = [_vp, _vp, _sz, ctypes.c_int, _vp, ctypes.c_int,
-                                       ctypes.c_int, _vp, _sz]
+    lib.ocx_sparse_scatter.argtypes = [
+        _vp,
+        _vp,
+        _sz,
+        ctypes.c_int,
+        _vp,
+        ctypes.c_int,
+        ctypes.c_int,
+        _vp,
+        _sz,
+    ]
     lib.ocx_sparse_scatter.restype = ctypes.c_int
     return lib
 
@@ -119,8 +129,9 @@ def codebook_index(elements: np.ndarray, max_k: int = 256) -> tuple[np.ndarray, 
     flat = np.ascontiguousarray(elements).reshape(-1)
     book = np.zeros(256, dtype=np.uint64)
     idx = np.empty(flat.size, dtype=np.uint8)
-    k = library().ocx_codebook_index(_ptr(flat), flat.size, flat.itemsize, max_k, _ptr(book),
-                                     _ptr(idx))
+    k = library().ocx_codebook_index(
+        _ptr(flat), flat.size, flat.itemsize, max_k, _ptr(book), _ptr(idx)
+    )
     if k == -1:
         return None
     if k < 0:
@@ -131,17 +142,28 @@ def codebook_index(elements: np.ndarray, max_k: int = 256) -> tuple[np.ndarray, 
 def codebook_gather(idx: np.ndarray, book: np.ndarray, out: np.ndarray) -> None:
     """out[i] = book[idx[i]] (book and out share one unsigned dtype)."""
     book = np.ascontiguousarray(book)
-    rc = library().ocx_codebook_gather(_ptr(idx), idx.size, _ptr(book), book.size, book.itemsize,
-                                       _ptr(out))
+    rc = library().ocx_codebook_gather(
+        _ptr(idx), idx.size, _ptr(book), book.size, book.itemsize, _ptr(out)
+    )
     if rc:
         raise NativeError(rc, "codebook gather")
 
 
-def sparse_scatter(gaps: np.ndarray, vals: np.ndarray, filler: int, book: np.ndarray,
-                   out: np.ndarray) -> None:
+def sparse_scatter(
+    gaps: np.ndarray, vals: np.ndarray, filler: int, book: np.ndarray, out: np.ndarray
+) -> None:
     """Write book[vals[j]] at the positions the gaps walk to; out must hold the fill value."""
     book = np.ascontiguousarray(book)
-    rc = library().ocx_sparse_scatter(_ptr(gaps), _ptr(vals), gaps.size, filler, _ptr(book),
-                                      book.size, out.itemsize, _ptr(out), out.size)
+    rc = library().ocx_sparse_scatter(
+        _ptr(gaps),
+        _ptr(vals),
+        gaps.size,
+        filler,
+        _ptr(book),
+        book.size,
+        out.itemsize,
+        _ptr(out),
+        out.size,
+    )
     if rc:
         raise NativeError(rc, "sparse scatter")

@@ -76,8 +76,9 @@ def encode(data: bytes, elem_size: int, gap_bits: int = 8) -> Encoded:
     best = min(candidates, key=lambda c: (c.nbytes, c.codec))
     out = best.build()
     if len(out.payload) != best.nbytes:
-        raise AssertionError(f"{best.codec.name}: planned {best.nbytes} bytes, wrote "
-                             f"{len(out.payload)}")
+        raise AssertionError(
+            f"{best.codec.name}: planned {best.nbytes} bytes, wrote {len(out.payload)}"
+        )
     return out
 
 
@@ -109,20 +110,29 @@ def _codebook_candidates(elements: np.ndarray, gap_bits: int) -> list[_Candidate
     counts = np.bincount(idx, minlength=book.size)
     dense = huffman.plan(counts)
     head = 1 + 2 + book.nbytes
-    out = [_Candidate(Codec.CODEBOOK, head + dense.nbytes,
-                      lambda: _encode_codebook(book, idx, dense))]
+    out = [
+        _Candidate(Codec.CODEBOOK, head + dense.nbytes, lambda: _encode_codebook(book, idx, dense))
+    ]
     fill = int(np.argmax(counts))
     if counts[fill] >= SPARSE_MIN_FILL * elements.size:
         gaps, vals, nz_book = sparse_entries(idx, book, fill, gap_bits)
         pg, pv = huffman.plan(huffman.histogram(gaps)), huffman.plan(huffman.histogram(vals))
         size = 1 + 1 + 8 + book.itemsize + 2 + nz_book.nbytes + pg.nbytes + pv.nbytes
-        out.append(_Candidate(Codec.SPARSE, size, lambda: _encode_sparse(
-            elements.size, book[fill], gap_bits, nz_book, gaps, vals, pg, pv)))
+        out.append(
+            _Candidate(
+                Codec.SPARSE,
+                size,
+                lambda: _encode_sparse(
+                    elements.size, book[fill], gap_bits, nz_book, gaps, vals, pg, pv
+                ),
+            )
+        )
     return out
 
 
-def sparse_entries(idx: np.ndarray, book: np.ndarray, fill: int, gap_bits: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sparse_entries(
+    idx: np.ndarray, book: np.ndarray, fill: int, gap_bits: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(gap stream, value stream, codebook without the fill) of Deep Compression's sparse form.
 
     Value symbols index the codebook without the fill; symbol K = len(that codebook) marks a
@@ -146,24 +156,35 @@ def sparse_entries(idx: np.ndarray, book: np.ndarray, fill: int, gap_bits: int
 
 
 def _encode_codebook(book: np.ndarray, idx: np.ndarray, p: huffman.StreamPlan) -> Encoded:
-    payload = (struct.pack("<BH", book.itemsize, book.size) + _le_bytes(book)
-               + huffman.encode(idx, p))
+    payload = (
+        struct.pack("<BH", book.itemsize, book.size) + _le_bytes(book) + huffman.encode(idx, p)
+    )
     return Encoded(Codec.CODEBOOK, payload, p.n, p.bits, p.entropy_bits)
 
 
-def _encode_sparse(n: int, fill: np.generic, gap_bits: int, nz_book: np.ndarray,
-                   gaps: np.ndarray, vals: np.ndarray, pg: huffman.StreamPlan,
-                   pv: huffman.StreamPlan) -> Encoded:
-    payload = b"".join([
-        struct.pack("<BBQ", nz_book.itemsize, gap_bits, n),
-        _le_bytes(np.array([fill], dtype=nz_book.dtype)),
-        struct.pack("<H", nz_book.size),
-        _le_bytes(nz_book),
-        huffman.encode(gaps, pg),
-        huffman.encode(vals, pv),
-    ])
-    return Encoded(Codec.SPARSE, payload, pg.n + pv.n, pg.bits + pv.bits,
-                   pg.entropy_bits + pv.entropy_bits)
+def _encode_sparse(
+    n: int,
+    fill: np.generic,
+    gap_bits: int,
+    nz_book: np.ndarray,
+    gaps: np.ndarray,
+    vals: np.ndarray,
+    pg: huffman.StreamPlan,
+    pv: huffman.StreamPlan,
+) -> Encoded:
+    payload = b"".join(
+        [
+            struct.pack("<BBQ", nz_book.itemsize, gap_bits, n),
+            _le_bytes(np.array([fill], dtype=nz_book.dtype)),
+            struct.pack("<H", nz_book.size),
+            _le_bytes(nz_book),
+            huffman.encode(gaps, pg),
+            huffman.encode(vals, pv),
+        ]
+    )
+    return Encoded(
+        Codec.SPARSE, payload, pg.n + pv.n, pg.bits + pv.bits, pg.entropy_bits + pv.entropy_bits
+    )
 
 
 def _le_bytes(a: np.ndarray) -> bytes:
@@ -234,6 +255,8 @@ def _decode_sparse(cur: Cursor) -> np.ndarray:
     n = cur.u64()
     fill = np.frombuffer(cur.take(e), dtype=_UNSIGNED[e])[0]
     book = _read_book(cur, e)
+    if book.size > 255:
+        raise PayloadError(f"sparse codebook of {book.size} entries, at most 255 allowed")
     gaps = huffman.decode(cur, max_alphabet=1 << gap_bits)
     vals = huffman.decode(cur, max_alphabet=book.size + 1)
     cur.done()

@@ -71,7 +71,8 @@ def tensor_section(name: str) -> str:
 def pack_header(entries: list[Entry]) -> bytes:
     """Header and section table bytes for the given entries."""
     table = b"".join(
-        ENTRY.pack(e.kind, e.codec, 0, e.index, e.offset, e.length, e.crc, 0) for e in entries)
+        ENTRY.pack(e.kind, e.codec, 0, e.index, e.offset, e.length, e.crc, 0) for e in entries
+    )
     head = HEADER.pack(MAGIC, VERSION, 0, len(entries), crc32(table), 0)
     head = head[:-4] + struct.pack("<I", crc32(head[:-4]))
     return head + table
@@ -92,8 +93,9 @@ class Cursor:
     def take(self, n: int) -> memoryview:
         if n < 0 or self.pos + n > len(self.buf):
             raise PayloadError(
-                f"needs {n} bytes at offset {self.pos}, only {len(self.buf) - self.pos} left")
-        out = self.buf[self.pos:self.pos + n]
+                f"needs {n} bytes at offset {self.pos}, only {len(self.buf) - self.pos} left"
+            )
+        out = self.buf[self.pos : self.pos + n]
         self.pos += n
         return out
 

@@ -181,7 +181,9 @@ def read_header(cur: Cursor, max_alphabet: int) -> tuple[int, np.ndarray, memory
     n = read_varint(cur)
     alphabet = read_varint(cur)
     if alphabet > max_alphabet:
-        raise PayloadError(f"Huffman alphabet of {alphabet} symbols, at most {max_alphabet} allowed")
+        raise PayloadError(
+            f"Huffman alphabet of {alphabet} symbols, at most {max_alphabet} allowed"
+        )
     if (alphabet == 0) != (n == 0):
         raise PayloadError(f"Huffman stream of {n} symbols with an alphabet of {alphabet}")
     lengths = read_lengths(cur, alphabet)

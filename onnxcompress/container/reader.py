@@ -23,8 +23,22 @@ from onnx import TensorProto
 
 from ..errors import ContainerError
 from . import codecs
-from .format import (ENTRY, GRAPH_SECTION, HEADER, HEADER_SECTION, MAGIC, TABLE_SECTION, VERSION,
-                     Codec, Entry, PayloadError, SectionKind, crc32, prefix_size, tensor_section)
+from .format import (
+    ENTRY,
+    GRAPH_SECTION,
+    HEADER,
+    HEADER_SECTION,
+    MAGIC,
+    TABLE_SECTION,
+    VERSION,
+    Codec,
+    Entry,
+    PayloadError,
+    SectionKind,
+    crc32,
+    prefix_size,
+    tensor_section,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +112,8 @@ def ort_session(path: str | os.PathLike, sess_options=None, providers=None):
     if arrays:
         names = list(arrays)
         so.add_external_initializers(
-            names, [ort.OrtValue.ortvalue_from_numpy(arrays[n]) for n in names])
+            names, [ort.OrtValue.ortvalue_from_numpy(arrays[n]) for n in names]
+        )
     sess = ort.InferenceSession(model_bytes, so, providers=providers or ["CPUExecutionProvider"])
     sess._onnxcompress_arrays = arrays
     return sess
@@ -131,33 +146,47 @@ def _fail(where: str, section: str, message: str) -> ContainerError:
 
 def _parse(buf: memoryview, where: str) -> _Parsed:
     """Check magic, header CRC, version, table CRC and section bounds."""
-    if bytes(buf[:len(MAGIC)]) != MAGIC:
-        raise _fail(where, HEADER_SECTION, "not an onnxcompress container (wrong magic; "
-                    f"expected {MAGIC!r}, found {bytes(buf[:len(MAGIC)])!r})")
+    if bytes(buf[: len(MAGIC)]) != MAGIC:
+        raise _fail(
+            where,
+            HEADER_SECTION,
+            "not an onnxcompress container (wrong magic; "
+            f"expected {MAGIC!r}, found {bytes(buf[: len(MAGIC)])!r})",
+        )
     if len(buf) < HEADER.size:
         raise _fail(where, HEADER_SECTION, f"truncated: {len(buf)} of {HEADER.size} bytes")
-    _magic, version, flags, count, table_crc, head_crc = HEADER.unpack(buf[:HEADER.size])
-    if crc32(buf[:HEADER.size - 4]) != head_crc:
+    _magic, version, flags, count, table_crc, head_crc = HEADER.unpack(buf[: HEADER.size])
+    if crc32(buf[: HEADER.size - 4]) != head_crc:
         raise _fail(where, HEADER_SECTION, "corrupted (CRC-32 mismatch)")
     if version != VERSION or flags:
-        raise _fail(where, HEADER_SECTION, f"unknown format version {version} (flags {flags}); "
-                    f"this reader knows version {VERSION}")
+        raise _fail(
+            where,
+            HEADER_SECTION,
+            f"unknown format version {version} (flags {flags}); "
+            f"this reader knows version {VERSION}",
+        )
     end = prefix_size(count)
     if len(buf) < end:
-        raise _fail(where, TABLE_SECTION, f"truncated: the table of {count} sections ends at "
-                    f"byte {end}, the file has {len(buf)}")
-    if crc32(buf[HEADER.size:end]) != table_crc:
+        raise _fail(
+            where,
+            TABLE_SECTION,
+            f"truncated: the table of {count} sections ends at byte {end}, the file has {len(buf)}",
+        )
+    if crc32(buf[HEADER.size : end]) != table_crc:
         raise _fail(where, TABLE_SECTION, "corrupted (CRC-32 mismatch)")
     entries = [_entry(buf, HEADER.size + i * ENTRY.size, where) for i in range(count)]
     _check_layout(entries, end, where)
     if sum(e.length for e in entries) + end < len(buf):
-        raise _fail(where, TABLE_SECTION, f"{len(buf) - end - sum(e.length for e in entries)} "
-                    "bytes after the last section")
+        raise _fail(
+            where,
+            TABLE_SECTION,
+            f"{len(buf) - end - sum(e.length for e in entries)} bytes after the last section",
+        )
     return _Parsed(where, buf, entries[0], entries[1:])
 
 
 def _entry(buf: memoryview, at: int, where: str) -> Entry:
-    kind, codec, _r, index, offset, length, crc, _r2 = ENTRY.unpack(buf[at:at + ENTRY.size])
+    kind, codec, _r, index, offset, length, crc, _r2 = ENTRY.unpack(buf[at : at + ENTRY.size])
     try:
         return Entry(SectionKind(kind), Codec(codec), index, offset, length, crc)
     except ValueError as e:
@@ -182,9 +211,13 @@ def _check_layout(entries: list[Entry], start: int, where: str) -> None:
 def _section(p: _Parsed, e: Entry, name: str) -> memoryview:
     """The section's bytes after the bounds and CRC checks."""
     if e.offset + e.length > len(p.buf):
-        raise _fail(p.where, name, f"truncated: the section spans bytes {e.offset}.."
-                    f"{e.offset + e.length}, the file has {len(p.buf)}")
-    data = p.buf[e.offset:e.offset + e.length]
+        raise _fail(
+            p.where,
+            name,
+            f"truncated: the section spans bytes {e.offset}.."
+            f"{e.offset + e.length}, the file has {len(p.buf)}",
+        )
+    data = p.buf[e.offset : e.offset + e.length]
     if crc32(data) != e.crc:
         raise _fail(p.where, name, "corrupted (CRC-32 mismatch)")
     return data
@@ -219,8 +252,12 @@ def _decode_tensor(p: _Parsed, e: Entry, t: TensorProto) -> np.ndarray:
         raise _fail(p.where, name, str(err)) from err
     want = expected_nbytes(t)
     if want is not None and flat.nbytes != want:
-        raise _fail(p.where, name, f"decodes to {flat.nbytes} bytes, dims {list(t.dims)} of "
-                    f"{TensorProto.DataType.Name(t.data_type)} need {want}")
+        raise _fail(
+            p.where,
+            name,
+            f"decodes to {flat.nbytes} bytes, dims {list(t.dims)} of "
+            f"{TensorProto.DataType.Name(t.data_type)} need {want}",
+        )
     return flat
 
 
@@ -236,7 +273,8 @@ def expected_nbytes(t: TensorProto) -> int | None:
     """raw_data size the dims and data type call for, or None when unknown."""
     n = int(np.prod(t.dims, dtype=np.int64))
     if t.data_type in (TensorProto.INT4, TensorProto.UINT4) or t.data_type == getattr(
-            TensorProto, "FLOAT4E2M1", -1):
+        TensorProto, "FLOAT4E2M1", -1
+    ):
         return (n + 1) // 2
     try:
         return n * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
@@ -245,10 +283,18 @@ def expected_nbytes(t: TensorProto) -> int | None:
 
 
 _ORT_DTYPES = {
-    TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64, TensorProto.FLOAT16: np.float16,
-    TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.INT16: np.int16,
-    TensorProto.UINT16: np.uint16, TensorProto.INT32: np.int32, TensorProto.UINT32: np.uint32,
-    TensorProto.INT64: np.int64, TensorProto.UINT64: np.uint64, TensorProto.BOOL: np.bool_,
+    TensorProto.FLOAT: np.float32,
+    TensorProto.DOUBLE: np.float64,
+    TensorProto.FLOAT16: np.float16,
+    TensorProto.INT8: np.int8,
+    TensorProto.UINT8: np.uint8,
+    TensorProto.INT16: np.int16,
+    TensorProto.UINT16: np.uint16,
+    TensorProto.INT32: np.int32,
+    TensorProto.UINT32: np.uint32,
+    TensorProto.INT64: np.int64,
+    TensorProto.UINT64: np.uint64,
+    TensorProto.BOOL: np.bool_,
 }
 
 

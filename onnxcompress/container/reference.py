@@ -29,7 +29,7 @@ def encode(lengths: np.ndarray, symbols: np.ndarray) -> bytes:
         return b""
     bits = "".join(format(codes[int(s)][0], f"0{codes[int(s)][1]}b") for s in symbols)
     bits += "0" * (-len(bits) % 8)
-    return bytes(int(bits[i:i + 8], 2) for i in range(0, len(bits), 8))
+    return bytes(int(bits[i : i + 8], 2) for i in range(0, len(bits), 8))
 
 
 def decode(lengths: np.ndarray, data: bytes, n: int) -> np.ndarray:
@@ -54,8 +54,9 @@ def decode(lengths: np.ndarray, data: bytes, n: int) -> np.ndarray:
     return np.array(out, dtype=np.uint8)
 
 
-def sparse_expand(gaps: np.ndarray, vals: np.ndarray, filler: int, book: np.ndarray,
-                  fill: int, n: int) -> np.ndarray:
+def sparse_expand(
+    gaps: np.ndarray, vals: np.ndarray, filler: int, book: np.ndarray, fill: int, n: int
+) -> np.ndarray:
     """Dense tensor from (gap, value) entries; a filler entry occupies a position left at fill."""
     out = np.full(n, fill, dtype=book.dtype)
     pos = -1

@@ -74,8 +74,9 @@ class ContainerReport:
         return self.original_bytes / self.total_bytes if self.total_bytes else 0.0
 
 
-def write_container(model: onnx.ModelProto, path: str | os.PathLike, *,
-                    tensor_kinds: dict[str, str] | None = None) -> ContainerReport:
+def write_container(
+    model: onnx.ModelProto, path: str | os.PathLike, *, tensor_kinds: dict[str, str] | None = None
+) -> ContainerReport:
     """Encode `model` and write it atomically to `path`; returns the sizes per tensor."""
     path = Path(path)
     chunks, rows, graph_bytes = encode_container(model, tensor_kinds=tensor_kinds)
@@ -86,27 +87,27 @@ def write_container(model: onnx.ModelProto, path: str | os.PathLike, *,
     return ContainerReport(str(path), total, graph_bytes, rows)
 
 
-def container_bytes(model: onnx.ModelProto, *, tensor_kinds: dict[str, str] | None = None
-                    ) -> bytes:
+def container_bytes(model: onnx.ModelProto, *, tensor_kinds: dict[str, str] | None = None) -> bytes:
     """The container as one bytes object (what write_container would write)."""
     return b"".join(encode_container(model, tensor_kinds=tensor_kinds)[0])
 
 
-def encode_container(model: onnx.ModelProto, *, tensor_kinds: dict[str, str] | None = None
-                     ) -> tuple[list[bytes], list[TensorRow], int]:
+def encode_container(
+    model: onnx.ModelProto, *, tensor_kinds: dict[str, str] | None = None
+) -> tuple[list[bytes], list[TensorRow], int]:
     """(file chunks in order, per-tensor rows, graph section size)."""
     gap_bits = _gap_bits_by_name(model, tensor_kinds or {})
     stripped, extracted = strip_initializers(model)
     graph_codec, graph = _compress_graph(stripped.SerializeToString())
     payloads: list[tuple[SectionKind, Codec, int, bytes]] = [
-        (SectionKind.GRAPH, graph_codec, 0, graph)]
+        (SectionKind.GRAPH, graph_codec, 0, graph)
+    ]
     rows = []
     for index, tensor, raw, elem_size in extracted:
         enc = codecs.encode(raw, elem_size, gap_bits.get(tensor.name, DEFAULT_GAP_BITS))
         payloads.append((SectionKind.TENSOR, enc.codec, index, enc.payload))
         rows.append(_row(tensor.name, raw, enc))
-        log.debug("%s: %s, %d -> %d bytes", tensor.name, enc.codec.name, len(raw),
-                  len(enc.payload))
+        log.debug("%s: %s, %d -> %d bytes", tensor.name, enc.codec.name, len(raw), len(enc.payload))
     entries, offset = [], prefix_size(len(payloads))
     for kind, codec, index, payload in payloads:
         entries.append(Entry(kind, codec, index, offset, len(payload), crc32(payload)))
@@ -118,8 +119,15 @@ def _row(name: str, raw: bytes, enc: codecs.Encoded) -> TensorRow:
     bps = enc.coded_bits / enc.n_symbols if enc.n_symbols else None
     if enc.entropy_bits is not None and not enc.n_symbols:
         bps = 0.0
-    return TensorRow(name, enc.codec.name.lower(), len(raw), len(enc.payload), enc.n_symbols,
-                     bps, enc.entropy_bits)
+    return TensorRow(
+        name,
+        enc.codec.name.lower(),
+        len(raw),
+        len(enc.payload),
+        enc.n_symbols,
+        bps,
+        enc.entropy_bits,
+    )
 
 
 def _gap_bits_by_name(model: onnx.ModelProto, kinds: dict[str, str]) -> dict[str, int]:
@@ -131,13 +139,15 @@ def _gap_bits_by_name(model: onnx.ModelProto, kinds: dict[str, str]) -> dict[str
     for name, kind in kinds.items():
         if kind not in GAP_BITS:
             raise BadInputError(
-                f"tensor_kinds['{name}'] = {kind!r}; expected one of {sorted(GAP_BITS)}")
+                f"tensor_kinds['{name}'] = {kind!r}; expected one of {sorted(GAP_BITS)}"
+            )
         out[name] = GAP_BITS[kind]
     return out
 
 
-def strip_initializers(model: onnx.ModelProto
-                       ) -> tuple[onnx.ModelProto, list[tuple[int, TensorProto, bytes, int]]]:
+def strip_initializers(
+    model: onnx.ModelProto,
+) -> tuple[onnx.ModelProto, list[tuple[int, TensorProto, bytes, int]]]:
     """A copy of the model whose initializers have no data, and (index, tensor, bytes, width)
     of each one taken out. Strings and typed-field 4-bit tensors stay in the graph."""
     out = onnx.ModelProto()
@@ -156,8 +166,10 @@ def strip_initializers(model: onnx.ModelProto
 def tensor_bytes(t: TensorProto) -> bytes | None:
     """The tensor's data as ONNX raw_data bytes (little-endian), or None to keep it inline."""
     if t.data_location == TensorProto.EXTERNAL:
-        raise BadInputError(f"initializer '{t.name}' has external data that was not loaded; "
-                            "load the model with load_external_data=True first")
+        raise BadInputError(
+            f"initializer '{t.name}' has external data that was not loaded; "
+            "load the model with load_external_data=True first"
+        )
     if t.data_type in (TensorProto.UNDEFINED, TensorProto.STRING):
         return None
     if t.HasField("raw_data"):

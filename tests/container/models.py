@@ -22,8 +22,9 @@ packed (float[1, 8, 8, 8] x) => (float[1, 4] y) {
 KINDS = {"conv_w": "conv", "fc_w": "fc"}
 
 
-def pruned_clustered(rng: np.random.Generator, shape: tuple[int, ...], levels: int = 32,
-                     density: float = 0.1) -> np.ndarray:
+def pruned_clustered(
+    rng: np.random.Generator, shape: tuple[int, ...], levels: int = 32, density: float = 0.1
+) -> np.ndarray:
     """float32 weights on `levels` shared values, (1 - density) of them exactly +0.0."""
     centers = np.linspace(-0.5, 0.5, levels).astype(np.float32)
     w = centers[rng.integers(0, levels, size=shape)]
@@ -33,8 +34,10 @@ def pruned_clustered(rng: np.random.Generator, shape: tuple[int, ...], levels: i
 
 def special_floats() -> np.ndarray:
     """A codebook-sized tensor whose values only bit patterns tell apart: +-0, NaNs, inf."""
-    pats = np.array([0x00000000, 0x80000000, 0x7FC00000, 0x7FC00001, 0xFFC00000, 0x7F800000,
-                     0x3F800000], dtype=np.uint32)
+    pats = np.array(
+        [0x00000000, 0x80000000, 0x7FC00000, 0x7FC00001, 0xFFC00000, 0x7F800000, 0x3F800000],
+        dtype=np.uint32,
+    )
     rng = np.random.default_rng(42)
     return pats[rng.integers(0, pats.size, size=700)].view(np.float32).reshape(70, 10)
 
@@ -69,8 +72,7 @@ def weights(seed: int = 0) -> dict[str, np.ndarray]:
 def net(seed: int = 0) -> onnx.ModelProto:
     """The runnable NET with its weights plus unused initializers of other dtypes and shapes."""
     model = onnx.parser.parse_model(NET)
-    model.graph.initializer.extend(
-        numpy_helper.from_array(v, k) for k, v in weights(seed).items())
+    model.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in weights(seed).items())
     return model
 
 

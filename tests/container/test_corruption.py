@@ -24,10 +24,14 @@ def sections(data: bytes) -> list[tuple[str, int, int]]:
     """(name, start, end) of every part of the file, header and table included."""
     p = _parse(memoryview(data), "<test>")
     names = [t.name for t in read_container_bytes(data).graph.initializer]
-    out = [("header", 0, HEADER.size), ("section table", HEADER.size, p.graph.offset),
-           ("graph", p.graph.offset, p.graph.offset + p.graph.length)]
-    out += [(f"tensor '{names[e.index]}'", e.offset, e.offset + e.length)
-            for e in p.tensors if e.length]
+    out = [
+        ("header", 0, HEADER.size),
+        ("section table", HEADER.size, p.graph.offset),
+        ("graph", p.graph.offset, p.graph.offset + p.graph.length),
+    ]
+    out += [
+        (f"tensor '{names[e.index]}'", e.offset, e.offset + e.length) for e in p.tensors if e.length
+    ]
     return out
 
 
@@ -70,10 +74,10 @@ def test_wrong_magic(tmp_path: Path) -> None:
 
 
 def test_unknown_version(tmp_path: Path, data: bytes) -> None:
-    head = bytearray(data[:HEADER.size])
+    head = bytearray(data[: HEADER.size])
     struct.pack_into("<H", head, 8, 2)
     struct.pack_into("<I", head, HEADER.size - 4, crc32(bytes(head[:-4])))
-    err = read_damaged(tmp_path, bytes(head) + data[HEADER.size:])
+    err = read_damaged(tmp_path, bytes(head) + data[HEADER.size :])
     assert err.section == "header" and "version 2" in str(err)
 
 

@@ -68,8 +68,9 @@ def test_bytes_match_the_golden_file() -> None:
 
 
 def test_golden_file_uses_every_codec_family() -> None:
-    from onnxcompress.container import write_container
     import tempfile
+
+    from onnxcompress.container import write_container
 
     with tempfile.TemporaryDirectory() as tmp:
         rows = write_container(tiny_model(), Path(tmp) / "t.onnxc", tensor_kinds=KINDS).tensors

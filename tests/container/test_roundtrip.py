@@ -11,9 +11,16 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from onnxcompress.container import (codecs, container_bytes, is_container, load_for_ort,
-                                    ort_session, read_container, read_container_bytes,
-                                    write_container)
+from onnxcompress.container import (
+    codecs,
+    container_bytes,
+    is_container,
+    load_for_ort,
+    ort_session,
+    read_container,
+    read_container_bytes,
+    write_container,
+)
 from onnxcompress.container.reader import _parse
 from onnxcompress.errors import BadInputError
 
@@ -58,8 +65,9 @@ def test_codec_choice_and_report(tmp_path: Path) -> None:
     fc = rows["fc_w"]
     assert fc.stored_bytes < fc.original_bytes / 10
     assert fc.n_symbols > 0 and fc.bits_per_symbol * fc.n_symbols <= 1.05 * fc.entropy_bits
-    assert report.total_bytes == sum(r.stored_bytes for r in report.tensors) + \
-        report.graph_bytes + 24 + 32 * (1 + len(rows))
+    assert report.total_bytes == sum(
+        r.stored_bytes for r in report.tensors
+    ) + report.graph_bytes + 24 + 32 * (1 + len(rows))
     assert report.ratio > 5
 
 
@@ -91,20 +99,24 @@ def test_fillers_bridge_long_zero_runs() -> None:
     assert np.array_equal(dense, w.view(np.uint32))
 
 
-@pytest.mark.parametrize("array", [
-    np.zeros(5000, np.float32),  # one value: codebook with a bit-free stream
-    np.full(300, -0.0, np.float32),
-    np.array([np.nan, -np.nan, 0.0, -0.0, np.inf] * 100, np.float32),
-    np.arange(100_000, dtype=np.int64) % 7,
-    np.zeros((3, 0, 4), np.int64),
-    np.array(7, np.int64),
-    np.random.default_rng(1).normal(size=(64, 64)).astype(np.float64),
-    np.random.default_rng(2).integers(0, 256, size=10_000).astype(np.uint8),
-    np.where(np.random.default_rng(3).random(20_000) < 0.95, 0, 1.5).astype(np.float16),
-])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.zeros(5000, np.float32),  # one value: codebook with a bit-free stream
+        np.full(300, -0.0, np.float32),
+        np.array([np.nan, -np.nan, 0.0, -0.0, np.inf] * 100, np.float32),
+        np.arange(100_000, dtype=np.int64) % 7,
+        np.zeros((3, 0, 4), np.int64),
+        np.array(7, np.int64),
+        np.random.default_rng(1).normal(size=(64, 64)).astype(np.float64),
+        np.random.default_rng(2).integers(0, 256, size=10_000).astype(np.uint8),
+        np.where(np.random.default_rng(3).random(20_000) < 0.95, 0, 1.5).astype(np.float16),
+    ],
+)
 def test_single_tensor_round_trip(array: np.ndarray) -> None:
-    model = onnx.helper.make_model(onnx.helper.make_graph(
-        [], "g", [], [], [numpy_helper.from_array(array, "t")]))
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph([], "g", [], [], [numpy_helper.from_array(array, "t")])
+    )
     back = read_container_bytes(container_bytes(model))
     assert_same_initializers(model, back)
 
@@ -156,14 +168,16 @@ def test_ort_fast_path_matches_the_original(tmp_path: Path) -> None:
     x = np.random.default_rng(0).normal(size=(1, 8, 8, 8)).astype(np.float32)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    want = ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    want = ort.InferenceSession(
+        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+    ).run(None, {"x": x})[0]
     model_bytes, arrays = load_for_ort(path)
     assert {"fc_w", "conv_w"} <= set(arrays) and "fc_b" not in arrays
     assert len(model_bytes) < net().ByteSize() // 20  # the big weights are not in it
     assert np.array_equal(ort_session(path).run(None, {"x": x})[0], want)
-    via_proto = ort.InferenceSession(read_container(path).SerializeToString(), opts,
-                                     providers=["CPUExecutionProvider"])
+    via_proto = ort.InferenceSession(
+        read_container(path).SerializeToString(), opts, providers=["CPUExecutionProvider"]
+    )
     assert np.array_equal(via_proto.run(None, {"x": x})[0], want)
 
 
