@@ -156,7 +156,7 @@ def test_corrupted_container_names_the_section(tmp_path, tiny_model_path):
     bad = tmp_path / "bad.onnxc"
     bad.write_bytes(bytes(data))
     r = cli("unpack", bad, "-o", tmp_path / "o.onnx")
-    _bad(r, "section")
+    _bad(r, "corrupted", "CRC")
     assert not (tmp_path / "o.onnx").exists()
     trunc = tmp_path / "trunc.onnxc"
     trunc.write_bytes(bytes(data[: len(data) // 3]))
