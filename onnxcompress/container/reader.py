@@ -39,6 +39,7 @@ from .format import (
     prefix_size,
     tensor_section,
 )
+from .protos import clear_data, expected_nbytes
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def load_for_ort(path: str | os.PathLike) -> tuple[bytes, dict[str, np.ndarray]]
         t = model.graph.initializer[e.index]
         flat = _decode_tensor(p, e, t)
         dtype = _ort_dtype(t.data_type)
+        clear_data(t)
         if dtype is None or flat.nbytes < EXTERNAL_MIN_BYTES or t.name not in used:
             t.raw_data = flat.tobytes()
             continue
@@ -265,21 +267,10 @@ def _to_model(p: _Parsed) -> onnx.ModelProto:
     model = _graph(p)
     for e in p.tensors:
         t = model.graph.initializer[e.index]
-        t.raw_data = _decode_tensor(p, e, t).tobytes()
+        data = _decode_tensor(p, e, t).tobytes()
+        clear_data(t)
+        t.raw_data = data
     return model
-
-
-def expected_nbytes(t: TensorProto) -> int | None:
-    """raw_data size the dims and data type call for, or None when unknown."""
-    n = int(np.prod(t.dims, dtype=np.int64))
-    if t.data_type in (TensorProto.INT4, TensorProto.UINT4) or t.data_type == getattr(
-        TensorProto, "FLOAT4E2M1", -1
-    ):
-        return (n + 1) // 2
-    try:
-        return n * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 _ORT_DTYPES = {

@@ -18,22 +18,18 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
 from ..errors import BadInputError
 from . import codecs
 from .format import Codec, Entry, SectionKind, crc32, pack_header, prefix_size
+from .protos import clear_data, element_width, tensor_bytes
 
 log = logging.getLogger(__name__)
 
 GAP_BITS = {"conv": 8, "fc": 5}  # Deep Compression's relative-index widths per layer kind
 DEFAULT_GAP_BITS = 8
-_DATA_FIELDS = ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data")
-_PACKED_4BIT = {TensorProto.INT4, TensorProto.UINT4}
-if hasattr(TensorProto, "FLOAT4E2M1"):
-    _PACKED_4BIT.add(TensorProto.FLOAT4E2M1)
 
 
 @dataclass(frozen=True)
@@ -157,38 +153,10 @@ def strip_initializers(
         raw = tensor_bytes(src)
         if raw is None:
             continue
-        for f in _DATA_FIELDS:
-            dst.ClearField(f)
-        extracted.append((i, src, raw, element_size(src, len(raw))))
+        clear_data(dst)
+        width = element_width(src.data_type)
+        extracted.append((i, src, raw, width if width in codecs.ELEMENT_SIZES else 0))
     return out, extracted
-
-
-def tensor_bytes(t: TensorProto) -> bytes | None:
-    """The tensor's data as ONNX raw_data bytes (little-endian), or None to keep it inline."""
-    if t.data_location == TensorProto.EXTERNAL:
-        raise BadInputError(
-            f"initializer '{t.name}' has external data that was not loaded; "
-            "load the model with load_external_data=True first"
-        )
-    if t.data_type in (TensorProto.UNDEFINED, TensorProto.STRING):
-        return None
-    if t.HasField("raw_data"):
-        return t.raw_data
-    if t.data_type in _PACKED_4BIT:
-        return None
-    arr = numpy_helper.to_array(t)
-    return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-
-
-def element_size(t: TensorProto, nbytes: int) -> int:
-    """Element width in bytes when the data is a whole number of such elements, else 0."""
-    if t.data_type in _PACKED_4BIT:
-        return 0
-    try:
-        width = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-    except (KeyError, TypeError, ValueError):
-        return 0
-    return width if int(np.prod(t.dims, dtype=np.int64)) * width == nbytes else 0
 
 
 def _compress_graph(data: bytes) -> tuple[Codec, bytes]:

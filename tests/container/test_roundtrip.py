@@ -185,3 +185,21 @@ def test_is_container_is_false_for_other_files(tmp_path: Path) -> None:
     onnx.save(net(), str(tmp_path / "m.onnx"))
     assert not is_container(tmp_path / "m.onnx")
     assert not is_container(tmp_path / "missing")
+
+
+def test_data_that_does_not_match_its_dims_is_refused(tmp_path: Path) -> None:
+    t = numpy_helper.from_array(np.zeros(6, np.float32), "t")
+    t.dims[:] = [7]
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], [t]))
+    with pytest.raises(BadInputError, match="dims \\[7\\] of FLOAT need 28"):
+        write_container(model, tmp_path / "m.onnxc")
+    assert not any(tmp_path.iterdir())
+
+
+def test_external_data_must_be_loaded(tmp_path: Path) -> None:
+    t = numpy_helper.from_array(np.zeros(600, np.float32), "t")
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], [t]))
+    onnx.save(model, str(tmp_path / "m.onnx"), save_as_external_data=True, size_threshold=0)
+    lazy = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
+    with pytest.raises(BadInputError, match="external data"):
+        container_bytes(lazy)
