@@ -168,9 +168,11 @@ def _parse_layers(values: tuple[str, ...]) -> dict[str, float] | None:
               help="Output .onnx (or .onnxc). Default: MODEL.pruned.onnx")
 @click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True),
               help="Fraction of weights to zero in every layer (uniform mode).")
-@click.option("--mode", type=click.Choice(["uniform", "global", "sensitivity"]),
-              help="uniform: --sparsity per layer; global: one magnitude threshold over all "
-                   "layers; sensitivity (default with --calib): per-layer ratios from a scan.")
+@click.option("--mode", type=click.Choice(["auto", "uniform", "global", "sensitivity"]),
+              help="uniform: --sparsity in every layer; global: one magnitude threshold over all "
+                   "layers; sensitivity: per-layer ratios from a scan on --calib; auto (default): "
+                   "uniform when --sparsity/--layer is given, else sensitivity with --calib, "
+                   "else 50% uniform.")
 @click.option("--layer", "layers", multiple=True, metavar="NAME=RATIO",
               help="Per-layer sparsity; NAME may be a pattern, '*' sets the default. Repeatable.")
 @click.option("--tolerance", type=float, help="Sensitivity mode: points of top-1 a single layer "
@@ -187,8 +189,6 @@ def prune(model, output, sparsity, mode, layers, tolerance, calib, eval_data, js
       onnxcompress prune model.onnx --calib calib.npz              # sensitivity scan
       onnxcompress prune model.onnx --layer '*=0.5' --layer 'fc*=0.9'
     """
-    if sparsity is not None and mode is None:
-        mode = "uniform"
     settings = {"sparsity": sparsity, "mode": mode, "per_layer": _parse_layers(layers),
                 "tolerance": tolerance}
     _run_one_pass("prune", model, output, settings, "pruned.onnx", calib, eval_data, json_path,

@@ -173,3 +173,25 @@ def test_dynamic_batch_runs_any_batch(tmp_path, tiny_model_path):
                "--no-latency").exit_code == 0
     for n in (1, 5):
         assert Session(out).run(None, {"input": np.zeros((n, 1, 8, 8), np.float32)})[0].shape == (n, 4)
+
+
+def test_unknown_ops_are_left_untouched_and_listed(tmp_path):
+    rng = np.random.default_rng(0)
+    m = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 6] input) => (float[N, 3] y) {
+        h = Gemm <transB = 1> (input, w, b)
+        s = Softplus (h)
+        y = Hardmax (s)
+    }""")
+    m.graph.initializer.extend([
+        onnx.numpy_helper.from_array(rng.normal(size=(3, 6)).astype(np.float32), "w"),
+        onnx.numpy_helper.from_array(rng.normal(size=3).astype(np.float32), "b")])
+    p, out, js = tmp_path / "u.onnx", tmp_path / "o.onnx", tmp_path / "r.json"
+    onnx.save(m, str(p))
+    r = cli("prune", p, "-o", out, "--sparsity", 0.5, "--json", js, "--no-latency")
+    assert r.exit_code == 0, r.output
+    assert json.loads(js.read_text())["unknown_ops"] == ["Hardmax", "Softplus"]
+    assert "Hardmax, Softplus" in r.output
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops == ["Gemm", "Softplus", "Hardmax"]
