@@ -9,7 +9,8 @@
    90% zeros) saved as .onnx and as a container; median load time of
    a) onnxruntime.InferenceSession(original.onnx),
    b) read_container() + InferenceSession(model bytes), and
-   c) ort_session() (decoded arrays handed to ORT as external initializers).
+   c) ort_session() (decoded arrays handed to ORT as external initializers),
+   measured interleaved, median of `repeats` each.
 """
 
 from __future__ import annotations
@@ -141,18 +142,19 @@ def load_ratio(rng: np.random.Generator, mb: int, repeats: int, work: Path) -> N
     want = original().run(None, feed)[0]
     for fn in (via_proto, via_arrays):
         assert np.array_equal(fn().run(None, feed)[0], want), fn.__name__
-    base = median_time(original, repeats)
-    proto_only = median_time(lambda: read_container(dst), repeats)
-    print(f"  ORT session from the original .onnx        {base:6.3f} s")
-    print(
-        f"  read_container -> ModelProto               {proto_only:6.3f} s "
-        f"({proto_only / base:.2f}x)"
-    )
-    for label, fn in (
-        ("read_container + ORT session from bytes", via_proto),
-        ("ort_session (arrays as external inits)", via_arrays),
-    ):
-        t = median_time(fn, repeats)
+    variants = {
+        "ORT session from the original .onnx": original,
+        "read_container -> ModelProto": lambda: read_container(dst),
+        "read_container + ORT session from bytes": via_proto,
+        "ort_session (arrays as external inits)": via_arrays,
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):  # interleaved, so that load on the machine hits all alike
+        for label, fn in variants.items():
+            times[label].append(median_time(fn, 1))
+    base = float(np.median(times["ORT session from the original .onnx"]))
+    for label, ts in times.items():
+        t = float(np.median(ts))
         print(f"  {label:42s} {t:6.3f} s ({t / base:.2f}x)")
 
 

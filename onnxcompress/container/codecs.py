@@ -21,6 +21,7 @@ import logging
 import lzma
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +54,7 @@ class Encoded:
 class _Candidate:
     codec: Codec
     nbytes: int
-    build: object  # zero-argument callable returning Encoded
+    build: Callable[[], Encoded]  # encodes for real; only the winner is built
 
 
 # ----------------------------------------------------------------------------- encoding

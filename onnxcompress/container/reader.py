@@ -105,19 +105,17 @@ def ort_session(path: str | os.PathLike, sess_options=None, providers=None):
     """An onnxruntime.InferenceSession over a container, through load_for_ort's fast path.
 
     The arrays are registered on `sess_options` (pass a fresh one per session) and attached to
-    the session (`_onnxcompress_arrays`) to keep them alive as long as it lives.
+    the session (`_onnxcompress_arrays`, with their OrtValues) to live as long as it does.
     """
     import onnxruntime as ort
 
     model_bytes, arrays = load_for_ort(path)
     so = sess_options or ort.SessionOptions()
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
     if arrays:
-        names = list(arrays)
-        so.add_external_initializers(
-            names, [ort.OrtValue.ortvalue_from_numpy(arrays[n]) for n in names]
-        )
+        so.add_external_initializers(list(arrays), values)
     sess = ort.InferenceSession(model_bytes, so, providers=providers or ["CPUExecutionProvider"])
-    sess._onnxcompress_arrays = arrays
+    sess._onnxcompress_arrays = (arrays, values)  # ORT reads these buffers, never copies them
     return sess
 
 

@@ -203,3 +203,17 @@ def test_external_data_must_be_loaded(tmp_path: Path) -> None:
     lazy = onnx.load(str(tmp_path / "m.onnx"), load_external_data=False)
     with pytest.raises(BadInputError, match="external data"):
         container_bytes(lazy)
+
+
+def test_fast_path_session_outlives_its_locals(tmp_path: Path) -> None:
+    import gc
+
+    model = net()
+    path = tmp_path / "m.onnxc"
+    write_container(model, path, tensor_kinds=KINDS)
+    x = np.random.default_rng(1).normal(size=(1, 8, 8, 8)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    sess = ort_session(path)
+    gc.collect()
+    np.zeros(2_000_000, np.float32).fill(7)  # reuse freed memory, if any was freed
+    assert np.array_equal(sess.run(None, {"x": x})[0], want)
