@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import heapq
 
 import numpy as np
@@ -119,6 +120,7 @@ def test_package_merge_is_optimal_and_limited() -> None:
         assert bits == unlimited if loose.max() <= 15 else bits > unlimited
 
 
+@functools.cache
 def realistic_streams() -> dict[str, np.ndarray]:
     """Gap and value streams of pruned + clustered tensors, and dense cluster indices."""
     rng = np.random.default_rng(5)
