@@ -1,0 +1,111 @@
+"""The custom-op contract between the converter (binarize pass) and the runtime.
+
+Both sides import the names below; nothing here imports onnx or onnxruntime.
+
+XnorConv (domain ``ai.onnx.contrib``) — a 2-D Conv with binary weights (XNOR-Net, Rastegari et
+al. 2016, "XNOR-Net: ImageNet Classification Using Binary Convolutional Neural Networks").
+
+Inputs, in this order:
+  0. ``X``      float32 [N, C, H, W].
+  1. ``W_bits`` uint8 [M, KH * KW * CW * 8] (or the same bytes viewed as uint64 [M, KH * KW * CW]),
+     with CW = ceil(C / 64).  For output channel m the row holds KH*KW taps in row-major order
+     (t = kh * KW + kw); each tap holds CW little-endian 64-bit words; bit b of word j is 1 when
+     W[m, 64 j + b, kh, kw] >= 0 (weight +1) and 0 when it is < 0 (weight -1).  Bits for channels
+     >= C are padding: written 0, ignored on read.  ``onnxcompress.kernels.xnor_ref.pack_weights``
+     is the reference packer (numpy ``packbits(..., bitorder="little")`` over that order).
+  2. ``alpha``  float32 [M], per-output-channel scale (XNOR-Net: mean |W[m]|).
+  3. ``B``      optional float32 [M] bias.
+
+Attributes (as for ONNX Conv): ``kernel_shape`` [KH, KW] (required: C is not recoverable from the
+padded bits alone, KH and KW are), ``strides`` (default [1, 1]), ``pads`` [top, left, bottom,
+right] (default zeros; ``auto_pad`` is not supported, the converter writes explicit pads),
+``dilations`` (default [1, 1]), ``group`` (only 1 is supported; anything else is an error), and
+``mode``: ``"xnor"`` or ``"bwn"``.
+
+Output float32 [N, M, OH, OW], OH = floor((H + top + bottom - (dilation_h * (KH - 1) + 1)) /
+stride_h) + 1 (and likewise OW):
+
+    sgn(v)   = +1 if v >= 0 else -1             (so sgn(0) = +1 and sgn(NaN) = -1)
+    Xb       = sgn(X) in mode "xnor", X in mode "bwn"
+    D[n,m,p] = sum over taps t inside the image and c < C of Xb[n,c,tap(p,t)] * sgn(W[m,c,t])
+    Y[n,m,p] = float32(D[n,m,p]) * alpha[m]  (+ B[m])
+
+Taps that fall into the zero padding contribute exactly 0 (Conv zero padding), even though a
+padded 0 is neither +1 nor -1.  In mode "xnor" D is an exact integer, so Y is fixed to the bit:
+one float32 multiply, then one float32 add (never fused).  In mode "bwn" D is a float32 sum whose
+rounding depends on summation order.
+
+Portable standard-ONNX form (what the binarize pass emits beside the custom op; tests check that
+ONNX Runtime gives bit-identical results in mode "xnor"):
+
+    Xs = Where(GreaterOrEqual(X, 0), 1.0, -1.0)     # mode "xnor" only; NOT Sign (Sign(0) = 0)
+    Y  = Add(Mul(Conv(Xs, Wpm1, pads, strides, dilations), alpha[1, M, 1, 1]), B[1, M, 1, 1])
+
+with Wpm1 = float32 +-1 weights (``unpack_weights``) and no Conv bias.  A float Conv over +-1
+values sums integers, which float32 holds exactly below 2**24 taps.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+DOMAIN = "ai.onnx.contrib"
+XNOR_CONV = "XnorConv"
+
+# Input order.
+IN_X, IN_WEIGHT_BITS, IN_ALPHA, IN_BIAS = 0, 1, 2, 3
+
+# Attribute names (ONNX Conv spelling) and defaults.
+ATTR_KERNEL_SHAPE = "kernel_shape"
+ATTR_STRIDES = "strides"
+ATTR_PADS = "pads"
+ATTR_DILATIONS = "dilations"
+ATTR_GROUP = "group"
+ATTR_MODE = "mode"
+DEFAULTS: dict[str, object] = {
+    ATTR_STRIDES: (1, 1),
+    ATTR_PADS: (0, 0, 0, 0),
+    ATTR_DILATIONS: (1, 1),
+    ATTR_GROUP: 1,
+}
+
+WORD_BITS = 64
+
+
+class Mode(str, Enum):
+    """What the activations are: binarized by sign (``xnor``) or used as floats (``bwn``)."""
+
+    XNOR = "xnor"
+    BWN = "bwn"
+
+
+def words_per_tap(channels: int) -> int:
+    """CW: 64-bit words holding one tap's channel bits."""
+    return (channels + WORD_BITS - 1) // WORD_BITS
+
+
+def packed_row_bytes(channels: int, kernel_shape: tuple[int, int]) -> int:
+    """Bytes per output channel in ``W_bits``: KH * KW * CW * 8."""
+    kh, kw = kernel_shape
+    return kh * kw * words_per_tap(channels) * 8
+
+
+def conv_output_hw(
+    hw: tuple[int, int],
+    kernel_shape: tuple[int, int],
+    strides: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    dilations: tuple[int, int],
+) -> tuple[int, int]:
+    """(OH, OW) as for ONNX Conv with explicit pads; raises ValueError when a dim is empty."""
+    out = []
+    for i in range(2):
+        span = dilations[i] * (kernel_shape[i] - 1) + 1
+        room = hw[i] + pads[i] + pads[i + 2] - span
+        if room < 0:
+            raise ValueError(
+                f"XnorConv: kernel span {span} exceeds the padded input size "
+                f"{hw[i] + pads[i] + pads[i + 2]} along axis {i + 2}"
+            )
+        out.append(room // strides[i] + 1)
+    return out[0], out[1]
