@@ -16,4 +16,18 @@ NATIVE = Extension(
     extra_compile_args=["-O3", "-std=c99", "-Wall", "-Wextra"],
 )
 
-setup(ext_modules=[NATIVE])
+# XnorConv kernels (csrc/xnor, plain C + pthreads, loaded with ctypes by
+# onnxcompress/kernels/xnor_native.py).  -ffp-contract=off keeps y = float(D) * alpha + bias
+# rounded twice, as in the numpy reference and the portable ONNX form.
+XNOR = Extension(
+    "onnxcompress.kernels._xnor",
+    sources=[f"csrc/xnor/{n}.c" for n in ("xnor_conv", "xnor_binary", "xnor_bwn",
+                                          "xnor_portable", "xnor_avx2", "xnor_avx512",
+                                          "xnor_bench")],
+    depends=["csrc/xnor/xnor.h", "csrc/xnor/xnor_internal.h"],
+    include_dirs=["csrc/xnor"],
+    extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-ffp-contract=off", "-pthread"],
+    extra_link_args=["-pthread"],
+)
+
+setup(ext_modules=[NATIVE, XNOR])

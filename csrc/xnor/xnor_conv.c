@@ -1,0 +1,222 @@
+/* XnorConv entry point: geometry checks, CPU dispatch, threads and timing helpers.
+ * The modes live in xnor_binary.c (XNOR: bit-packed popcount GEMM) and xnor_bwn.c (BWN). */
+#define _POSIX_C_SOURCE 200809L
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "xnor_internal.h"
+
+double xnor_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+double xnor_cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void *xnor_alloc(size_t bytes) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) return NULL;
+    return p;
+}
+
+void xnor_split(int64_t total, int tid, int n, int64_t *lo, int64_t *hi) {
+    *lo = total * tid / n;
+    *hi = total * (tid + 1) / n;
+}
+
+/* ---- CPU dispatch ---------------------------------------------------------------------- */
+
+static int cpu_has(int path) {
+#if XNOR_X86
+    __builtin_cpu_init();
+    if (path == XNOR_PATH_AVX512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512vpopcntdq") &&
+               __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("gfni");
+    if (path == XNOR_PATH_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    return path == XNOR_PATH_PORTABLE;
+}
+
+const xnor_impl *xnor_impl_for(int path) {
+    const xnor_impl *im = NULL;
+    if (path == XNOR_PATH_PORTABLE) im = xnor_impl_portable();
+    else if (path == XNOR_PATH_AVX2) im = xnor_impl_avx2();
+    else if (path == XNOR_PATH_AVX512) im = xnor_impl_avx512();
+    return (im && cpu_has(path)) ? im : NULL;
+}
+
+int xnor_path_supported(int path) { return xnor_impl_for(path) != NULL; }
+
+int xnor_best_path(void) {
+    for (int p = XNOR_PATH_COUNT - 1; p > XNOR_PATH_PORTABLE; --p)
+        if (xnor_path_supported(p)) return p;
+    return XNOR_PATH_PORTABLE;
+}
+
+/* ---- threads ----------------------------------------------------------------------------- */
+
+typedef struct {
+    void (*fn)(void *, int, int);
+    void *ctx;
+    int tid, n;
+} par_job;
+
+static void *par_entry(void *arg) {
+    par_job *j = (par_job *)arg;
+    j->fn(j->ctx, j->tid, j->n);
+    return NULL;
+}
+
+void xnor_parallel(int n, void (*fn)(void *ctx, int tid, int n), void *ctx) {
+    enum { MAXT = 64 };
+    pthread_t th[MAXT];
+    par_job jobs[MAXT];
+    int started[MAXT];
+    if (n > MAXT) n = MAXT;
+    for (int t = 1; t < n; ++t) {
+        jobs[t] = (par_job){fn, ctx, t, n};
+        started[t] = pthread_create(&th[t], NULL, par_entry, &jobs[t]) == 0;
+    }
+    fn(ctx, 0, n);
+    for (int t = 1; t < n; ++t) {
+        if (started[t]) pthread_join(th[t], NULL);
+        else fn(ctx, t, n);
+    }
+}
+
+/* ---- geometry ---------------------------------------------------------------------------- */
+
+static int32_t out_dim(int32_t in, int32_t k, int32_t s, int32_t d, int32_t p0, int32_t p1) {
+    int64_t span = (int64_t)d * (k - 1) + 1;
+    int64_t room = (int64_t)in + p0 + p1 - span;
+    if (room < 0) return -1;
+    return (int32_t)(room / s + 1);
+}
+
+int xnor_out_hw(const xnor_geom *g, int32_t *oh, int32_t *ow) {
+    if (!g || g->n < 1 || g->c < 1 || g->h < 1 || g->w < 1 || g->m < 1 || g->kh < 1 ||
+        g->kw < 1 || g->sh < 1 || g->sw < 1 || g->dh < 1 || g->dw < 1 || g->pt < 0 ||
+        g->pl < 0 || g->pb < 0 || g->pr < 0)
+        return XNOR_EARG;
+    if ((int64_t)g->h + g->pt + g->pb > INT32_MAX / 4 ||
+        (int64_t)g->w + g->pl + g->pr > INT32_MAX / 4 || (int64_t)g->m > INT32_MAX / 64)
+        return XNOR_EARG;
+    int32_t a = out_dim(g->h, g->kh, g->sh, g->dh, g->pt, g->pb);
+    int32_t b = out_dim(g->w, g->kw, g->sw, g->dw, g->pl, g->pr);
+    if (a < 1 || b < 1 || (int64_t)a * b > INT32_MAX) return XNOR_EARG;
+    if ((int64_t)g->c * g->kh * g->kw > (1 << 24)) return XNOR_EARG; /* D exact in float32 */
+    *oh = a;
+    *ow = b;
+    return XNOR_OK;
+}
+
+/* ---- prepared weights -------------------------------------------------------------------- */
+
+int xnor_weights_create(int mode, int path, int32_t m, int32_t c, int32_t kh, int32_t kw,
+                        const uint64_t *wbits, int threads, xnor_weights **out) {
+    if (!out || !wbits || m < 1 || c < 1 || kh < 1 || kw < 1 || threads < 1 ||
+        (int64_t)c * kh * kw > (1 << 24) || m > INT32_MAX / 64)
+        return XNOR_EARG;
+    if (mode != XNOR_MODE_XNOR && mode != XNOR_MODE_BWN) return XNOR_EMODE;
+    const xnor_impl *im = xnor_impl_for(path == XNOR_PATH_AUTO ? xnor_best_path() : path);
+    if (!im) return XNOR_EPATH;
+    xnor_weights *w = (xnor_weights *)calloc(1, sizeof *w);
+    if (!w) return XNOR_ENOMEM;
+    w->mode = mode;
+    w->im = im;
+    w->m = m;
+    w->c = c;
+    w->kh = kh;
+    w->kw = kw;
+    w->cw = (c + 63) / 64;
+    w->taps = kh * kw;
+    int binary = mode == XNOR_MODE_XNOR;
+    w->mr = binary ? im->mr : im->bmr;
+    w->mblocks = (m + w->mr - 1) / w->mr;
+    w->mpad = w->mblocks * w->mr;
+    w->kunits = binary ? (int64_t)w->taps * w->cw * (64 / im->lane_bits) : (int64_t)w->taps * c;
+    w->esz = binary ? im->lane_bits / 8 : (int32_t)sizeof(float);
+    w->panel = xnor_alloc((size_t)w->mpad * w->kunits * w->esz);
+    if (binary) w->tapsum = (int32_t *)xnor_alloc(sizeof(int32_t) * (size_t)w->mpad * w->taps);
+    if (!w->panel || (binary && !w->tapsum)) {
+        xnor_weights_free(w);
+        return XNOR_ENOMEM;
+    }
+    if (threads > w->mblocks) threads = w->mblocks;
+    if (threads > 64) threads = 64;
+    if (binary) xnor_prepare_binary(w, wbits, threads);
+    else xnor_prepare_bwn(w, wbits, threads);
+    *out = w;
+    return XNOR_OK;
+}
+
+void xnor_weights_free(xnor_weights *w) {
+    if (!w) return;
+    free(w->panel);
+    free(w->tapsum);
+    free(w);
+}
+
+int64_t xnor_weights_bytes(const xnor_weights *w) {
+    if (!w) return 0;
+    return (int64_t)w->mpad * w->kunits * w->esz + (w->tapsum ? 4 * (int64_t)w->mpad * w->taps : 0);
+}
+
+/* ---- entry points ------------------------------------------------------------------------ */
+
+int xnor_conv2d_prepared(const xnor_weights *w, const xnor_geom *g, const float *x,
+                         const float *alpha, const float *bias, float *y, int threads,
+                         xnor_timing *timing) {
+    double start = xnor_now(), start_cpu = xnor_cpu_now();
+    xnor_call k;
+    memset(&k, 0, sizeof k);
+    if (!w || xnor_out_hw(g, &k.oh, &k.ow) != XNOR_OK || !x || !alpha || !y || threads < 1 ||
+        g->m != w->m || g->c != w->c || g->kh != w->kh || g->kw != w->kw)
+        return XNOR_EARG;
+    k.g = g;
+    k.w = w;
+    k.im = w->im;
+    k.x = x;
+    k.alpha = alpha;
+    k.bias = bias;
+    k.y = y;
+    k.cw = w->cw;
+    k.taps = w->taps;
+    k.p = (int64_t)k.oh * k.ow;
+    if (threads > 64) threads = 64;
+    int rc = w->mode == XNOR_MODE_XNOR ? xnor_run_binary(&k, threads, timing)
+                                       : xnor_run_bwn(&k, threads, timing);
+    if (timing) {
+        timing->total = xnor_now() - start;
+        timing->total_cpu = xnor_cpu_now() - start_cpu;
+    }
+    return rc;
+}
+
+int xnor_conv2d(const xnor_geom *g, int mode, const float *x, const uint64_t *wbits,
+                const float *alpha, const float *bias, float *y, int threads, int path,
+                xnor_timing *timing) {
+    double start = xnor_now(), start_cpu = xnor_cpu_now();
+    int32_t oh, ow;
+    if (xnor_out_hw(g, &oh, &ow) != XNOR_OK) return XNOR_EARG;
+    xnor_weights *w = NULL;
+    int rc = xnor_weights_create(mode, path, g->m, g->c, g->kh, g->kw, wbits, threads, &w);
+    if (rc == XNOR_OK) rc = xnor_conv2d_prepared(w, g, x, alpha, bias, y, threads, timing);
+    xnor_weights_free(w);
+    if (timing) {
+        timing->total = xnor_now() - start;
+        timing->total_cpu = xnor_cpu_now() - start_cpu;
+    }
+    return rc;
+}

@@ -1,0 +1,461 @@
+"""ctypes binding to the native XnorConv kernels (csrc/xnor, built as ``_xnor<EXT_SUFFIX>``).
+
+``xnor_conv`` has the call shape an onnxruntime-extensions Python custom op needs; ctypes drops
+the GIL during the C call.  The kernel path is chosen per call (``path=``: "auto", "avx512",
+"avx2", "portable" or "reference"), never through global state.  A path this CPU lacks falls
+back to "portable", and a missing or unloadable library to the numpy reference, each with a
+``warnings.warn``.
+
+Weights can be passed as the packed bits (laid out again on every call) or as ``XnorWeights``
+from ``prepare_weights``, laid out once for the chosen path; a runtime holding a model should
+prepare each layer once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import warnings
+import weakref
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..ops import Mode, conv_output_hw, words_per_tap
+from .xnor_ref import check_packed, pack_weights, unpack_weights, xnor_conv_ref
+
+__all__ = [
+    "PATHS",
+    "XnorWeights",
+    "available_paths",
+    "best_path",
+    "pack_weights",
+    "prepare_weights",
+    "unpack_weights",
+    "xnor_conv",
+    "xnor_conv_timed",
+]
+
+PATHS = ("portable", "avx2", "avx512")  # index = the C enum value
+REFERENCE = "reference"
+_ERRORS = {
+    -1: "invalid geometry",
+    -2: "kernel path not supported on this CPU",
+    -3: "out of memory",
+    -4: "thread creation failed",
+    -5: "unknown mode",
+}
+
+_vp = ctypes.c_void_p
+_i32 = ctypes.c_int32
+
+
+class _Geom(ctypes.Structure):
+    _fields_ = [
+        (name, _i32)
+        for name in (
+            "n",
+            "c",
+            "h",
+            "w",
+            "m",
+            "kh",
+            "kw",
+            "sh",
+            "sw",
+            "dh",
+            "dw",
+            "pt",
+            "pl",
+            "pb",
+            "pr",
+        )
+    ]
+
+
+class _Timing(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_double)
+        for name in ("pack", "gemm", "total", "pack_cpu", "gemm_cpu", "total_cpu")
+    ]
+
+
+def _find_library() -> Path | None:
+    here = Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = here / f"_xnor{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@lru_cache(maxsize=1)
+def library() -> ctypes.CDLL | None:
+    """The loaded C library, or None (with a warning) when it is missing or fails to load."""
+    found = _find_library()
+    if found is None:
+        warnings.warn(
+            "XnorConv: native library _xnor*.so not found next to "
+            f"{Path(__file__).name}; using the slow numpy reference "
+            "(build it with `pip install -e .`)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    try:
+        return _declare(ctypes.CDLL(str(found)))
+    except (OSError, AttributeError) as exc:
+        warnings.warn(
+            f"XnorConv: could not load {found.name} ({exc}); using the slow numpy reference",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    lib.xnor_conv2d.argtypes = [
+        ctypes.POINTER(_Geom),
+        ctypes.c_int,
+        _vp,
+        _vp,
+        _vp,
+        _vp,
+        _vp,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.POINTER(_Timing),
+    ]
+    lib.xnor_conv2d.restype = ctypes.c_int
+    lib.xnor_weights_create.argtypes = [
+        ctypes.c_int,
+        ctypes.c_int,
+        _i32,
+        _i32,
+        _i32,
+        _i32,
+        _vp,
+        ctypes.c_int,
+        ctypes.POINTER(_vp),
+    ]
+    lib.xnor_weights_create.restype = ctypes.c_int
+    lib.xnor_weights_free.argtypes = [_vp]
+    lib.xnor_weights_free.restype = None
+    lib.xnor_weights_bytes.argtypes = [_vp]
+    lib.xnor_weights_bytes.restype = ctypes.c_int64
+    lib.xnor_conv2d_prepared.argtypes = [
+        _vp,
+        ctypes.POINTER(_Geom),
+        _vp,
+        _vp,
+        _vp,
+        _vp,
+        ctypes.c_int,
+        ctypes.POINTER(_Timing),
+    ]
+    lib.xnor_conv2d_prepared.restype = ctypes.c_int
+    lib.xnor_path_supported.argtypes = [ctypes.c_int]
+    lib.xnor_path_supported.restype = ctypes.c_int
+    lib.xnor_best_path.argtypes = []
+    lib.xnor_best_path.restype = ctypes.c_int
+    lib.xnor_measure_ghz.argtypes = [ctypes.c_int64]
+    lib.xnor_measure_ghz.restype = ctypes.c_double
+    lib.xnor_peak_binary.argtypes = [ctypes.c_int, ctypes.c_int64]
+    lib.xnor_peak_binary.restype = ctypes.c_double
+    lib.xnor_peak_fma.argtypes = [ctypes.c_int, ctypes.c_int64]
+    lib.xnor_peak_fma.restype = ctypes.c_double
+    lib.xnor_bench_gemm_core.argtypes = [
+        ctypes.c_int,
+        _i32,
+        _i32,
+        _i32,
+        ctypes.c_int,
+        ctypes.c_int,
+        _vp,
+    ]
+    lib.xnor_bench_gemm_core.restype = ctypes.c_int
+    return lib
+
+
+def available_paths() -> list[str]:
+    """Native paths this CPU supports, fastest last, then "reference" (always there)."""
+    lib = library()
+    native = [p for i, p in enumerate(PATHS) if lib is not None and lib.xnor_path_supported(i)]
+    return native + [REFERENCE]
+
+
+def best_path() -> str:
+    """The path ``path="auto"`` resolves to."""
+    lib = library()
+    return REFERENCE if lib is None else PATHS[lib.xnor_best_path()]
+
+
+def _resolve(path: str) -> str:
+    if path == "auto":
+        return best_path()
+    if path == REFERENCE:
+        return path
+    if path not in PATHS:
+        raise ValueError(
+            f"unknown XnorConv path {path!r}; expected one of {['auto', *PATHS, REFERENCE]}"
+        )
+    lib = library()
+    if lib is None:
+        return REFERENCE
+    if not lib.xnor_path_supported(PATHS.index(path)):
+        warnings.warn(
+            f"XnorConv: path {path!r} is not supported on this CPU; using 'portable'",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return "portable"
+    return path
+
+
+def _pair(v: Sequence[int], name: str, n: int = 2) -> tuple[int, ...]:
+    t = tuple(int(a) for a in v)
+    if len(t) != n:
+        raise ValueError(f"XnorConv: {name} needs {n} values, got {list(v)}")
+    return t
+
+
+def _vector(v: np.ndarray, m: int, name: str) -> np.ndarray:
+    a = np.ascontiguousarray(v, dtype=np.float32).reshape(-1)
+    if a.shape[0] != m:
+        raise ValueError(f"XnorConv: {name} has {a.shape[0]} values, expected M={m}")
+    return a
+
+
+def _fail(rc: int, what: str) -> None:
+    detail = _ERRORS.get(rc, f"error {rc}")
+    raise (MemoryError if rc == -3 else ValueError)(
+        f"XnorConv native kernel failed: {detail} ({what})"
+    )
+
+
+class XnorWeights:
+    """Packed weights laid out once for one kernel path and mode (see ``prepare_weights``)."""
+
+    def __init__(
+        self,
+        packed: np.ndarray,
+        channels: int,
+        kernel_shape: Sequence[int],
+        mode: str = "xnor",
+        path: str = "auto",
+        threads: int = 1,
+    ):
+        self.kernel_shape = _pair(kernel_shape, "kernel_shape")
+        self.channels = int(channels)
+        self.mode = Mode(mode).value
+        self.packed = check_packed(packed, self.channels, self.kernel_shape)
+        self.m = self.packed.shape[0]
+        self.path = _resolve(path)
+        self._handle: int | None = None
+        if self.path != REFERENCE:
+            h = _vp()
+            rc = library().xnor_weights_create(
+                0 if self.mode == "xnor" else 1,
+                PATHS.index(self.path),
+                self.m,
+                self.channels,
+                *self.kernel_shape,
+                self.packed.ctypes.data,
+                max(1, int(threads)),
+                ctypes.byref(h),
+            )
+            if rc != 0:
+                _fail(
+                    rc,
+                    f"preparing weights M={self.m}, C={self.channels}, "
+                    f"kernel_shape={list(self.kernel_shape)}",
+                )
+            self._handle = h.value
+            weakref.finalize(self, library().xnor_weights_free, h.value)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the native layout (0 for the reference path)."""
+        return 0 if self._handle is None else int(library().xnor_weights_bytes(self._handle))
+
+
+def prepare_weights(
+    packed: np.ndarray,
+    channels: int,
+    kernel_shape: Sequence[int],
+    *,
+    mode: str = "xnor",
+    path: str = "auto",
+    threads: int = 1,
+) -> XnorWeights:
+    """Lay out packed weights once, for repeated ``xnor_conv`` calls on inputs with C=channels."""
+    return XnorWeights(packed, channels, kernel_shape, mode=mode, path=path, threads=threads)
+
+
+def xnor_conv_timed(
+    x: np.ndarray,
+    packed_w: np.ndarray | XnorWeights,
+    alpha: np.ndarray,
+    bias: np.ndarray | None,
+    *,
+    kernel_shape: Sequence[int],
+    strides: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilations: Sequence[int] = (1, 1),
+    mode: str = "xnor",
+    group: int = 1,
+    threads: int = 1,
+    path: str = "auto",
+) -> tuple[np.ndarray, dict[str, float]]:
+    """``xnor_conv`` plus the C side's seconds per phase (empty for the reference): wall
+    ``pack``, ``gemm``, ``total`` and the calling thread's CPU time ``*_cpu``."""
+    if group != 1:
+        raise ValueError(
+            f"XnorConv supports group=1 only, got group={group}; grouped and "
+            "depthwise convolutions are left in float"
+        )
+    mode = Mode(mode).value
+    ks, st, dl = (
+        _pair(kernel_shape, "kernel_shape"),
+        _pair(strides, "strides"),
+        _pair(dilations, "dilations"),
+    )
+    pd = _pair(pads, "pads", 4)
+    if threads < 1:
+        raise ValueError(f"XnorConv: threads must be >= 1, got {threads}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"XnorConv expects a 4-D NCHW float32 input, got shape {x.shape}")
+    n, c, h, w = x.shape
+    prepared = packed_w if isinstance(packed_w, XnorWeights) else None
+    if prepared is not None:
+        if (prepared.channels, prepared.kernel_shape, prepared.mode) != (c, ks, mode):
+            raise ValueError(
+                f"XnorConv: weights prepared for C={prepared.channels}, kernel_shape="
+                f"{list(prepared.kernel_shape)}, mode={prepared.mode!r} used with C={c}, "
+                f"kernel_shape={list(ks)}, mode={mode!r}"
+            )
+        wb, chosen = prepared.packed, prepared.path
+    else:
+        wb, chosen = check_packed(packed_w, c, ks), _resolve(path)
+    m = wb.shape[0]
+    al = _vector(alpha, m, "alpha")
+    bi = None if bias is None else _vector(bias, m, "bias")
+    if chosen == REFERENCE:
+        return xnor_conv_ref(
+            x, wb, al, bi, kernel_shape=ks, strides=st, pads=pd, dilations=dl, mode=mode
+        ), {}
+    oh, ow = conv_output_hw((h, w), ks, st, pd, dl)
+    y = np.empty((n, m, oh, ow), dtype=np.float32)
+    geom = _Geom(n, c, h, w, m, *ks, *st, *dl, *pd)
+    tm = _Timing()
+    bias_ptr = None if bi is None else bi.ctypes.data
+    if prepared is not None:
+        rc = library().xnor_conv2d_prepared(
+            prepared._handle,
+            ctypes.byref(geom),
+            x.ctypes.data,
+            al.ctypes.data,
+            bias_ptr,
+            y.ctypes.data,
+            int(threads),
+            ctypes.byref(tm),
+        )
+    else:
+        rc = library().xnor_conv2d(
+            ctypes.byref(geom),
+            0 if mode == "xnor" else 1,
+            x.ctypes.data,
+            wb.ctypes.data,
+            al.ctypes.data,
+            bias_ptr,
+            y.ctypes.data,
+            int(threads),
+            PATHS.index(chosen),
+            ctypes.byref(tm),
+        )
+    if rc != 0:
+        _fail(
+            rc,
+            f"input {list(x.shape)}, M={m}, kernel_shape={list(ks)}, strides={list(st)}, "
+            f"pads={list(pd)}, dilations={list(dl)}, words per tap={words_per_tap(c)}",
+        )
+    return y, {name: getattr(tm, name) for name, _ in _Timing._fields_}
+
+
+def xnor_conv(
+    x: np.ndarray,
+    packed_w: np.ndarray | XnorWeights,
+    alpha: np.ndarray,
+    bias: np.ndarray | None,
+    *,
+    kernel_shape: Sequence[int],
+    strides: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilations: Sequence[int] = (1, 1),
+    mode: str = "xnor",
+    group: int = 1,
+    threads: int = 1,
+    path: str = "auto",
+) -> np.ndarray:
+    """XnorConv as specified in ``onnxcompress.ops``: float32 NCHW in, float32 NCHW out.
+
+    ``packed_w`` is uint8 [M, KH*KW*ceil(C/64)*8] (or uint64 [M, KH*KW*ceil(C/64)]) from
+    ``pack_weights``, or ``XnorWeights`` (then its path wins over ``path``).
+    """
+    return xnor_conv_timed(
+        x,
+        packed_w,
+        alpha,
+        bias,
+        kernel_shape=kernel_shape,
+        strides=strides,
+        pads=pads,
+        dilations=dilations,
+        mode=mode,
+        group=group,
+        threads=threads,
+        path=path,
+    )[0]
+
+
+# ---- measurement helpers for benchmarks/xnor_conv.py ---------------------------------------
+
+
+def _require() -> ctypes.CDLL:
+    lib = library()
+    if lib is None:
+        raise RuntimeError("XnorConv: the native library is not built")
+    return lib
+
+
+def measure_ghz(cycles: int = 400_000_000) -> float:
+    """Core clock in GHz from a chain of dependent 1-cycle adds."""
+    return float(_require().xnor_measure_ghz(cycles))
+
+
+def peak_binary(path: str, iters: int = 20_000_000) -> float:
+    """Register-only XOR+popcount+add throughput of ``path``, in bit-MACs per ns (one thread)."""
+    return float(_require().xnor_peak_binary(PATHS.index(path), iters))
+
+
+def peak_fma(width_bits: int = 512, iters: int = 20_000_000) -> float:
+    """Register-only float32 FMA throughput, flops per ns (one thread)."""
+    return float(_require().xnor_peak_fma(width_bits, iters))
+
+
+def bench_gemm_core(
+    m: int, kwords: int, positions: int, *, reps: int = 5, threads: int = 1, path: str = "auto"
+) -> np.ndarray:
+    """[reps, 2] seconds (wall, calling thread's CPU) per run of the popcount GEMM tiles alone
+    on pre-built panels: no packing, no im2col, no padding correction."""
+    chosen = best_path() if path == "auto" else path
+    out = np.zeros((reps, 2), dtype=np.float64)
+    rc = _require().xnor_bench_gemm_core(
+        PATHS.index(chosen), m, kwords, positions, reps, threads, out.ctypes.data
+    )
+    if rc != 0:
+        raise ValueError(f"bench_gemm_core failed: {_ERRORS.get(rc, rc)}")
+    return out
