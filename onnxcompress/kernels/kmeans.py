@@ -115,26 +115,67 @@ def kmeans_1d(
 
 
 def assign(x: np.ndarray, centroids: np.ndarray, dtype: type | np.dtype = np.int64) -> np.ndarray:
-    """Index of the nearest centroid for every value (centroids sorted), same shape as x."""
+    """Index of the nearest centroid for every value (centroids sorted), same shape as x.
+
+    Equals np.searchsorted(midpoints, x) (a value on a midpoint goes to the lower centroid);
+    a uniform lookup table over the midpoints' range gives a first guess that a few vectorized
+    compare-and-step passes correct, which is several times faster than binary search.
+    """
     mids = (centroids[1:] + centroids[:-1]) / 2
     flat = x.reshape(-1)
     out = np.empty(flat.size, dtype=dtype)
+    table = _LookupTable(mids)
     for start in range(0, flat.size, CHUNK):
-        out[start : start + CHUNK] = np.searchsorted(mids, flat[start : start + CHUNK])
+        out[start : start + CHUNK] = table.lookup(flat[start : start + CHUNK])
     return out.reshape(x.shape)
 
 
-def cluster_means(x: np.ndarray, idx: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Exact mean of the values assigned to each centroid; unused centroids are kept."""
+class _LookupTable:
+    """Count of midpoints strictly below a value, via a uniform bin table plus corrections."""
+
+    def __init__(self, mids: np.ndarray, bins_per_mid: int = 64):
+        self.mids = mids
+        self.ext = np.concatenate([mids, [np.inf]])  # ext[i] = upper boundary of centroid i
+        self.low = np.concatenate([[-np.inf], mids])  # low[i] = lower boundary of centroid i
+        span = float(mids[-1] - mids[0]) if mids.size else 0.0
+        self.bins = max(1, bins_per_mid * mids.size)
+        self.scale = self.bins / span if span > 0 else 0.0
+        edges = mids[0] + np.arange(self.bins) / self.scale if self.scale else mids[:1]
+        self.table = np.searchsorted(mids, edges).astype(np.int32)
+
+    def lookup(self, x: np.ndarray) -> np.ndarray:
+        if self.mids.size == 0:
+            return np.zeros(x.size, dtype=np.int32)
+        if not self.scale:
+            return np.searchsorted(self.mids, x).astype(np.int32)
+        pos = (x.astype(np.float64) - self.mids[0]) * self.scale
+        idx = self.table[np.clip(pos, 0, self.bins - 1).astype(np.int32)]
+        for _ in range(self.mids.size + 1):  # step up while x lies above the upper boundary
+            up = x > self.ext[idx]
+            if not up.any():
+                break
+            idx += up
+        for _ in range(self.mids.size + 1):  # step down while x is at or below the lower one
+            down = x <= self.low[idx]
+            if not down.any():
+                break
+            idx -= down
+        return idx
+
+
+def cluster_means(
+    x: np.ndarray, idx: np.ndarray, centroids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact mean of the values assigned to each centroid (unused ones kept), and the counts."""
     k = centroids.size
     sums = np.zeros(k)
-    counts = np.zeros(k)
+    counts = np.zeros(k, dtype=np.int64)
     fx, fi = x.reshape(-1), idx.reshape(-1)
     for start in range(0, fx.size, CHUNK):
-        i = fi[start : start + CHUNK]
+        i = fi[start : start + CHUNK].astype(np.intp)
         sums += np.bincount(i, weights=fx[start : start + CHUNK], minlength=k)
         counts += np.bincount(i, minlength=k)
-    return np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), centroids), counts
 
 
 def index_dtype(codebook_size: int) -> np.dtype:
@@ -163,8 +204,8 @@ def share_weights(
     small = index_dtype(2**bits)
     idx = assign(nz, centroids, small) if centroids.size else np.zeros(0, dtype=small)
     if centroids.size:
-        centroids = cluster_means(nz, idx, centroids)
-        used = np.bincount(idx, minlength=centroids.size) > 0
+        centroids, counts = cluster_means(nz, idx, centroids)
+        used = counts > 0
         remap = (np.cumsum(used) - 1).astype(small)
         centroids, idx = centroids[used], remap[idx]
     offset = 1 if has_zero else 0

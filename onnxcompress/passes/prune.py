@@ -86,7 +86,9 @@ class Config:
     tolerance: float = 0.5  # sensitivity: max drop (points) of one layer pruned alone
     max_drop: float | None = None  # sensitivity: max joint drop (points); backs off to meet it
     ladder: tuple[float, ...] = DEFAULT_LADDER  # sensitivity: ratios tried per layer
-    bias_correction: bool = True  # when calibration data is available
+    bias_correction: bool = True  # compensate on calibration data, when there is some
+    refit: bool = True  # compensate by least-squares refit of kept weights + bias (else bias only)
+    damp: float = 0.01  # refit ridge, relative to the mean input energy
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
@@ -100,6 +102,8 @@ class Config:
             check_ratio(r, "ladder entry")
         if not self.ladder:
             raise ValueError("ladder must hold at least one ratio")
+        if self.damp <= 0:
+            raise ValueError(f"damp must be > 0, got {self.damp}")
         if self.tolerance < 0 or (self.max_drop is not None and self.max_drop < 0):
             raise ValueError("tolerance and max_drop are points of accuracy and must be >= 0")
         if self.mode is Mode.SENSITIVITY and self.sparsity is not None:
@@ -173,109 +177,108 @@ def _resolve_mode(cfg: Config, ctx: Context, notes: list[str]) -> Mode:
     return Mode.UNIFORM
 
 
-# ----------------------------------------------------------------------------- state
+# ----------------------------------------------------------------------------- applying
 
 
-@dataclass
-class _State:
-    """What the pass needs to re-apply masks from scratch (the sensitivity back-off does)."""
+class _Pruner:
+    """Applies masks from the original weights and compensates them (re-runnable)."""
 
-    graph: gs.Graph
-    weights: list[Weight]
-    originals: dict[str, np.ndarray]
-    slots: dict[str, C.BiasSlot]
-    bias_before: dict[str, np.ndarray]
-    stats: dict[str, np.ndarray]
-    ctx: Context
+    def __init__(
+        self, graph: gs.Graph, weights: list[Weight], cfg: Config, ctx: Context, notes: list[str]
+    ):
+        self.graph, self.weights, self.ctx = graph, weights, ctx
+        self.originals = {w.tensor.name: w.values.copy() for w in weights}
+        self.comp = None
+        if cfg.bias_correction and ctx.calib is not None:
+            ctx.progress("prune: collecting calibration statistics")
+            self.comp = C.Compensator(
+                graph,
+                weights,
+                ctx.calib,
+                refit=cfg.refit,
+                damp=cfg.damp,
+                notes=notes,
+                originals=self.originals,
+                progress=lambda m: ctx.progress("prune: " + m),
+            )
+        elif cfg.bias_correction:
+            notes.append("bias correction skipped: no calibration data")
 
     def apply(self, masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Prune every weight by its mask from the original values, then correct the biases."""
+        """Prune every weight by its mask (others back to original), then compensate."""
+        changed = []
         for w in self.weights:
+            if self.comp is not None:
+                self.comp.restore(w)
+            keep = masks.get(w.tensor.name)
             orig = self.originals[w.tensor.name]
-            w.set_values(apply_mask(orig, masks[w.tensor.name]) if w.tensor.name in masks else orig)
-        for name, slot in self.slots.items():
-            slot.tensor.values = self.bias_before[name].copy()
-        layers = [
-            C.Corrected(
-                w,
-                self.slots[w.tensor.name],
-                self.originals[w.tensor.name],
-                self.stats[w.tensor.name],
-            )
-            for w in self.weights
-            if w.tensor.name in self.slots
-            and w.tensor.name in masks
-            and not masks[w.tensor.name].all()
-        ]
-        return C.correct_biases(self.graph, layers, self.ctx.calib, progress=self.ctx.progress)
+            w.set_values(orig if keep is None else apply_mask(orig, keep))
+            if keep is not None and not keep.all():
+                changed.append(w)
+        return self.comp.sweep(changed, masks) if self.comp is not None else {}
 
+    def alone(self, w: Weight, keep: np.ndarray) -> None:
+        """Prune one layer by `keep`, every other layer original, and compensate it."""
+        w.set_values(apply_mask(self.originals[w.tensor.name], keep))
+        if self.comp is not None:
+            self.comp.alone(w, keep)
 
-def _prepare(
-    graph: gs.Graph, weights: list[Weight], correct: bool, ctx: Context, notes: list[str]
-) -> _State:
-    originals = {w.tensor.name: w.values.copy() for w in weights}
-    slots, stats = {}, {}
-    if correct:
-        for w in weights:
-            slot = C.bias_slot(graph, w)
-            if isinstance(slot, str):
-                notes.append(f"no bias correction: {slot}")
-            else:
-                slots[w.tensor.name] = slot
-        with_slot = [w for w in weights if w.tensor.name in slots]
-        ctx.progress("prune: collecting layer input statistics")
-        stats = C.input_stats(graph, with_slot, ctx.calib)
-    before = {k: np.asarray(s.tensor.values).copy() for k, s in slots.items()}
-    return _State(graph, weights, originals, slots, before, stats, ctx)
+    def restore(self, w: Weight) -> None:
+        if self.comp is not None:
+            self.comp.restore(w)
+        else:
+            w.set_values(self.originals[w.tensor.name])
+
+    def method(self, w: Weight) -> str:
+        return self.comp.method(w) if self.comp is not None else "none"
+
+    def finish(self) -> None:
+        if self.comp is not None:
+            self.comp.finish()
 
 
 # ----------------------------------------------------------------------------- planning
 
 
-def _uniform_masks(weights: list[Weight], ratios: Mapping[str, float]) -> dict[str, np.ndarray]:
+def _uniform_masks(
+    originals: Mapping[str, np.ndarray], ratios: Mapping[str, float]
+) -> dict[str, np.ndarray]:
+    """Per-layer magnitude masks of the ORIGINAL weights (the graph may hold refit ones)."""
     return {
-        w.tensor.name: magnitude_mask(w.values, ratios[w.tensor.name])
-        for w in weights
-        if ratios.get(w.tensor.name, 0.0) > 0
+        name: magnitude_mask(w, ratios[name])
+        for name, w in originals.items()
+        if ratios.get(name, 0.0) > 0
     }
 
 
 def _global_masks(
-    weights: list[Weight], pinned: Mapping[str, float], sparsity: float
+    originals: Mapping[str, np.ndarray], pinned: Mapping[str, float], sparsity: float
 ) -> tuple[dict[str, np.ndarray], float]:
-    pool = [w for w in weights if w.tensor.name not in pinned]
-    t = global_threshold([w.values for w in pool], sparsity)
-    masks = {w.tensor.name: threshold_mask(w.values, t) for w in pool}
-    masks.update(_uniform_masks([w for w in weights if w.tensor.name in pinned], pinned))
+    pool = {name: w for name, w in originals.items() if name not in pinned}
+    t = global_threshold(list(pool.values()), sparsity)
+    masks = {name: threshold_mask(w, t) for name, w in pool.items()}
+    masks.update(_uniform_masks({n: w for n, w in originals.items() if n in pinned}, pinned))
     return masks, t
 
 
 def _scan(
-    state: _State, layers: list[Weight], ladder: tuple[float, ...], tolerance: float, base: float
+    pruner: _Pruner, layers: list[Weight], ladder: tuple[float, ...], tolerance: float, base: float
 ) -> dict[str, list[tuple[float, float]]]:
     """Per layer: [(ratio, drop in points)] pruning it alone, up to the first drop > tolerance."""
     curves: dict[str, list[tuple[float, float]]] = {}
     for i, w in enumerate(layers):
-        name, orig = w.tensor.name, state.originals[w.tensor.name]
-        slot = state.slots.get(name)
-        curve = curves.setdefault(name, [])
+        curve = curves.setdefault(w.tensor.name, [])
+        orig = pruner.originals[w.tensor.name]
         for ratio in ladder:
-            pruned = apply_mask(orig, magnitude_mask(orig, ratio))
-            w.set_values(pruned)
-            if slot is not None:
-                slot.tensor.values = state.bias_before[name].copy()
-                stat = state.stats[name]
-                slot.shift(C.output_mean(w, orig, stat) - C.output_mean(w, pruned, stat))
-            drop = 100.0 * (base - state.ctx.score(state.graph))
+            pruner.alone(w, magnitude_mask(orig, ratio))
+            drop = 100.0 * (base - pruner.ctx.score(pruner.graph))
             curve.append((ratio, drop))
-            state.ctx.progress(
+            pruner.ctx.progress(
                 f"prune: scan {i + 1}/{len(layers)} {w.layer} s={ratio:.2f} drop={drop:+.2f}"
             )
             if drop > tolerance + EPS:
                 break
-        w.set_values(orig)
-        if slot is not None:
-            slot.tensor.values = state.bias_before[name].copy()
+        pruner.restore(w)
     return curves
 
 
@@ -289,26 +292,35 @@ def _allowed(curve: list[tuple[float, float]], tolerance: float) -> int:
     return best
 
 
+def _cost(curve: list[tuple[float, float]], rung: int, size: int) -> float:
+    """Points per weight of the layer's last step up the ladder (measured alone): the
+    back-off undoes first the step that bought the fewest pruned weights per point lost
+    (a greedy knapsack run backwards)."""
+    ratio, drop = curve[rung]
+    prev_ratio, prev_drop = curve[rung - 1] if rung > 0 else (0.0, 0.0)
+    return max(drop - prev_drop, EPS) / max((ratio - prev_ratio) * size, 1.0)
+
+
 def _sensitivity(
-    state: _State,
+    pruner: _Pruner,
     cfg: Config,
     pinned: Mapping[str, float],
     notes: list[str],
     facts: dict[str, dict[str, Any]],
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Scan, allocate, apply jointly and back off; returns the masks and the bias shifts."""
-    base = state.ctx.score(state.graph)
-    scanned = [w for w in state.weights if w.tensor.name not in pinned]
-    curves = _scan(state, scanned, cfg.ladder, cfg.tolerance, base)
+    """Scan, allocate, apply jointly and back off; returns the masks and the bias changes."""
+    base = pruner.ctx.score(pruner.graph)
+    scanned = [w for w in pruner.weights if w.tensor.name not in pinned]
+    curves = _scan(pruner, scanned, cfg.ladder, cfg.tolerance, base)
     rung = {name: _allowed(curve, cfg.tolerance) for name, curve in curves.items()}
     for name, curve in curves.items():
         facts[name]["scan"] = {f"{r:g}": round(d, 3) for r, d in curve}
     while True:
         ratios = {**pinned, **{n: (cfg.ladder[i] if i >= 0 else 0.0) for n, i in rung.items()}}
-        masks = _uniform_masks(state.weights, ratios)
-        shifts = state.apply(masks)
-        drop = 100.0 * (base - state.ctx.score(state.graph))
-        state.ctx.progress(f"prune: joint drop {drop:+.2f} points")
+        masks = _uniform_masks(pruner.originals, ratios)
+        shifts = pruner.apply(masks)
+        drop = 100.0 * (base - pruner.ctx.score(pruner.graph))
+        pruner.ctx.progress(f"prune: joint drop {drop:+.2f} points")
         if cfg.max_drop is None or drop <= cfg.max_drop + EPS:
             break
         live = [n for n, i in rung.items() if i >= 0]
@@ -318,7 +330,7 @@ def _sensitivity(
                 "points with every scanned layer unpruned"
             )
             break
-        worst = max(live, key=lambda n: (curves[n][rung[n]][1], -state.originals[n].size))
+        worst = max(live, key=lambda n: _cost(curves[n], rung[n], pruner.originals[n].size))
         rung[worst] -= 1
     notes.append(
         f"sensitivity: base score {100 * base:.2f}%, joint drop {drop:.2f} points "
@@ -326,6 +338,42 @@ def _sensitivity(
         + (f", max_drop {cfg.max_drop:g})" if cfg.max_drop is not None else ")")
     )
     return masks, shifts
+
+
+def _global(
+    pruner: _Pruner, cfg: Config, pinned: Mapping[str, float], notes: list[str]
+) -> tuple[dict[str, np.ndarray], float, dict[str, np.ndarray]]:
+    """One pooled threshold at `sparsity`; without it, the largest ladder ratio whose joint
+    drop is within `max_drop` (bisection, assuming the drop grows with the ratio)."""
+    pooled = cfg.sparsity if cfg.sparsity is not None else (cfg.per_layer or {}).get("*")
+    if pooled is not None:
+        masks, t = _global_masks(pruner.originals, pinned, pooled)
+        notes.append(f"global magnitude threshold {t:.6g}")
+        return masks, t, pruner.apply(masks)
+    if cfg.max_drop is None or pruner.ctx.score is None:
+        raise BadInputError(
+            "prune mode 'global' needs 'sparsity' (the pooled ratio), or "
+            "'max_drop' and calibration data to search for it"
+        )
+    base = pruner.ctx.score(pruner.graph)
+    lo, hi, best = 0, len(cfg.ladder) - 1, -1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        masks, _ = _global_masks(pruner.originals, pinned, cfg.ladder[mid])
+        pruner.apply(masks)
+        drop = 100.0 * (base - pruner.ctx.score(pruner.graph))
+        pruner.ctx.progress(f"prune: global {cfg.ladder[mid]:.2f} joint drop {drop:+.2f}")
+        if drop <= cfg.max_drop + EPS:
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    ratio = cfg.ladder[best] if best >= 0 else 0.0
+    masks, t = _global_masks(pruner.originals, pinned, ratio)
+    notes.append(
+        f"global: searched the pooled sparsity for max_drop {cfg.max_drop:g}: "
+        f"{ratio:g} (threshold {t:.6g}, base score {100 * base:.2f}%)"
+    )
+    return masks, t, pruner.apply(masks)
 
 
 # ----------------------------------------------------------------------------- the pass
@@ -341,12 +389,9 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
     mode = _resolve_mode(cfg, ctx, report.notes)
     ratios = resolve_per_layer(weights, cfg.per_layer)
     pinned = {k: v for k, v in ratios.items() if _explicit(k, weights, cfg.per_layer)}
-    pinned.update({name: 0.0 for name in protected if any(w.tensor.name == name for w in weights)})
-    correct = cfg.bias_correction and ctx.calib is not None
-    if cfg.bias_correction and ctx.calib is None:
-        report.notes.append("bias correction skipped: no calibration data")
+    pinned.update({n: 0.0 for n in protected if any(w.tensor.name == n for w in weights)})
     facts = {w.tensor.name: _facts(w) for w in weights}
-    state = _prepare(graph, weights, correct, ctx, report.notes)
+    pruner = _Pruner(graph, weights, cfg, ctx, report.notes)
     threshold = None
     if mode is Mode.UNIFORM:
         default = (
@@ -357,22 +402,17 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
         if cfg.mode is Mode.UNIFORM and cfg.sparsity is None and cfg.per_layer is None:
             report.notes.append(f"no sparsity given: used the fallback {FALLBACK_SPARSITY:g}")
         table = {w.tensor.name: ratios.get(w.tensor.name, default) for w in weights}
-        masks = _uniform_masks(weights, {**table, **{n: 0.0 for n in protected}})
-        shifts = state.apply(masks)
+        masks = _uniform_masks(pruner.originals, {**table, **{n: 0.0 for n in protected}})
+        shifts = pruner.apply(masks)
     elif mode is Mode.GLOBAL:
-        pooled = cfg.sparsity if cfg.sparsity is not None else (cfg.per_layer or {}).get("*")
-        if pooled is None:
-            raise BadInputError("prune mode 'global' needs 'sparsity' (the pooled ratio)")
-        masks, threshold = _global_masks(weights, pinned, pooled)
-        shifts = state.apply(masks)
-        report.notes.append(f"global magnitude threshold {threshold:.6g}")
+        masks, threshold, shifts = _global(pruner, cfg, pinned, report.notes)
     else:
-        masks, shifts = _sensitivity(state, cfg, pinned, report.notes, facts)
+        masks, shifts = _sensitivity(pruner, cfg, pinned, report.notes, facts)
     for w in weights:
-        if w.tensor.name in state.slots and C.drop_if_unused(graph, w, state.slots[w.tensor.name]):
-            del state.slots[w.tensor.name]
+        facts[w.tensor.name]["correction"] = pruner.method(w) if w.tensor.name in shifts else "none"
+    pruner.finish()
     graph.cleanup().toposort()
-    _fill_report(report, weights, masks, facts, shifts, state, threshold, pinned, mode)
+    _fill_report(report, weights, masks, facts, shifts, threshold, pinned, mode)
     return report
 
 
@@ -401,7 +441,6 @@ def _fill_report(
     masks: Mapping[str, np.ndarray],
     facts: dict[str, dict[str, Any]],
     shifts: Mapping[str, Any],
-    state: _State,
     threshold: float | None,
     pinned: Mapping[str, float],
     mode: Mode,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from onnxcompress.errors import BadInputError
+from onnxcompress.kernels.masks import magnitude_mask
 from onnxcompress.passes import calibrate as C
 from onnxcompress.passes import prune
 from onnxcompress.passes.base import Context
@@ -163,18 +164,41 @@ def test_bias_correction_reduces_the_output_mean_shift() -> None:
     want = C.run_graph(g0, data).mean(0)
     plain, corrected = S.graph(), S.graph()
     prune.run(plain, prune.Config(sparsity=0.8, bias_correction=False), NO_DATA)
-    report = prune.run(corrected, prune.Config(sparsity=0.8), S.context(g0, 400))
+    report = prune.run(corrected, prune.Config(sparsity=0.8, refit=False), S.context(g0, 400))
     shift_plain = output_mean_shift(plain, data, want)
     shift_fixed = output_mean_shift(corrected, data, want)
     assert shift_plain > 0.1
     assert shift_fixed < 1e-3  # the last layer's mean is restored exactly on the calib data
-    assert all(report.per_tensor[n]["bias_corrected"] for n in S.WEIGHTS)
+    assert all(report.per_tensor[n]["correction"] == "bias" for n in S.WEIGHTS)
     names = S.weights_of(corrected)
     assert "Conv_3_bias" in names and "MatMul_8_bias" in names  # created where missing
     # the weights themselves are identical with and without correction
     for n in S.WEIGHTS:
         np.testing.assert_array_equal(names[n], S.weights_of(plain)[n])
     S.export(corrected)
+
+
+def test_refit_beats_bias_correction_and_keeps_the_mask() -> None:
+    data = S.feeds(400)
+    g0 = S.graph()
+    want = C.run_graph(g0, data)
+    bias_only, refit = S.graph(), S.graph()
+    prune.run(bias_only, prune.Config(sparsity=0.8, refit=False), S.context(g0, 400))
+    report = prune.run(refit, prune.Config(sparsity=0.8), S.context(g0, 400))
+    plain = S.graph()
+    prune.run(plain, prune.Config(sparsity=0.8, bias_correction=False), NO_DATA)
+    for n in S.WEIGHTS:
+        masked, fitted = S.weights_of(plain)[n], S.weights_of(refit)[n]
+        np.testing.assert_array_equal(fitted == 0, masked == 0)  # same zeros, +0.0
+        assert not np.signbit(fitted[fitted == 0]).any()
+        assert report.per_tensor[n]["correction"] == "refit"
+    assert report.per_tensor["conv1_w"]["sparsity"] == pytest.approx(0.8, abs=0.01)
+
+    def err(g) -> float:
+        return float(np.mean((C.run_graph(g, data) - want) ** 2))
+
+    assert err(refit) < 0.8 * err(bias_only)
+    assert output_mean_shift(refit, data, want.mean(0)) < 1e-3  # the fitted bias keeps the mean
 
 
 def test_sensitivity_finds_the_redundant_fc_layer() -> None:
@@ -197,6 +221,12 @@ def test_sensitivity_backs_off_to_meet_max_drop() -> None:
     report = prune.run(g, cfg, ctx)  # the scan allows every rung; only the back-off limits
     drop = 100 * (base - ctx.score(g))
     assert drop <= 1.0 + 1e-9
+    # every iteration re-masks the ORIGINAL weights, never the refit ones of the last try
+    original = S.weights_of(S.graph())
+    for name in S.WEIGHTS:
+        zeros = S.weights_of(g)[name] == 0
+        want = ~magnitude_mask(original[name], zeros.mean())
+        np.testing.assert_array_equal(zeros, want)
     assert any("joint drop" in n for n in report.notes)
     assert 0.0 < np.mean(list(sparsities(g).values())) < 0.98  # backed off, but still pruned
 

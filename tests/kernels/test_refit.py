@@ -1,0 +1,75 @@
+"""Least-squares refit kernel: im2col layout, per-row masked ridge solutions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxcompress.kernels import refit as R
+from tests.kernels.test_bias import ort_conv
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [{"pads": [1, 1, 1, 1]}, {"pads": [0, 1, 2, 0], "strides": [2, 1], "dilations": [1, 2]}],
+)
+def test_im2col_matches_onnxruntime_conv(attrs: dict) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 4, 9, 8)).astype(np.float32)
+    w = rng.normal(size=(5, 4, 3, 3)).astype(np.float32)
+    rows = R.im2col(
+        x, [3, 3], attrs.get("strides", [1, 1]), attrs["pads"], attrs.get("dilations", [1, 1])
+    )
+    want = ort_conv(x, w, **attrs)  # (B, O, H', W')
+    got = (rows @ w.reshape(5, -1).T).reshape(3, *want.shape[2:], 5).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def direct(gram, cross, keep, lam, prior):
+    """Row by row with np.linalg.solve on the kept set plus the bias."""
+    o, k = keep.shape
+    w, b = np.zeros((o, k)), np.zeros(o)
+    for r in range(o):
+        s = np.append(np.flatnonzero(keep[r]), k)
+        a = gram[np.ix_(s, s)].copy()
+        a[np.arange(s.size - 1), np.arange(s.size - 1)] += lam
+        rhs = cross[s, r].copy()
+        rhs[:-1] += lam * prior[r, s[:-1]]
+        sol = np.linalg.solve(a, rhs)
+        w[r, s[:-1]], b[r] = sol[:-1], sol[-1]
+    return w, b
+
+
+@pytest.mark.parametrize("budget", [1 << 24, 300, 1])  # one batch, several, one row each
+def test_masked_lstsq_matches_direct_solves(budget: int, monkeypatch) -> None:
+    monkeypatch.setattr(R, "SOLVE_BUDGET", budget)
+    rng = np.random.default_rng(1)
+    x = rng.normal(1.0, 1.0, (300, 20))
+    w0 = rng.normal(size=(6, 20))
+    y = x @ w0.T + 0.5
+    keep = rng.random((6, 20)) < 0.5
+    keep[2] = False  # a row with nothing kept: bias only
+    x1 = R.with_ones(x)
+    gram, cross = x1.T @ x1, x1.T @ y
+    w, b = R.masked_lstsq(gram, cross, keep, damp=0.05, prior=w0)
+    lam = 0.05 * R.ridge_scale(gram)
+    want_w, want_b = direct(gram, cross, keep, lam, w0)
+    np.testing.assert_allclose(w, want_w, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(b, want_b, rtol=1e-8, atol=1e-10)
+    assert (w[~keep] == 0).all() and not np.signbit(w[~keep]).any()
+
+
+def test_refit_recovers_exact_solution_and_prior_limits() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(500, 10))
+    w_true = rng.normal(size=(3, 10)) * (rng.random((3, 10)) < 0.5)
+    y = x @ w_true.T - 1.0
+    x1 = R.with_ones(x)
+    gram, cross = x1.T @ x1, x1.T @ y
+    w, b = R.masked_lstsq(gram, cross, w_true != 0, damp=1e-9)
+    np.testing.assert_allclose(w, w_true, atol=1e-6)
+    np.testing.assert_allclose(b, -1.0, atol=1e-6)
+    # a huge ridge toward the prior keeps the prior's kept weights: bias correction only
+    w_big, b_big = R.masked_lstsq(gram, cross, np.ones((3, 10), bool), damp=1e9, prior=w_true)
+    np.testing.assert_allclose(w_big, w_true, atol=1e-6)
+    np.testing.assert_allclose(b_big, -1.0, atol=1e-3)
