@@ -100,3 +100,19 @@ def test_all_zero_and_bad_bits() -> None:
     assert not idx.any()
     with pytest.raises(ValueError, match="bits"):
         share_weights(np.ones(4, np.float32), 0)
+
+
+@pytest.mark.parametrize(
+    "centroids",
+    [
+        np.sort(np.random.default_rng(10).normal(0, 0.01, 255)),
+        np.array([-1.0, -1e-9, 0.0, 1e-9, 1.0]),  # midpoints far closer than the table's bins
+        np.array([0.0, 1.0]),
+        np.array([0.5]),
+    ],
+)
+def test_lookup_table_assign_equals_searchsorted(centroids: np.ndarray) -> None:
+    x = np.random.default_rng(11).normal(0, 0.02, 100_000).astype(np.float32)
+    mids = (centroids[1:] + centroids[:-1]) / 2
+    x = np.concatenate([x, mids.astype(np.float32), centroids.astype(np.float32), [-5, 5]])
+    np.testing.assert_array_equal(assign(x, centroids, np.uint8), np.searchsorted(mids, x))

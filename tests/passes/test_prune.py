@@ -236,3 +236,29 @@ def test_sensitivity_respects_pinned_layers() -> None:
     prune.run(g, prune.Config(per_layer={"Conv_0": 0.25}, ladder=(0.5, 0.9)), S.context(g))
     got = sparsities(g)
     assert got["conv1_w"] == pytest.approx(0.25, abs=0.02)
+
+
+def test_knapsack_prefers_cheap_weights_and_respects_budget_and_caps() -> None:
+    curves = {
+        "big": [(0.5, 0.1), (0.9, 0.5), (0.95, 2.0)],  # 100k weights: cheap per weight
+        "small": [(0.5, 0.0), (0.9, 0.4), (0.95, 0.3)],  # 1k weights; noisy last rung
+    }
+    sizes = {"big": 100_000, "small": 1_000}
+    caps = {"big": 2, "small": 1}
+    assert prune._knapsack(curves, caps, sizes, budget=0.0) == {"big": -1, "small": 0}
+    assert prune._knapsack(curves, caps, sizes, budget=0.5) == {"big": 1, "small": 0}
+    assert prune._knapsack(curves, caps, sizes, budget=0.9) == {"big": 1, "small": 1}
+    assert prune._knapsack(curves, caps, sizes, budget=100.0) == {"big": 2, "small": 1}
+    assert prune._level(curves["small"], 2) == 0.4  # running max: noise is not free pruning
+
+
+def test_global_mode_searches_the_ratio_for_max_drop() -> None:
+    g = S.graph(redundant_fc=True)
+    ctx = S.context(g)
+    base = ctx.score(g)
+    report = prune.run(g, prune.Config(mode="global", max_drop=1.0), ctx)
+    assert 100 * (base - ctx.score(g)) <= 1.0 + 1e-9
+    assert any(n.startswith("global: searched") for n in report.notes)
+    assert sparsities(g)["fc1_w"] > 0.5
+    with pytest.raises(BadInputError, match="needs 'sparsity'"):
+        prune.run(S.graph(), prune.Config(mode="global"), NO_DATA)
