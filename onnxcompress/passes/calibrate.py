@@ -17,6 +17,15 @@ where x_l is the layer input in the original model and x'_l its input in the com
 with every earlier layer already corrected, so each correction also absorbs the mean error
 propagated from upstream. Layers without a bias get one (Conv, Gemm: a new bias input; MatMul:
 an Add after it, or the Add that already follows it).
+
+Refit (kernels/refit.py): for pruned layers, the kept weights and the bias are re-estimated by
+ridge least squares so that the layer, fed its input in the compressed model, reproduces the
+ORIGINAL layer's outputs on the original input. Only Gram matrices of the input rows (im2col
+patches for a Conv) are accumulated, one calibration pass per layer.
+
+`Compensator` bundles both for a pass: built before the weights change, it compensates one
+layer alone (sensitivity scans, from statistics of the original network) or a set of layers
+sequentially (the final result).
 """
 
 from __future__ import annotations

@@ -111,30 +111,35 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
         report.notes.append("no Conv/Gemm/MatMul weight to cluster")
         return report
     bits = layer_bits(weights, cfg)
-    correct = cfg.bias_correction and ctx.calib is not None
-    if cfg.bias_correction and ctx.calib is None:
-        report.notes.append("bias correction skipped: no calibration data")
-    slots, stats = _prepare_correction(graph, weights, ctx, report.notes) if correct else ({}, {})
     before = {w.tensor.name: w.values.copy() for w in weights}
+    comp = None
+    if cfg.bias_correction and ctx.calib is not None:
+        comp = C.Compensator(
+            graph,
+            weights,
+            ctx.calib,
+            refit=False,
+            notes=report.notes,
+            originals=before,
+            progress=lambda m: ctx.progress("cluster: " + m),
+        )
+    elif cfg.bias_correction:
+        report.notes.append("bias correction skipped: no calibration data")
     codes = {}
     for i, w in enumerate(weights):
-        ctx.progress(f"cluster: {i + 1}/{len(weights)} {w.layer} ({bits[w.tensor.name]} bits)")
+        name = w.tensor.name
+        ctx.progress(f"cluster: {i + 1}/{len(weights)} {w.layer} ({bits[name]} bits)")
         codebook, indices = share_weights(
-            w.values,
-            bits[w.tensor.name],
-            iters=cfg.iterations,
-            fit_samples=cfg.fit_samples,
-            seed=cfg.seed,
+            w.values, bits[name], iters=cfg.iterations, fit_samples=cfg.fit_samples, seed=cfg.seed
         )
         w.set_values(codebook[indices])
-        codes[w.tensor.name] = (codebook, indices)
-        report.per_tensor[w.tensor.name] = _facts(
-            w, before[w.tensor.name], codebook, bits[w.tensor.name], cfg.form
-        )
-    shifts = _correct(graph, weights, slots, stats, before, ctx) if correct else {}
-    for name, shift in shifts.items():
-        report.per_tensor[name]["bias_corrected"] = True
-        report.per_tensor[name]["bias_shift"] = float(np.max(np.abs(shift))) if shift.size else 0.0
+        codes[name] = (codebook, indices)
+        report.per_tensor[name] = _facts(w, before[name], codebook, bits[name], cfg.form)
+    if comp is not None:
+        for name, shift in comp.sweep(weights).items():
+            report.per_tensor[name]["bias_corrected"] = True
+            report.per_tensor[name]["bias_shift"] = float(np.max(np.abs(shift), initial=0.0))
+        comp.finish()
     if cfg.form is Form.GATHER:
         for w in weights:
             to_gather(graph, w, *codes[w.tensor.name])
@@ -142,41 +147,6 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
     report.modified = True
     report.notes.append(f"form: {cfg.form.value}; bits conv {cfg.bits_conv}, fc {cfg.bits_fc}")
     return report
-
-
-def _prepare_correction(
-    graph: gs.Graph, weights: list[Weight], ctx: Context, notes: list[str]
-) -> tuple[dict[str, C.BiasSlot], dict[str, np.ndarray]]:
-    slots = {}
-    for w in weights:
-        slot = C.bias_slot(graph, w)
-        if isinstance(slot, str):
-            notes.append(f"no bias correction: {slot}")
-        else:
-            slots[w.tensor.name] = slot
-    ctx.progress("cluster: collecting layer input statistics")
-    stats = C.input_stats(graph, [w for w in weights if w.tensor.name in slots], ctx.calib)
-    return slots, stats
-
-
-def _correct(
-    graph: gs.Graph,
-    weights: list[Weight],
-    slots: dict[str, C.BiasSlot],
-    stats: dict[str, np.ndarray],
-    before: dict[str, np.ndarray],
-    ctx: Context,
-) -> dict[str, np.ndarray]:
-    layers = [
-        C.Corrected(w, slots[w.tensor.name], before[w.tensor.name], stats[w.tensor.name])
-        for w in weights
-        if w.tensor.name in slots
-    ]
-    shifts = C.correct_biases(graph, layers, ctx.calib, progress=ctx.progress)
-    for w in weights:
-        if w.tensor.name in slots:
-            C.drop_if_unused(graph, w, slots[w.tensor.name])
-    return shifts
 
 
 def _facts(
