@@ -80,9 +80,10 @@ int xnor_conv2d(const xnor_geom *g, int mode, const float *x, const uint64_t *wb
 double xnor_measure_ghz(int64_t cycles);
 double xnor_peak_binary(int path, int64_t iters);   /* bit-MACs per ns on one thread */
 double xnor_peak_fma(int width_bits, int64_t iters); /* float32 flops per ns, 256 or 512 */
-/* The popcount GEMM tiles alone on pre-built random panels (M x P outputs, kwords 64-bit words
- * each); seconds[2 * r] = wall, seconds[2 * r + 1] = calling thread's CPU time of run r. */
-int xnor_bench_gemm_core(int path, int32_t m, int32_t kwords, int32_t p, int reps, int threads,
+/* The popcount GEMM tiles alone on pre-built random panels (M x P outputs, K = kbits rounded up
+ * to the path's lane width); seconds[2 * r] = wall, seconds[2 * r + 1] = calling thread's CPU
+ * time of run r. */
+int xnor_bench_gemm_core(int path, int32_t m, int32_t kbits, int32_t p, int reps, int threads,
                          double *seconds);
 
 #ifdef __cplusplus

@@ -198,14 +198,16 @@ static void core_run(void *arg, int tid, int n) {
     }
 }
 
-int xnor_bench_gemm_core(int path, int32_t m, int32_t kwords, int32_t p, int reps, int threads,
+int xnor_bench_gemm_core(int path, int32_t m, int32_t kbits, int32_t p, int reps, int threads,
                          double *seconds) {
     const xnor_impl *im = xnor_impl_for(path == XNOR_PATH_AUTO ? xnor_best_path() : path);
     if (!im) return XNOR_EPATH;
-    if (m < 1 || kwords < 1 || p < 1 || reps < 1 || threads < 1 || !seconds) return XNOR_EARG;
-    core_ctx c = {im, NULL, NULL, NULL, NULL, m, kwords * (64 / im->lane_bits), p,
-                  (m + im->mr - 1) / im->mr, ((int64_t)p + im->np - 1) / im->np};
-    /* sizes in 64-bit words: a unit count times lane_bits / 64 */
+    if (m < 1 || kbits < 1 || p < 1 || reps < 1 || threads < 1 || !seconds) return XNOR_EARG;
+    int32_t kunits = (kbits + im->lane_bits - 1) / im->lane_bits;
+    core_ctx c = {im, NULL, NULL, NULL, NULL, m, kunits, p, (m + im->mr - 1) / im->mr,
+                  ((int64_t)p + im->np - 1) / im->np};
+    /* sizes in 64-bit words, rounded up */
+    int32_t kwords = (kunits * im->lane_bits + 63) / 64;
     size_t na = (size_t)c.panels * kwords * im->np, nb = (size_t)c.mblocks * kwords * im->mr;
     uint64_t *a = (uint64_t *)xnor_alloc(na * 8), *b = (uint64_t *)xnor_alloc(nb * 8);
     float *y = (float *)xnor_alloc((size_t)m * p * sizeof(float));

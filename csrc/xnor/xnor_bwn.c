@@ -115,7 +115,7 @@ int xnor_run_bwn(const xnor_call *k, int threads, xnor_timing *tm) {
     for (int i = 0; rc == XNOR_OK && i < threads; ++i)
         if (!(c.scratch[i] = xnor_alloc(sizeof(float) * (size_t)c.kdim * c.np))) rc = XNOR_ENOMEM;
     if (rc == XNOR_OK) {
-        double t0 = xnor_now(), c0 = xnor_cpu_now();
+        double t0 = tm ? xnor_now() : 0.0, c0 = tm ? xnor_cpu_now() : 0.0;
         xnor_parallel(threads, gemm_phase, &c);
         if (tm) {
             tm->pack = tm->pack_cpu = 0.0;

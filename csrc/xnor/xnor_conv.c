@@ -145,7 +145,8 @@ int xnor_weights_create(int mode, int path, int32_t m, int32_t c, int32_t kh, in
     w->mr = binary ? im->mr : im->bmr;
     w->mblocks = (m + w->mr - 1) / w->mr;
     w->mpad = w->mblocks * w->mr;
-    w->kunits = binary ? (int64_t)w->taps * w->cw * (64 / im->lane_bits) : (int64_t)w->taps * c;
+    w->units = (c + im->lane_bits - 1) / im->lane_bits;
+    w->kunits = binary ? (int64_t)w->taps * w->units : (int64_t)w->taps * c;
     w->esz = binary ? im->lane_bits / 8 : (int32_t)sizeof(float);
     w->panel = xnor_alloc((size_t)w->mpad * w->kunits * w->esz);
     if (binary) w->tapsum = (int32_t *)xnor_alloc(sizeof(int32_t) * (size_t)w->mpad * w->taps);
@@ -178,7 +179,7 @@ int64_t xnor_weights_bytes(const xnor_weights *w) {
 int xnor_conv2d_prepared(const xnor_weights *w, const xnor_geom *g, const float *x,
                          const float *alpha, const float *bias, float *y, int threads,
                          xnor_timing *timing) {
-    double start = xnor_now(), start_cpu = xnor_cpu_now();
+    double start = timing ? xnor_now() : 0.0, start_cpu = timing ? xnor_cpu_now() : 0.0;
     xnor_call k;
     memset(&k, 0, sizeof k);
     if (!w || xnor_out_hw(g, &k.oh, &k.ow) != XNOR_OK || !x || !alpha || !y || threads < 1 ||
@@ -207,7 +208,7 @@ int xnor_conv2d_prepared(const xnor_weights *w, const xnor_geom *g, const float 
 int xnor_conv2d(const xnor_geom *g, int mode, const float *x, const uint64_t *wbits,
                 const float *alpha, const float *bias, float *y, int threads, int path,
                 xnor_timing *timing) {
-    double start = xnor_now(), start_cpu = xnor_cpu_now();
+    double start = timing ? xnor_now() : 0.0, start_cpu = timing ? xnor_cpu_now() : 0.0;
     int32_t oh, ow;
     if (xnor_out_hw(g, &oh, &ow) != XNOR_OK) return XNOR_EARG;
     xnor_weights *w = NULL;

@@ -83,7 +83,9 @@ struct xnor_weights {
     const xnor_impl *im;
     int32_t m, c, kh, kw, cw, taps;
     int32_t mr, mblocks, mpad;
-    int64_t kunits;       /* K units per output channel (XNOR: lane_bits each; BWN: floats) */
+    int32_t units;        /* XNOR: K units per tap = ceil(C / lane_bits) (a 64-bit word's high
+                             half is skipped when it holds only padding) */
+    int64_t kunits;       /* K units per output channel (XNOR: taps * units; BWN: taps * C) */
     int32_t esz;          /* bytes per K unit */
     void *panel;          /* [mblocks][kunits][mr] */
     int32_t *tapsum;      /* XNOR: S[t][mpad] = 2 * popcount(w bits of tap t) - C; BWN: NULL */

@@ -40,6 +40,8 @@ __all__ = [
 
 PATHS = ("portable", "avx2", "avx512")  # index = the C enum value
 REFERENCE = "reference"
+_MODES = ("xnor", "bwn")
+_LANE_BITS = {"portable": 64, "avx2": 64, "avx512": 32}  # K unit of each path's GEMM
 _ERRORS = {
     -1: "invalid geometry",
     -2: "kernel path not supported on this CPU",
@@ -214,8 +216,15 @@ def _resolve(path: str) -> str:
     return path
 
 
+def _addr(a: np.ndarray) -> int:
+    """Data address of a C-contiguous array (the buffer protocol is ~4x cheaper than .ctypes)."""
+    if a.flags.writeable and a.size:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    return a.ctypes.data
+
+
 def _pair(v: Sequence[int], name: str, n: int = 2) -> tuple[int, ...]:
-    t = tuple(int(a) for a in v)
+    t = tuple(map(int, v))
     if len(t) != n:
         raise ValueError(f"XnorConv: {name} needs {n} values, got {list(v)}")
     return t
@@ -226,6 +235,17 @@ def _vector(v: np.ndarray, m: int, name: str) -> np.ndarray:
     if a.shape[0] != m:
         raise ValueError(f"XnorConv: {name} has {a.shape[0]} values, expected M={m}")
     return a
+
+
+def _output(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(
+            f"XnorConv: out must be a C-contiguous float32 array of shape {list(shape)}, "
+            f"got {out.dtype} {list(out.shape)}"
+        )
+    return out
 
 
 def _fail(rc: int, what: str) -> None:
@@ -294,7 +314,7 @@ def prepare_weights(
     return XnorWeights(packed, channels, kernel_shape, mode=mode, path=path, threads=threads)
 
 
-def xnor_conv_timed(
+def _conv(
     x: np.ndarray,
     packed_w: np.ndarray | XnorWeights,
     alpha: np.ndarray,
@@ -308,15 +328,16 @@ def xnor_conv_timed(
     group: int = 1,
     threads: int = 1,
     path: str = "auto",
+    out: np.ndarray | None = None,
+    timed: bool = False,
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """``xnor_conv`` plus the C side's seconds per phase (empty for the reference): wall
-    ``pack``, ``gemm``, ``total`` and the calling thread's CPU time ``*_cpu``."""
+    """The shared body of ``xnor_conv`` and ``xnor_conv_timed``."""
     if group != 1:
         raise ValueError(
             f"XnorConv supports group=1 only, got group={group}; grouped and "
             "depthwise convolutions are left in float"
         )
-    mode = Mode(mode).value
+    mode = mode if mode in _MODES else Mode(mode).value  # Mode() raises the clear error
     ks, st, dl = (
         _pair(kernel_shape, "kernel_shape"),
         _pair(strides, "strides"),
@@ -344,37 +365,42 @@ def xnor_conv_timed(
     al = _vector(alpha, m, "alpha")
     bi = None if bias is None else _vector(bias, m, "bias")
     if chosen == REFERENCE:
-        return xnor_conv_ref(
+        ref = xnor_conv_ref(
             x, wb, al, bi, kernel_shape=ks, strides=st, pads=pd, dilations=dl, mode=mode
-        ), {}
+        )
+        if out is not None:
+            _output(out, ref.shape)[...] = ref
+            ref = out
+        return ref, {}
     oh, ow = conv_output_hw((h, w), ks, st, pd, dl)
-    y = np.empty((n, m, oh, ow), dtype=np.float32)
+    y = _output(out, (n, m, oh, ow))
     geom = _Geom(n, c, h, w, m, *ks, *st, *dl, *pd)
-    tm = _Timing()
-    bias_ptr = None if bi is None else bi.ctypes.data
+    tm = _Timing() if timed else None
+    tm_ref = ctypes.byref(tm) if timed else None
+    bias_ptr = None if bi is None else _addr(bi)
     if prepared is not None:
         rc = library().xnor_conv2d_prepared(
             prepared._handle,
             ctypes.byref(geom),
-            x.ctypes.data,
-            al.ctypes.data,
+            _addr(x),
+            _addr(al),
             bias_ptr,
-            y.ctypes.data,
+            _addr(y),
             int(threads),
-            ctypes.byref(tm),
+            tm_ref,
         )
     else:
         rc = library().xnor_conv2d(
             ctypes.byref(geom),
             0 if mode == "xnor" else 1,
-            x.ctypes.data,
-            wb.ctypes.data,
-            al.ctypes.data,
+            _addr(x),
+            _addr(wb),
+            _addr(al),
             bias_ptr,
-            y.ctypes.data,
+            _addr(y),
             int(threads),
             PATHS.index(chosen),
-            ctypes.byref(tm),
+            tm_ref,
         )
     if rc != 0:
         _fail(
@@ -382,7 +408,19 @@ def xnor_conv_timed(
             f"input {list(x.shape)}, M={m}, kernel_shape={list(ks)}, strides={list(st)}, "
             f"pads={list(pd)}, dilations={list(dl)}, words per tap={words_per_tap(c)}",
         )
-    return y, {name: getattr(tm, name) for name, _ in _Timing._fields_}
+    return y, ({name: getattr(tm, name) for name, _ in _Timing._fields_} if timed else {})
+
+
+def xnor_conv_timed(
+    x: np.ndarray,
+    packed_w: np.ndarray | XnorWeights,
+    alpha: np.ndarray,
+    bias: np.ndarray | None,
+    **attrs: object,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """``xnor_conv`` (same keywords) plus the C side's seconds per phase (empty for the
+    reference): wall ``pack``, ``gemm``, ``total`` and the calling thread's CPU time ``*_cpu``."""
+    return _conv(x, packed_w, alpha, bias, timed=True, **attrs)
 
 
 def xnor_conv(
@@ -399,13 +437,15 @@ def xnor_conv(
     group: int = 1,
     threads: int = 1,
     path: str = "auto",
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """XnorConv as specified in ``onnxcompress.ops``: float32 NCHW in, float32 NCHW out.
 
     ``packed_w`` is uint8 [M, KH*KW*ceil(C/64)*8] (or uint64 [M, KH*KW*ceil(C/64)]) from
-    ``pack_weights``, or ``XnorWeights`` (then its path wins over ``path``).
+    ``pack_weights``, or ``XnorWeights`` (then its path wins over ``path``).  ``out``, when
+    given, receives the result: a runtime that reuses buffers avoids page faults on fresh ones.
     """
-    return xnor_conv_timed(
+    return _conv(
         x,
         packed_w,
         alpha,
@@ -418,6 +458,7 @@ def xnor_conv(
         group=group,
         threads=threads,
         path=path,
+        out=out,
     )[0]
 
 
@@ -446,15 +487,22 @@ def peak_fma(width_bits: int = 512, iters: int = 20_000_000) -> float:
     return float(_require().xnor_peak_fma(width_bits, iters))
 
 
+def padded_k_bits(channels: int, kernel_shape: Sequence[int], path: str = "auto") -> int:
+    """Bits per output the GEMM of ``path`` really computes: KH*KW*ceil(C/lane)*lane."""
+    lane = _LANE_BITS[best_path() if path == "auto" else path]
+    kh, kw = kernel_shape
+    return kh * kw * -(-channels // lane) * lane
+
+
 def bench_gemm_core(
-    m: int, kwords: int, positions: int, *, reps: int = 5, threads: int = 1, path: str = "auto"
+    m: int, kbits: int, positions: int, *, reps: int = 5, threads: int = 1, path: str = "auto"
 ) -> np.ndarray:
     """[reps, 2] seconds (wall, calling thread's CPU) per run of the popcount GEMM tiles alone
-    on pre-built panels: no packing, no im2col, no padding correction."""
+    on pre-built panels (K = kbits): no packing, no im2col, no padding correction."""
     chosen = best_path() if path == "auto" else path
     out = np.zeros((reps, 2), dtype=np.float64)
     rc = _require().xnor_bench_gemm_core(
-        PATHS.index(chosen), m, kwords, positions, reps, threads, out.ctypes.data
+        PATHS.index(chosen), m, kbits, positions, reps, threads, out.ctypes.data
     )
     if rc != 0:
         raise ValueError(f"bench_gemm_core failed: {_ERRORS.get(rc, rc)}")
