@@ -66,7 +66,9 @@ def load_raw(split: str, data_dir: Path = DATA_DIR) -> tuple[np.ndarray, np.ndar
     return images, labels.astype(np.int64)
 
 
-def load(split: str, limit: int | None = None, data_dir: Path = DATA_DIR) -> tuple[np.ndarray, np.ndarray]:
+def load(
+    split: str, limit: int | None = None, data_dir: Path = DATA_DIR
+) -> tuple[np.ndarray, np.ndarray]:
     """Normalized float32 images (N, 1, 28, 28) and int64 labels (N,); the first `limit` if given."""
     images, labels = load_raw(split, data_dir)
     if limit is not None:

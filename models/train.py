@@ -17,16 +17,18 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
+from fashion_mnist import MEAN, STD, load
 from torch import nn
 from torch.nn import functional as F
 
-from fashion_mnist import load
+BACKGROUND = -MEAN / STD  # a black pixel after normalization
 
 # ---------------------------------------------------------------------------------------------
 # Architectures
@@ -43,10 +45,11 @@ def lenet300() -> nn.Module:
 
 
 def lenet5() -> nn.Module:
-    """Caffe's LeNet-5 (the one pruned in Han et al. 2015): conv20-pool-conv50-pool-fc500-fc10."""
+    """LeNet-5 as in Caffe and Han et al. 2015 (conv20-pool-conv50-pool-fc500-fc10), plus ReLU
+    after each conv."""
     return nn.Sequential(
-        nn.Conv2d(1, 20, 5), nn.MaxPool2d(2),
-        nn.Conv2d(20, 50, 5), nn.MaxPool2d(2),
+        nn.Conv2d(1, 20, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(20, 50, 5), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(),
         nn.Linear(50 * 4 * 4, 500), nn.ReLU(),
         nn.Linear(500, 10),
@@ -59,10 +62,10 @@ def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
 
 
 def vgg() -> nn.Module:
-    """VGG-style: 3 stages of two 3x3 conv+BN+ReLU (32, 64, 128) with max-pooling, then
-    Linear 1152→512, BatchNorm1d, ReLU, Dropout, Linear 512→10."""
+    """VGG-style: 3x3 conv+BN+ReLU stages of widths 32 | 64, 64 | 128, 128, each closed by
+    max-pooling, then Linear 1152→512, BatchNorm1d, ReLU, Dropout, Linear 512→10."""
     return nn.Sequential(
-        *_conv_bn(1, 32), *_conv_bn(32, 32), nn.MaxPool2d(2),
+        *_conv_bn(1, 32), nn.MaxPool2d(2),
         *_conv_bn(32, 64), *_conv_bn(64, 64), nn.MaxPool2d(2),
         *_conv_bn(64, 128), *_conv_bn(128, 128), nn.MaxPool2d(2),
         nn.Flatten(),
@@ -93,12 +96,11 @@ class BasicBlock(nn.Module):
 
 
 def resnet() -> nn.Module:
-    """Small ResNet: 3x3 stem (32), blocks 32@28x28, 64@14x14, 128@7x7 (projection shortcuts
-    where the shape changes), global average pool, Linear 128→10."""
+    """Small ResNet: 3x3 stem (32) + max-pool, basic blocks 32@14x14, 64@7x7, 128@4x4 (1x1
+    projection shortcuts where the shape changes), global average pool, Linear 128→10."""
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
         BasicBlock(32, 32, 1), BasicBlock(32, 64, 2), BasicBlock(64, 128, 2),
-        BasicBlock(128, 128, 1),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10),
     )  # fmt: skip
 
@@ -117,16 +119,27 @@ class Fire(nn.Module):
         return torch.cat([F.relu(self.expand1x1(s)), F.relu(self.expand3x3(s))], dim=1)
 
 
+def he_init(model: nn.Module) -> nn.Module:
+    """He-normal conv weights and zero biases; the last conv (the classifier) gets N(0, 0.01²)
+    as in SqueezeNet. Without BatchNorm, PyTorch's default init leaves this net stuck at chance."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    for conv in convs:
+        nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        nn.init.zeros_(conv.bias)
+    nn.init.normal_(convs[-1].weight, std=0.01)
+    return model
+
+
 def squeezenet() -> nn.Module:
-    """SqueezeNet-style: conv 3x3 (64), pool, fire x2 (s16, e64), pool, fire x2 (s32, e128),
-    dropout, conv 1x1 → 10 classes, global average pool, flatten."""
-    return nn.Sequential(
-        nn.Conv2d(1, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        Fire(64, 16, 64), Fire(128, 16, 64), nn.MaxPool2d(2),
+    """SqueezeNet-style, no BatchNorm: conv 3x3 (32), pool, fire x2 (s16, e64), pool, fire x2
+    (s32, e128), dropout, conv 1x1 → 10 classes, global average pool, flatten."""
+    return he_init(nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        Fire(32, 16, 64), Fire(128, 16, 64), nn.MaxPool2d(2),
         Fire(128, 32, 128), Fire(256, 32, 128),
         nn.Dropout(0.3), nn.Conv2d(256, 10, 1),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -135,15 +148,229 @@ class Recipe:
 
     build: object  # () -> nn.Module
     epochs: int
-    lr: float  # peak learning rate of the one-cycle schedule (SGD, Nesterov momentum 0.9)
+    optimizer: str  # "sgd" (Nesterov momentum 0.9) or "adamw"
+    lr: float  # peak learning rate of the one-cycle schedule
     weight_decay: float
     augment: bool  # random horizontal flip and ±2 px translation
 
 
 RECIPES: dict[str, Recipe] = {
-    "lenet300": Recipe(lenet300, 12, 0.05, 5e-4, False),
-    "lenet5": Recipe(lenet5, 12, 0.05, 5e-4, False),
-    "vgg": Recipe(vgg, 12, 0.1, 5e-4, True),
-    "resnet": Recipe(resnet, 12, 0.1, 5e-4, True),
-    "squeezenet": Recipe(squeezenet, 15, 0.05, 5e-4, True),
+    "lenet300": Recipe(lenet300, 12, "sgd", 0.05, 5e-4, False),
+    "lenet5": Recipe(lenet5, 10, "sgd", 0.05, 5e-4, False),
+    "vgg": Recipe(vgg, 6, "sgd", 0.1, 5e-4, True),
+    "resnet": Recipe(resnet, 8, "sgd", 0.1, 5e-4, True),
+    "squeezenet": Recipe(squeezenet, 8, "adamw", 0.002, 5e-4, True),
 }
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, shift: int = 2) -> torch.Tensor:
+    """Random horizontal flip and random translation by up to `shift` pixels (black fill)."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    padded = F.pad(x, (shift, shift, shift, shift), value=BACKGROUND)
+    side = 2 * shift + 1
+    offset = torch.randint(0, side * side, (n,), generator=gen)
+    out = torch.empty_like(x)
+    for k in offset.unique().tolist():  # one slice per distinct (dy, dx): at most side² copies
+        dy, dx = divmod(k, side)
+        sel = offset == k
+        out[sel] = padded[sel, :, dy : dy + h, dx : dx + w]
+    return out
+
+
+def batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """A seeded random split of range(n) into index batches of `size` (the last may be short)."""
+    return list(torch.randperm(n, generator=gen).split(size))
+
+
+def train_epoch(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    gen: torch.Generator,
+    aug: bool,
+    batch_size: int,
+) -> float:
+    """One pass over the training set; returns the mean training loss."""
+    x_all, y_all = data
+    model.train()
+    total = 0.0
+    for idx in batches(len(x_all), batch_size, gen):
+        x = augment(x_all[idx], gen) if aug else x_all[idx]
+        loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y_all[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += loss.item() * len(idx)
+    return total / len(x_all)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy (%) of `model` in eval mode."""
+    model.eval()
+    hits = 0
+    for i in range(0, len(x), batch_size):
+        hits += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+    return 100.0 * hits / len(x)
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimizer over all parameters."""
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=recipe.lr,
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=recipe.weight_decay,
+        )
+    raise ValueError(f"Expected optimizer 'sgd' or 'adamw', got {recipe.optimizer!r}")
+
+
+def fit(name: str, epochs: int, seed: int, batch_size: int = 128) -> tuple[nn.Module, dict]:
+    """Build and train one zoo model; returns it (eval mode) and a record of the run."""
+    recipe = RECIPES[name]
+    epochs = epochs or recipe.epochs
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = recipe.build().to(memory_format=torch.channels_last)
+    x, y = (torch.from_numpy(a) for a in load("train"))
+    steps = epochs * math.ceil(len(x) / batch_size)
+    opt = make_optimizer(model, recipe)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps)
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        loss = train_epoch(model, (x, y), opt, sched, gen, recipe.augment, batch_size)
+        print(
+            f"{name} epoch {epoch + 1}/{epochs} loss {loss:.4f} "
+            f"({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+    seconds = time.perf_counter() - start
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    xt, yt = (torch.from_numpy(a) for a in load("test"))
+    record = {
+        "epochs": epochs,
+        "seed": seed,
+        "batch_size": batch_size,
+        "optimizer": recipe.optimizer,
+        "lr": recipe.lr,
+        "train_seconds": round(seconds, 1),
+        "torch_test_top1": round(accuracy(model, xt, yt), 2),
+        "torch_threads": torch.get_num_threads(),
+    }
+    return model, record
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+
+def inline_identities(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace each Identity of an initializer (the exporter's de-duplication of equal tensors)
+    by a copy of that initializer under the Identity's output name."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    for node in [n for n in graph.node if n.op_type == "Identity" and n.input[0] in inits]:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(inits[node.input[0]])
+        copy.name = node.output[0]
+        graph.initializer.append(copy)
+        graph.node.remove(node)
+    return model
+
+
+def export(model: nn.Module, path: Path) -> onnx.ModelProto:
+    """Export with the TorchScript exporter (opset 17, dynamic batch, BN kept) and check it."""
+    dummy = torch.zeros(2, 1, 28, 28)
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but keeps BN nodes
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            do_constant_folding=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        )
+    proto = inline_identities(onnx.load(str(path)))
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))
+    return proto
+
+
+def count_ops(proto: onnx.ModelProto, op_type: str) -> int:
+    """How many nodes of `op_type` the graph has."""
+    return sum(n.op_type == op_type for n in proto.graph.node)
+
+
+def check_against_torch(model: nn.Module, path: Path, x: np.ndarray) -> float:
+    """Largest |ONNX Runtime − PyTorch| logit difference on `x`."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(["logits"], {"input": x})[0]
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    return float(np.abs(got - want).max())
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def run_one(name: str, epochs: int, seed: int, out: Path) -> dict:
+    """Train, export, verify one model; returns its training record."""
+    model, record = fit(name, epochs, seed)
+    path = out / f"{name}.onnx"
+    proto = export(model, path)
+    if name in ("vgg", "resnet") and count_ops(proto, "BatchNormalization") == 0:
+        raise RuntimeError(f"{path}: expected BatchNormalization nodes, the exporter folded them")
+    diff = check_against_torch(model, path, load("test", limit=256)[0])
+    if diff > 1e-3:
+        raise RuntimeError(f"{path}: ONNX Runtime and PyTorch disagree by {diff:.2e}")
+    record["params"] = sum(p.numel() for p in model.parameters())
+    print(f"{name}: {record}", flush=True)
+    return record
+
+
+def update_zoo_json(path: Path, name: str, record: dict) -> None:
+    """Store `record` under models[name]['training'] in the zoo JSON, keeping other entries."""
+    zoo = json.loads(path.read_text()) if path.is_file() else {}
+    zoo.setdefault(name, {})["training"] = record
+    path.write_text(json.dumps(zoo, indent=2, sort_keys=True) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="all", choices=["all", *RECIPES])
+    parser.add_argument("--epochs", type=int, default=0, help="0: each model's default")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(min(args.threads, 2))
+    torch.use_deterministic_algorithms(True)
+    torch.set_flush_denormal(True)  # denormal activations slow CPU training many times over
+    args.out.mkdir(parents=True, exist_ok=True)
+    names = list(RECIPES) if args.model == "all" else [args.model]
+    for name in names:
+        record = run_one(name, args.epochs, args.seed, args.out)
+        update_zoo_json(args.out / "zoo.json", name, record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
