@@ -12,7 +12,8 @@
  * A border position whose window has valid taps [y0,y1) x [x0,x1) therefore gets
  * corr[m] = sum of S[m][t] over its padded taps, added to the integer dot before conversion, so
  * the result stays exact.  Windows repeat (9 kinds for a 3x3 kernel with pad 1), so corr is
- * computed once per kind and copied into the border columns of each panel.
+ * computed once per kind and copied into a small [mr][np] tile per kernel call, border columns
+ * only.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -219,20 +220,35 @@ static int build_kinds(bin_ctx *c) {
     return rc;
 }
 
-/* Copy the correction of each border column into corr [mpad][np]; returns how many, listed in
- * cols_out (the caller zeroes them again after the panel). */
-static int32_t panel_corr(const bin_ctx *c, int64_t q0, int32_t cols, int32_t *corr,
-                          int32_t *cols_out) {
+/* The panel's border columns (cols_out) and their window kinds (kinds_out); returns how many. */
+static int32_t border_columns(const bin_ctx *c, int64_t q0, int32_t cols, int32_t *cols_out,
+                              int32_t *kinds_out) {
     int32_t nb = 0;
+    int64_t oy = q0 / c->k->ow, ox = q0 % c->k->ow;   /* one division per panel, not per column */
     for (int32_t i = 0; i < cols; ++i) {
-        int64_t q = q0 + i;
-        int32_t a = c->rowkind[q / c->k->ow], b = c->colkind[q % c->k->ow];
-        if (a == c->fullrow && b == c->fullcol) continue;
-        const int32_t *v = c->corrkind + ((int64_t)a * c->nck + b) * c->mpad;
-        for (int32_t m = 0; m < c->mpad; ++m) corr[(int64_t)m * c->np + i] = v[m];
-        cols_out[nb++] = i;
+        int32_t a = c->rowkind[oy], b = c->colkind[ox];
+        if (a != c->fullrow || b != c->fullcol) {
+            cols_out[nb] = i;
+            kinds_out[nb++] = a * c->nck + b;
+        }
+        if (++ox == c->k->ow) {
+            ox = 0;
+            ++oy;
+        }
     }
     return nb;
+}
+
+/* corr [mr][np] for output channels m0.. : border columns from their kind, others stay 0. */
+static void fill_corr(const bin_ctx *c, int32_t m0, int32_t nb, const int32_t *restrict cols,
+                      const int32_t *restrict kinds, int32_t *restrict corr) {
+    const int32_t mr = c->mr, np = c->np, mpad = c->mpad;
+    const int32_t *restrict table = c->corrkind;
+    for (int32_t j = 0; j < nb; ++j) {
+        const int32_t *v = table + (int64_t)kinds[j] * mpad + m0;
+        int32_t *col = corr + cols[j];
+        for (int32_t r = 0; r < mr; ++r) col[r * np] = v[r];
+    }
 }
 
 /* ---- GEMM phase -------------------------------------------------------------------------- */
@@ -241,9 +257,8 @@ static int32_t panel_corr(const bin_ctx *c, int64_t q0, int32_t cols, int32_t *c
 static int32_t panel_runs(const bin_ctx *c, int64_t b, int64_t q0, int32_t cols, run *runs) {
     const xnor_geom *g = c->k->g;
     int32_t nr = 0;
+    int64_t oy = q0 / c->k->ow, ox = q0 % c->k->ow;
     for (int32_t i = 0; i < cols;) {
-        int64_t q = q0 + i;
-        int64_t oy = q / c->k->ow, ox = q % c->k->ow;
         int32_t len = (int32_t)(c->k->ow - ox);
         if (len > cols - i) len = cols - i;
         runs[nr].i0 = i;
@@ -251,6 +266,8 @@ static int32_t panel_runs(const bin_ctx *c, int64_t b, int64_t q0, int32_t cols,
         runs[nr].src = b * c->units * c->plane + oy * g->sh * c->wp + ox * g->sw;
         ++nr;
         i += len;
+        ox = 0;
+        ++oy;
     }
     return nr;
 }
@@ -260,15 +277,19 @@ static int32_t panel_runs(const bin_ctx *c, int64_t b, int64_t q0, int32_t cols,
     static void NAME(const bin_ctx *c, const run *runs, int32_t nr, int32_t cols, T *pan) {  \
         const xnor_geom *g = c->k->g;                                                        \
         const T *act = (const T *)c->act;                                                    \
+        const int32_t sw = g->sw;                                                            \
         for (int32_t t = 0; t < c->k->taps; ++t) {                                           \
             int64_t off = (int64_t)(t / g->kw) * g->dh * c->wp + (int64_t)(t % g->kw) * g->dw; \
             for (int32_t u = 0; u < c->units; ++u) {                                         \
                 T *dst = pan + ((int64_t)t * c->units + u) * c->np;                          \
                 for (int32_t r = 0; r < nr; ++r) {                                           \
-                    const T *src = act + runs[r].src + u * c->plane + off;                   \
-                    T *d = dst + runs[r].i0;                                                 \
-                    if (g->sw == 1) memcpy(d, src, sizeof(T) * (size_t)runs[r].len);         \
-                    else for (int32_t i = 0; i < runs[r].len; ++i) d[i] = src[(int64_t)i * g->sw]; \
+                    const T *restrict src = act + runs[r].src + u * c->plane + off;          \
+                    T *restrict d = dst + runs[r].i0;                                        \
+                    int32_t len = runs[r].len; /* locals: no aliasing, so it vectorizes */   \
+                    if (sw == 1)                                                             \
+                        for (int32_t i = 0; i < len; ++i) d[i] = src[i];                     \
+                    else                                                                     \
+                        for (int32_t i = 0; i < len; ++i) d[i] = src[(int64_t)i * sw];       \
                 }                                                                            \
                 for (int32_t i = cols; i < c->np; ++i) dst[i] = 0;                           \
             }                                                                                \
@@ -282,9 +303,8 @@ static void gemm_phase(void *arg, int tid, int n) {
     const xnor_call *k = c->k;
     char *pan = (char *)c->scratch[tid];
     int32_t *corr = (int32_t *)(pan + (int64_t)c->kunits * c->np * c->esz);
-    int32_t *border = corr + (int64_t)c->mpad * c->np;
-    run *runs = (run *)(border + c->np);
-    memset(corr, 0, sizeof(int32_t) * (size_t)c->mpad * c->np);
+    int32_t *border = corr + (int64_t)c->mr * c->np, *kinds = border + c->np;
+    run *runs = (run *)(kinds + c->np);
     int64_t lo, hi;
     xnor_split(c->panels, tid, n, &lo, &hi);
     xnor_tile t;
@@ -299,7 +319,8 @@ static void gemm_phase(void *arg, int tid, int n) {
         int32_t nr = panel_runs(c, b, q0, cols, runs);
         if (c->upw == 1) build_panel64(c, runs, nr, cols, (uint64_t *)pan);
         else build_panel32(c, runs, nr, cols, (uint32_t *)pan);
-        int32_t nb = panel_corr(c, q0, cols, corr, border);
+        int32_t nb = border_columns(c, q0, cols, border, kinds);
+        if (nb) memset(corr, 0, sizeof(int32_t) * (size_t)c->mr * c->np);
         t.cols = cols;
         for (int32_t mb = 0; mb < c->mblocks; ++mb) {
             int32_t m0 = mb * c->mr;
@@ -308,11 +329,13 @@ static void gemm_phase(void *arg, int tid, int n) {
             t.y = k->y + (b * k->g->m + m0) * k->p + q0;
             t.alpha = k->alpha + m0;
             t.bias = k->bias ? k->bias + m0 : NULL;
-            t.corr = nb ? corr + (int64_t)m0 * c->np : NULL;
+            t.corr = NULL;
+            if (nb) {
+                fill_corr(c, m0, nb, border, kinds, corr);
+                t.corr = corr;
+            }
             k->im->kern(&t);
         }
-        for (int32_t j = 0; j < nb; ++j)
-            for (int32_t m = 0; m < c->mpad; ++m) corr[(int64_t)m * c->np + border[j]] = 0;
     }
 }
 
@@ -324,7 +347,7 @@ static int setup(bin_ctx *c, int threads) {
     c->act = (char *)xnor_alloc((size_t)g->n * c->units * c->plane * c->esz);
     c->scratch = (void **)calloc((size_t)threads, sizeof(void *));
     if (!c->act || !c->scratch) return XNOR_ENOMEM;
-    size_t per = (size_t)c->kunits * c->np * c->esz + sizeof(int32_t) * ((size_t)c->mpad + 1) * c->np +
+    size_t per = (size_t)c->kunits * c->np * c->esz + sizeof(int32_t) * ((size_t)c->mr + 2) * c->np +
                  sizeof(run) * ((size_t)c->np + 1);
     for (int i = 0; i < threads; ++i)
         if (!(c->scratch[i] = xnor_alloc(per))) return XNOR_ENOMEM;

@@ -299,3 +299,14 @@ def test_concurrent_calls_from_python_threads():
         for t in threads:
             t.join()
     assert len(outs) == 2 and np.array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_out_buffer_receives_the_result(path: str):
+    x, packed, alpha, bias, attrs = make_case("3x3-c64")
+    out = np.full((1, 16, 12, 12), np.nan, dtype=np.float32)
+    got = xn.xnor_conv(x, packed, alpha, bias, path=path, out=out, **attrs)
+    assert got is out
+    np.testing.assert_array_equal(out, xnor_conv_ref(x, packed, alpha, bias, **attrs))
+    with pytest.raises(ValueError, match="out must be a C-contiguous float32 array"):
+        xn.xnor_conv(x, packed, alpha, bias, path=path, out=out[:, :8], **attrs)
