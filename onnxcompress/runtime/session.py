@@ -15,16 +15,19 @@ import onnxruntime as ort
 
 from ..container import is_container, ort_session
 from ..errors import BadInputError, OnnxCompressError
+from . import custom_ops
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
-    """SessionOptions prepared for onnxcompress models (custom ops registered when present)."""
+def session_options(threads: int | None = None, *, custom: bool = True) -> ort.SessionOptions:
+    """SessionOptions prepared for onnxcompress models: with `custom` (the default) the XnorConv
+    custom op is registered (onnxruntime-extensions), so that
+    `onnxruntime.InferenceSession(path, session_options())` runs binarized models."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    return so
+    return custom_ops.add_to(so) if custom else so
 
 
 class Session:
@@ -32,10 +35,12 @@ class Session:
 
     def __init__(self, model: str | os.PathLike | bytes, sess_options: ort.SessionOptions | None = None,
                  providers: Sequence[str] | None = None, *, threads: int | None = None):
-        so = sess_options or session_options(threads)
+        container = _is_container_path(model)
+        # a caller's own SessionOptions are used as given: build them with session_options()
+        so = sess_options or session_options(threads, custom=_needs_custom_ops(model, container))
         providers = list(providers or ["CPUExecutionProvider"])
         try:
-            if _is_container_path(model):
+            if container:
                 # decoded weights go straight to ORT as external initializers: no proto copy
                 self._sess = ort_session(model, so, providers)
             else:
@@ -67,6 +72,14 @@ def _is_container_path(model: str | os.PathLike | bytes) -> bool:
     if not Path(model).is_file():
         raise BadInputError(f"{model}: no such file")
     return is_container(model)
+
+
+def _needs_custom_ops(model: str | os.PathLike | bytes, container: bool) -> bool:
+    """Register XnorConv only for models that mention its domain (importing
+    onnxruntime-extensions is not free); a container compresses its graph: always for it."""
+    if not custom_ops.available():
+        return False
+    return container or custom_ops.uses_custom_domain(model)
 
 
 def _model_source(model: str | os.PathLike | bytes) -> str | bytes:

@@ -1,0 +1,146 @@
+"""XnorConv in ONNX Runtime through onnxruntime-extensions (Python custom ops).
+
+The one call that lets a plain ONNX Runtime session run a binarized model::
+
+    import onnxruntime, onnxcompress.runtime
+    sess = onnxruntime.InferenceSession("bin.onnx", onnxcompress.runtime.session_options())
+
+`session_options()` (re-exported by ``onnxcompress.runtime``) registers the op below once per
+process and returns SessionOptions with the onnxruntime-extensions library attached.
+
+The op body calls ``onnxcompress.kernels.xnor_native.xnor_conv`` (the compiled kernel; with the
+library missing, its numpy reference with a RuntimeWarning, never a crash).
+
+Why a string attribute: onnxruntime-extensions hands a Python op only attributes of type int,
+float or string, and refuses to create a session when a declared attribute has another type.
+The contract (``onnxcompress.ops``) gives XnorConv ONNX Conv's integer-list attributes
+(``kernel_shape``, ``strides``, ``pads``, ``dilations``); the converter writes those AND the same
+values once more in the string attribute ``CONV_ATTRS`` (``encode_conv_attrs``), which is what the
+Python op reads. Every declared attribute must be present on the node, so the converter always
+writes ``mode`` and ``CONV_ATTRS``, and always writes the bias input B (zeros when the layer
+has none): these Python ops have no optional inputs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import mmap
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .. import ops
+
+log = logging.getLogger(__name__)
+
+CONV_ATTRS = "conv_attrs"  # string mirror of the contract's integer-list attributes
+_LIST_ATTRS = (ops.ATTR_KERNEL_SHAPE, ops.ATTR_STRIDES, ops.ATTR_PADS, ops.ATTR_DILATIONS)
+_LENGTHS = {ops.ATTR_KERNEL_SHAPE: 2, ops.ATTR_STRIDES: 2, ops.ATTR_PADS: 4, ops.ATTR_DILATIONS: 2}
+_lock = threading.Lock()
+_registered = False
+
+
+def encode_conv_attrs(
+    kernel_shape: Sequence[int],
+    strides: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilations: Sequence[int] = (1, 1),
+    group: int = 1,
+) -> str:
+    """'kernel_shape=3,3;strides=1,1;pads=1,1,1,1;dilations=1,1;group=1'."""
+    values = dict(zip(_LIST_ATTRS, (kernel_shape, strides, pads, dilations)))
+    parts = [f"{k}={','.join(str(int(v)) for v in values[k])}" for k in _LIST_ATTRS]
+    return ";".join([*parts, f"{ops.ATTR_GROUP}={int(group)}"])
+
+
+def decode_conv_attrs(text: str) -> dict[str, object]:
+    """Inverse of ``encode_conv_attrs``; missing keys take the contract's defaults."""
+    out: dict[str, object] = dict(ops.DEFAULTS)
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        key, sep, value = part.partition("=")
+        if not sep or key not in (*_LIST_ATTRS, ops.ATTR_GROUP):
+            raise ValueError(f"XnorConv: bad {CONV_ATTRS} entry {part!r} in {text!r}")
+        nums = tuple(int(v) for v in value.split(","))
+        if key == ops.ATTR_GROUP:
+            out[key] = nums[0]
+        elif len(nums) != _LENGTHS[key]:
+            raise ValueError(f"XnorConv: {key} needs {_LENGTHS[key]} values, got {value!r}")
+        else:
+            out[key] = nums
+    if ops.ATTR_KERNEL_SHAPE not in out:
+        raise ValueError(f"XnorConv: {CONV_ATTRS} {text!r} lacks {ops.ATTR_KERNEL_SHAPE}")
+    return out
+
+
+def _xnor_conv_op(
+    x: np.ndarray, w_bits: np.ndarray, alpha: np.ndarray, bias: np.ndarray, **attrs: object
+) -> np.ndarray:
+    """The body onnxruntime-extensions calls for each XnorConv node."""
+    from ..kernels.xnor_native import xnor_conv
+
+    geo = decode_conv_attrs(str(attrs[CONV_ATTRS]))
+    return xnor_conv(
+        x,
+        w_bits,
+        alpha,
+        bias,
+        kernel_shape=geo[ops.ATTR_KERNEL_SHAPE],
+        strides=geo[ops.ATTR_STRIDES],
+        pads=geo[ops.ATTR_PADS],
+        dilations=geo[ops.ATTR_DILATIONS],
+        group=int(geo[ops.ATTR_GROUP]),
+        mode=str(attrs[ops.ATTR_MODE]),
+    )
+
+
+def register() -> str:
+    """Declare XnorConv to onnxruntime-extensions (once per process); return its library path."""
+    global _registered
+    import onnxruntime_extensions as ox
+
+    with _lock:
+        if not _registered:
+            if ox.default_opset_domain() != ops.DOMAIN:
+                raise RuntimeError(
+                    f"onnxruntime-extensions puts Python ops in {ox.default_opset_domain()!r}, "
+                    f"but the XnorConv contract says {ops.DOMAIN!r}"
+                )
+            t = ox.PyCustomOpDef
+            ox.onnx_op(
+                op_type=ops.XNOR_CONV,
+                inputs=[t.dt_float, t.dt_uint8, t.dt_float, t.dt_float],
+                outputs=[t.dt_float],
+                attrs={ops.ATTR_MODE: t.dt_string, CONV_ATTRS: t.dt_string},
+            )(_xnor_conv_op)
+            _registered = True
+    return ox.get_library_path()
+
+
+def add_to(so: ort.SessionOptions) -> ort.SessionOptions:
+    """Register XnorConv and attach the onnxruntime-extensions library to `so`."""
+    so.register_custom_ops_library(register())
+    return so
+
+
+def available() -> bool:
+    """True when onnxruntime-extensions is installed (checked without importing it)."""
+    return importlib.util.find_spec("onnxruntime_extensions") is not None
+
+
+def uses_custom_domain(model: bytes | str | Path) -> bool:
+    """Whether serialized model bytes (or a plain .onnx file) mention the custom-op domain.
+
+    A byte search, not a parse: a false positive only costs a registration.
+    """
+    needle = ops.DOMAIN.encode()
+    if isinstance(model, bytes):
+        return needle in model
+    with open(model, "rb") as f:
+        if f.seek(0, 2) == 0:
+            return False
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return m.find(needle) >= 0
