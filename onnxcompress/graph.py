@@ -70,6 +70,10 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.Model
         model.producer_name = like.producer_name or "onnxcompress"
         del model.opset_import[:]
         model.opset_import.extend(like.opset_import)
+        # custom domains a pass introduced (binarize: ai.onnx.contrib) need an opset import too
+        have = {o.domain for o in model.opset_import}
+        used = {n.domain for n in model.graph.node} - {"", "ai.onnx"} - have
+        model.opset_import.extend(onnx.helper.make_opsetid(d, 1) for d in sorted(used))
         model.metadata_props.extend(like.metadata_props)
     return model
 

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 PASS_MODULES: dict[str, str] = {
     "prune": "onnxcompress.passes.prune",
     "cluster": "onnxcompress.passes.cluster",
+    "binarize": "onnxcompress.passes.binarize",
 }
 
 

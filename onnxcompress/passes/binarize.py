@@ -1,0 +1,518 @@
+"""Binarization: XNOR-Net and Binary-Weight-Networks (Rastegari, Ordonez, Redmon & Farhadi,
+"XNOR-Net: ImageNet Classification Using Binary Convolutional Neural Networks", ECCV 2016).
+
+Method. A Conv with weights W [M, C, KH, KW] (2-D, group 1) is approximated per output channel
+m by W[m] ~ alpha[m] * B[m], B = sgn(W) in {-1, +1}, where the least-squares optimal scale is
+alpha[m] = ||W[m]||_1 / n = mean |W[m]| (the paper's eq. 4). Then
+
+    bwn  (Binary-Weight-Networks):  Y = alpha * conv(X, B) + b
+    xnor (XNOR-Net):                Y = alpha * conv(sgn(X), B) + b
+
+with sgn(v) = +1 for v >= 0 (zero included) and -1 otherwise, as in ``onnxcompress.ops``. The
+paper's input scale K (mean |X| over channels, box-filtered) is off by default, as in recent
+binary engines; ``input_scaling=True`` is not supported yet and is rejected. BatchNormalization
+and the bias are already folded into W and b by normalization (a per-channel factor k commutes
+with sgn: sgn(kW) alpha(kW) = k sgn(W) alpha(W)), so b and alpha form the op's output transform.
+
+Calibration refit (post-training layers, when calibration data is given): the output transform
+is re-estimated per channel by least squares against the float layer's outputs, layer by layer
+in topological order on the already-binarized upstream (as bias correction does in the prune
+pass): (alpha[m], b[m]) = argmin sum (Y_float - (a D + c))^2 over samples and positions, where
+D = conv(sgn(X), B) (xnor) or conv(X, B) (bwn). This absorbs the missing K.
+
+Models trained binary. A layer whose weights take exactly the values +-a[m] per output channel
+is binarized without approximation (alpha = a, the same bits). In mode xnor, a layer whose
+input is the output of ONNX ``Sign`` also has binary inputs already; such a layer, trained
+binary, is lowered with no change to its outputs beyond float rounding. ONNX Sign(0) = 0 while
+the op's sgn(0) = +1, so with ``exact_zero`` (the default) an input that is exactly 0 still
+contributes 0: the portable form keeps the Sign node, and the native form uses the identity
+
+    conv(Sign(x), B) = (conv(sgn(x), B) - conv(sgn(-x), B)) / 2
+
+with two XnorConv (alpha 1, bias 0) whose exact integer outputs are subtracted and scaled by
+alpha / 2 (exact: a power of two), which is bit-identical to the portable form. Twice the binary
+work; ``exact_zero=False`` uses one XnorConv on x and differs only where a Sign input is 0.0.
+
+Which layers (``layers``):
+- ``all``: every Conv that can be binarized; ``auto`` then keeps nothing else back;
+- names (or fnmatch patterns): exactly those; one that cannot be binarized is an error naming why;
+- ``auto``: every Conv except the first and the last weight layer of the model (XNOR-Net keeps
+  them in float), minus those that cannot be binarized (listed in the notes). Trained-binary
+  layers are always taken (they lose nothing). With a calibration score, each other layer is
+  binarized ALONE (with the refit) and kept only if the top-1 score drops by at most
+  ``tolerance`` points; without one, all are taken and a note warns.
+
+Fully connected layers (Gemm, MatMul) are left in float: XnorConv is a 2-D convolution, and
+XNOR-Net keeps the classifier in float; naming one is an error.
+
+Targets: the pass always builds the portable standard-ONNX form of ``onnxcompress.ops`` first
+(so calibration runs on plain ONNX Runtime), then, for ``native``, replaces each block by the
+``XnorConv`` custom op with bit-packed weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import fnmatch
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .. import ops
+from ..errors import BadInputError
+from ..graph import Weight, iter_weights
+from ..kernels.xnor_ref import pack_weights, unpack_weights
+from ..runtime.custom_ops import CONV_ATTRS, encode_conv_attrs
+from . import calibrate as C
+from .base import Context, PassReport
+
+log = logging.getLogger(__name__)
+
+NAME = "binarize"
+AUTO, ALL = "auto", "all"
+EPS = 1e-9
+
+
+class Mode(str, enum.Enum):
+    XNOR = "xnor"
+    BWN = "bwn"
+
+
+class Target(str, enum.Enum):
+    NATIVE = "native"
+    PORTABLE = "portable"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of the binarize pass (see the module docstring)."""
+
+    mode: Mode = Mode.XNOR
+    target: Target = Target.NATIVE
+    layers: str | tuple[str, ...] = AUTO  # "auto", "all", or layer names / patterns
+    input_scaling: bool = False  # XNOR-Net's K: not supported yet
+    tolerance: float = 1.0  # auto + calibration: max top-1 drop (points) of one layer alone
+    refit: bool = True  # with calibration data: least-squares alpha and bias per channel
+    exact_zero: bool = True  # keep ONNX Sign(0) = 0 exact for layers trained binary
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", Mode(self.mode))
+        object.__setattr__(self, "target", Target(self.target))
+        layers = self.layers
+        if isinstance(layers, str) and layers not in (AUTO, ALL):
+            layers = tuple(p.strip() for p in layers.split(",") if p.strip())
+        elif not isinstance(layers, str):
+            layers = tuple(str(v) for v in layers)
+        if not layers:
+            raise ValueError("layers must be 'auto', 'all' or at least one layer name")
+        object.__setattr__(self, "layers", layers)
+        if self.input_scaling:
+            raise ValueError(
+                "input_scaling (XNOR-Net's input scale K) is not supported yet; leave it off "
+                "(the calibration refit of alpha and bias recovers most of its effect)"
+            )
+        if self.tolerance < 0:
+            raise ValueError(f"tolerance is in points of top-1 and must be >= 0, got {self.tolerance}")
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+@dataclass
+class Layer:
+    """A Conv the pass can binarize, and how (filled by `analyze`, then by the lowering)."""
+
+    node: gs.Node
+    weight: np.ndarray  # float32 [M, C, KH, KW]
+    bias: np.ndarray  # float32 [M]
+    source: gs.Tensor  # what the op reads: the Sign's input for a Sign-fed xnor layer
+    from_sign: bool  # mode xnor and the conv input is the output of ONNX Sign
+    scale: np.ndarray | None  # a[m] when the weights are exactly +-a[m] per channel
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    pads: tuple[int, int, int, int]
+    dilations: tuple[int, int]
+    mode_bwn: bool = False
+    name: str = ""
+    built: dict[str, Any] = field(default_factory=dict)  # handles into the lowered block
+
+    @property
+    def exact(self) -> bool:
+        """Binarizing this layer approximates nothing (trained binary)."""
+        return self.scale is not None and (self.from_sign or self.mode_bwn)
+
+
+def _const(t: gs.Tensor) -> np.ndarray | None:
+    """Value of a constant tensor, also through Sign / Mul / Identity of constants."""
+    if isinstance(t, gs.Constant):
+        return np.asarray(t.values)
+    if len(t.inputs) != 1:
+        return None
+    p = t.inputs[0]
+    vals = [_const(i) for i in p.inputs]
+    if any(v is None for v in vals) or not vals:
+        return None
+    if p.op == "Sign" and len(vals) == 1:
+        return np.sign(vals[0])
+    if p.op == "Mul" and len(vals) == 2:
+        return vals[0] * vals[1]
+    if p.op == "Identity":
+        return vals[0]
+    return None
+
+
+def binary_scale(w: np.ndarray) -> np.ndarray | None:
+    """a[m] if every weight of output channel m is +a[m] or -a[m], else None."""
+    flat = np.abs(w.reshape(w.shape[0], -1))
+    a = flat[:, 0]
+    return a.astype(np.float32) if np.all(flat == a[:, None]) else None
+
+
+def _ints(node: gs.Node, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    v = node.attrs.get(key)
+    return tuple(int(x) for x in v) if v is not None and len(v) else default
+
+
+def analyze(node: gs.Node, mode: Mode) -> tuple[Layer | None, str]:
+    """The binarization plan of one node, or None and the reason it cannot be binarized."""
+    where = f"{node.op} '{node.name}'"
+    if node.op in ("Gemm", "MatMul"):
+        return None, (f"{where} is fully connected: the binarize pass handles Conv only "
+                      "(XnorConv is a 2-D convolution); fully connected layers stay in float")
+    if node.op != "Conv":
+        return None, f"{where} is not a Conv"
+    wt = node.inputs[1] if len(node.inputs) > 1 else None
+    w = _const(wt) if wt is not None else None
+    if w is None:
+        src = wt.inputs[0].name if wt is not None and wt.inputs else "a graph input"
+        return None, f"expected a constant weight for {where}, got the output of {src}"
+    if w.ndim != 4:
+        return None, f"{where} is a {w.ndim - 2}-D convolution; XnorConv is 2-D only"
+    if not np.issubdtype(w.dtype, np.floating):
+        return None, f"weight of {where} is {w.dtype}, not floating point"
+    group = int(node.attrs.get("group", 1))
+    if group != 1:
+        kind = "depthwise" if group == w.shape[0] and w.shape[1] == 1 else f"grouped (group={group})"
+        return None, f"{where} is a {kind} convolution; XnorConv supports group=1 only"
+    bias = np.zeros(w.shape[0], np.float32)
+    if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name:
+        b = _const(node.inputs[2])
+        if b is None:
+            return None, f"{where}: bias is not a constant"
+        bias = np.broadcast_to(np.asarray(b, np.float32).reshape(-1), (w.shape[0],)).copy()
+    kernel = tuple(int(k) for k in w.shape[2:])
+    strides, dilations = _ints(node, "strides", (1, 1)), _ints(node, "dilations", (1, 1))
+    pads = _pads(node, kernel, strides, dilations)
+    if isinstance(pads, str):
+        return None, f"{where}: {pads}"
+    x = node.inputs[0]
+    producer = x.inputs[0] if len(x.inputs) == 1 else None
+    from_sign = mode is Mode.XNOR and producer is not None and producer.op == "Sign"
+    return Layer(node=node, weight=w.astype(np.float32), bias=bias,
+                 source=producer.inputs[0] if from_sign else x, from_sign=from_sign,
+                 scale=binary_scale(w), kernel=kernel, strides=strides, pads=pads,
+                 dilations=dilations, name=node.name, mode_bwn=mode is Mode.BWN), ""
+
+
+def _pads(node: gs.Node, kernel, strides, dilations) -> tuple[int, int, int, int] | str:
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("NOTSET", "", "VALID"):
+        return _ints(node, "pads", (0, 0, 0, 0)) if auto != "VALID" else (0, 0, 0, 0)
+    shape = node.inputs[0].shape
+    if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]):
+        return f"auto_pad={auto} needs a known input height and width to write explicit pads"
+    return tuple(C._conv_pads(node, shape[2:], list(kernel), list(strides), list(dilations)))
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def _matches(layer: str, pattern: str) -> bool:
+    return layer == pattern or fnmatch.fnmatchcase(layer, pattern)
+
+
+def select(graph: gs.Graph, cfg: Config, notes: list[str]) -> list[Layer]:
+    """The layers to binarize under `cfg.layers` (auto: before the calibration screen)."""
+    weights: list[Weight] = iter_weights(graph)
+    convs = [n for n in graph.nodes if n.op == "Conv"]
+    if cfg.layers == ALL or cfg.layers == AUTO:
+        protected = ({weights[0].node.name, weights[-1].node.name} if cfg.layers == AUTO
+                     and weights else set())
+        out = []
+        for node in convs:
+            if node.name in protected:
+                notes.append(f"kept in float: '{node.name}' (first or last weight layer)")
+                continue
+            layer, why = analyze(node, cfg.mode)
+            if layer is None:
+                notes.append(f"skipped: {why}")
+            else:
+                out.append(layer)
+        return out
+    layers = []
+    candidates = [n for n in graph.nodes if n.op in ("Conv", "Gemm", "MatMul")]
+    for pattern in cfg.layers:
+        hits = [n for n in candidates if _matches(n.name, pattern)]
+        if not hits:
+            valid = ", ".join(n.name for n in candidates) or "(none)"
+            raise BadInputError(f"layer '{pattern}' matches no Conv/Gemm/MatMul; layers are: {valid}")
+        for node in hits:
+            if any(layer.node is node for layer in layers):
+                continue
+            layer, why = analyze(node, cfg.mode)
+            if layer is None:
+                raise BadInputError(f"cannot binarize layer '{node.name}': {why}")
+            layers.append(layer)
+    return layers
+
+
+# ----------------------------------------------------------------------------- portable form
+
+
+def _const_t(graph: gs.Graph, base: str, arr: np.ndarray) -> gs.Constant:
+    return gs.Constant(C.fresh_name(graph, base), np.ascontiguousarray(arr))
+
+
+def _var(graph: gs.Graph, base: str) -> gs.Variable:
+    return gs.Variable(C.fresh_name(graph, base))
+
+
+def _add(graph: gs.Graph, op: str, name: str, inputs: list, outputs: list, **attrs) -> gs.Node:
+    node = gs.Node(op, C.fresh_name(graph, name), attrs=attrs, inputs=inputs, outputs=outputs)
+    graph.nodes.append(node)
+    return node
+
+
+def _detach(node: gs.Node) -> None:
+    node.inputs.clear()
+    node.outputs.clear()
+
+
+def lower_portable(graph: gs.Graph, layer: Layer, mode: Mode, exact_zero: bool) -> None:
+    """Replace the Conv by the standard-ONNX form of ``ops.py``:
+    [Where(x >= 0, 1, -1) | kept Sign] -> Conv(+-1 W) -> Mul(alpha) -> Add(B)."""
+    node, base = layer.node, layer.node.name
+    bits, alpha = pack_weights(layer.weight)
+    if layer.scale is not None:
+        alpha = layer.scale
+    m = layer.weight.shape[0]
+    out = node.outputs[0]
+    if mode is Mode.BWN or (layer.from_sign and exact_zero):
+        xs = node.inputs[0]  # bwn: the input as is; Sign-fed xnor: ONNX Sign's output
+    else:
+        ge = _var(graph, base + "_nonneg")
+        _add(graph, "GreaterOrEqual", base + "_ge", [layer.source,
+             _const_t(graph, base + "_zero", np.array(0, np.float32))], [ge])
+        xs = _var(graph, base + "_sgn")
+        _add(graph, "Where", base + "_sgn", [ge, _const_t(graph, base + "_one", np.array(1, np.float32)),
+             _const_t(graph, base + "_minus_one", np.array(-1, np.float32))], [xs])
+    wpm1 = _const_t(graph, base + "_wpm1", unpack_weights(bits, layer.weight.shape[1], layer.kernel))
+    conv_out, scaled = _var(graph, base + "_count"), _var(graph, base + "_scaled")
+    conv = _add(graph, "Conv", base, [xs, wpm1], [conv_out], kernel_shape=list(layer.kernel),
+                strides=list(layer.strides), pads=list(layer.pads), dilations=list(layer.dilations))
+    a = _const_t(graph, base + "_alpha", alpha.reshape(1, m, 1, 1).astype(np.float32))
+    b = _const_t(graph, base + "_B", layer.bias.reshape(1, m, 1, 1).astype(np.float32))
+    mul = _add(graph, "Mul", base + "_scale", [conv_out, a], [scaled])
+    add = _add(graph, "Add", base + "_bias", [scaled, b], [out])
+    _detach(node)
+    graph.nodes.remove(node)
+    conv.name = base  # the layer keeps its name (fresh_name saw the old node)
+    layer.node = conv
+    layer.built = {"bits": bits, "alpha": a, "B": b, "nodes": [mul, add], "xs": xs, "out": out}
+
+
+# ----------------------------------------------------------------------------- native form
+
+
+def _xnor_node(graph: gs.Graph, layer: Layer, name: str, x: gs.Tensor, bits: gs.Constant,
+               alpha: gs.Constant, bias: gs.Constant, out: gs.Tensor, mode: Mode) -> gs.Node:
+    attrs = {
+        ops.ATTR_KERNEL_SHAPE: list(layer.kernel), ops.ATTR_STRIDES: list(layer.strides),
+        ops.ATTR_PADS: list(layer.pads), ops.ATTR_DILATIONS: list(layer.dilations),
+        ops.ATTR_GROUP: 1, ops.ATTR_MODE: mode.value,
+        CONV_ATTRS: encode_conv_attrs(layer.kernel, layer.strides, layer.pads, layer.dilations),
+    }
+    node = gs.Node(ops.XNOR_CONV, C.fresh_name(graph, name), attrs=attrs,
+                   inputs=[x, bits, alpha, bias], outputs=[out], domain=ops.DOMAIN)
+    graph.nodes.append(node)
+    return node
+
+
+def lower_native(graph: gs.Graph, layer: Layer, mode: Mode, exact_zero: bool) -> None:
+    """Replace a lowered portable block by XnorConv (two of them for an exact Sign(0) = 0)."""
+    built, base = layer.built, layer.name
+    m = layer.weight.shape[0]
+    alpha = np.asarray(built["alpha"].values, np.float32).reshape(m)
+    bias = np.asarray(built["B"].values, np.float32).reshape(m)
+    bits = _const_t(graph, base + "_bits", built["bits"])
+    out = built["out"]
+    portable = [layer.node, *built["nodes"]]
+    for n in portable:
+        _detach(n)
+        graph.nodes.remove(n)
+    if mode is Mode.XNOR and layer.from_sign and exact_zero:
+        ones = _const_t(graph, base + "_ones", np.ones(m, np.float32))
+        zeros = _const_t(graph, base + "_zeros", np.zeros(m, np.float32))
+        neg, d_pos, d_neg = (_var(graph, base + s) for s in ("_neg", "_count_pos", "_count_neg"))
+        _add(graph, "Neg", base + "_neg", [layer.source], [neg])
+        node = _xnor_node(graph, layer, base, layer.source, bits, ones, zeros, d_pos, mode)
+        _xnor_node(graph, layer, base + "_negated", neg, bits, ones, zeros, d_neg, mode)
+        diff, scaled = _var(graph, base + "_twice"), _var(graph, base + "_scaled")
+        _add(graph, "Sub", base + "_twice", [d_pos, d_neg], [diff])
+        half = _const_t(graph, base + "_half_alpha", (alpha * np.float32(0.5)).reshape(1, m, 1, 1))
+        _add(graph, "Mul", base + "_scale", [diff, half], [scaled])
+        _add(graph, "Add", base + "_bias", [scaled, _const_t(graph, base + "_B",
+             bias.reshape(1, m, 1, 1))], [out])
+    else:
+        x = layer.source if mode is Mode.XNOR else built["xs"]
+        node = _xnor_node(graph, layer, base, x, bits, _const_t(graph, base + "_alpha", alpha),
+                          _const_t(graph, base + "_B", bias), out, mode)
+    node.name = base
+    layer.node = node
+
+
+# ----------------------------------------------------------------------------- calibration refit
+
+
+def refit(graph: gs.Graph, original: gs.Graph, layers: list[Layer], ctx: Context,
+          mode: Mode, exact_zero: bool) -> dict[str, str]:
+    """Least-squares (alpha, B) per channel for each lossy portable layer, in topological
+    order, against the float model's layer outputs; returns layer -> what was done."""
+    from ..kernels.xnor_native import xnor_conv
+
+    done: dict[str, str] = {}
+    for i, layer in enumerate(layers):
+        ctx.progress(f"binarize: refit {i + 1}/{len(layers)} {layer.name}")
+        target = Probe1(original, layer.built["out"].name)
+        now = Probe1(graph, layer.source.name)
+        m = layer.weight.shape[0]
+        s = np.zeros((5, m))  # n, sum d, sum y, sum dd, sum dy
+        for y, x in zip(target.batches(ctx.calib), now.batches(ctx.calib)):
+            sign_kept = mode is Mode.XNOR and layer.from_sign and exact_zero
+            d = xnor_conv(np.sign(x) if sign_kept else x, layer.built["bits"],
+                          np.ones(m, np.float32), None, kernel_shape=layer.kernel,
+                          strides=layer.strides, pads=layer.pads, dilations=layer.dilations,
+                          mode="bwn" if sign_kept else mode.value)
+            d64, y64 = (np.moveaxis(v, 1, 0).reshape(m, -1).astype(np.float64) for v in (d, y))
+            s += [np.full(m, d64.shape[1]), d64.sum(1), y64.sum(1), (d64 * d64).sum(1),
+                  (d64 * y64).sum(1)]
+        alpha, bias = _fit(s, np.asarray(layer.built["alpha"].values, np.float64).reshape(m))
+        layer.built["alpha"].values = alpha.astype(np.float32).reshape(1, m, 1, 1)
+        layer.built["B"].values = bias.astype(np.float32).reshape(1, m, 1, 1)
+        done[layer.name] = "least-squares alpha and bias"
+    return done
+
+
+def _fit(s: np.ndarray, alpha0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel a, c minimizing sum (y - a d - c)^2 from the sums; a = alpha0 when d is flat."""
+    n, sd, sy, sdd, sdy = s
+    var = n * sdd - sd * sd
+    ok = var > EPS * np.maximum(n * sdd, 1.0)
+    a = np.where(ok, (n * sdy - sd * sy) / np.where(ok, var, 1.0), alpha0)
+    return a, (sy - a * sd) / np.maximum(n, 1)
+
+
+class Probe1:
+    """One tensor of a graph over the calibration batches (a thin use of calibrate.Probe)."""
+
+    def __init__(self, graph: gs.Graph, name: str):
+        self.name = name
+        self.probe = C.Probe(graph, [name])
+
+    def batches(self, feeds: Mapping[str, np.ndarray]):
+        for captured in self.probe.batches(feeds):
+            yield captured[self.name]
+
+
+# ----------------------------------------------------------------------------- the pass
+
+
+def _find(graph: gs.Graph, name: str) -> gs.Node:
+    return next(n for n in graph.nodes if n.name == name)
+
+
+def _lower_all(graph: gs.Graph, layers: list[Layer], cfg: Config, ctx: Context,
+               original: gs.Graph | None) -> dict[str, str]:
+    """Portable lowering of `layers` in `graph`, then the refit of the lossy ones."""
+    for layer in layers:
+        lower_portable(graph, layer, cfg.mode, cfg.exact_zero)
+    graph.cleanup().toposort()
+    lossy = [layer for layer in layers if not layer.exact]
+    if cfg.refit and original is not None and ctx.calib is not None and lossy:
+        return refit(graph, original, lossy, ctx, cfg.mode, cfg.exact_zero)
+    return {}
+
+
+def _screen(graph: gs.Graph, layers: list[Layer], cfg: Config, ctx: Context,
+            facts: dict[str, dict[str, Any]], notes: list[str]) -> list[Layer]:
+    """auto with a score: keep each lossy layer whose drop, binarized alone, fits tolerance."""
+    base = ctx.score(graph)
+    kept = []
+    for i, layer in enumerate(layers):
+        if layer.exact:
+            kept.append(layer)
+            continue
+        trial = graph.copy()
+        alone, _ = analyze(_find(trial, layer.name), cfg.mode)
+        _lower_all(trial, [alone], cfg, ctx, graph)
+        drop = 100.0 * (base - ctx.score(trial.cleanup().toposort()))
+        ctx.progress(f"binarize: scan {i + 1}/{len(layers)} {layer.name} drop={drop:+.2f}")
+        facts[layer.name] = {"drop_alone": round(drop, 3)}
+        if drop <= cfg.tolerance + EPS:
+            kept.append(layer)
+        else:
+            notes.append(f"kept in float: '{layer.name}' (binarized alone it costs {drop:.2f} "
+                         f"points > tolerance {cfg.tolerance:g})")
+    notes.append(f"auto: base score {100 * base:.2f}%")
+    return kept
+
+
+def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
+    """Binarize the selected Conv layers of `graph` in place; see the module docstring."""
+    report = PassReport(NAME, modified=False)
+    layers = select(graph, cfg, report.notes)
+    facts: dict[str, dict[str, Any]] = {}
+    if cfg.layers == AUTO and layers and ctx.score is not None and ctx.calib is not None:
+        layers = _screen(graph, layers, cfg, ctx, facts, report.notes)
+    elif cfg.layers == AUTO and any(not layer.exact for layer in layers):
+        report.notes.append("auto without calibration data: every eligible layer binarized, "
+                            "none screened for its accuracy cost")
+    if not layers:
+        report.notes.append("no layer binarized")
+        return report
+    original = graph.copy() if ctx.calib is not None and cfg.refit else None
+    if ctx.calib is None and any(not layer.exact for layer in layers):
+        report.notes.append("WARNING: no calibration data: post-training layers use alpha = "
+                            "mean|W| and the float bias; expect a large accuracy loss, above "
+                            "all in mode xnor")
+    refitted = _lower_all(graph, layers, cfg, ctx, original)
+    if cfg.target is Target.NATIVE:
+        for layer in layers:
+            lower_native(graph, layer, cfg.mode, cfg.exact_zero)
+    graph.cleanup().toposort()
+    for layer in layers:
+        report.per_tensor[layer.name] = _facts(layer, cfg, refitted, facts.get(layer.name, {}))
+    report.modified = True
+    report.notes.insert(0, f"mode {cfg.mode.value}, target {cfg.target.value}: binarized "
+                        f"{len(layers)} layer(s): {', '.join(la.name for la in layers)}")
+    return report
+
+
+def _facts(layer: Layer, cfg: Config, refitted: Mapping[str, str], extra: dict) -> dict[str, Any]:
+    w = layer.weight
+    how = ("trained binary (exact)" if layer.exact else
+           refitted.get(layer.name, "alpha = mean|W|, float bias"))
+    op = ops.XNOR_CONV if cfg.target is Target.NATIVE else "Conv"
+    return {"layer": layer.name, "op": op, "mode": cfg.mode.value, "shape": list(w.shape),
+            "params": int(w.size), "bits": 1, "packed_bytes": int(layer.built["bits"].nbytes),
+            "trained_binary": layer.exact, "input_from_sign": layer.from_sign,
+            "output_transform": how, **extra}
+
+
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(Config))
