@@ -66,7 +66,7 @@ def bench_model(name: str, work: Path, test_npz: Path, test: dict, budget: float
     try:
         path, settings, acc = peers.onnxsim_at_matched_accuracy(
             src, work / f"{name}.onnxsim.onnx", lambda p: top1_of(p, test), target)
-        row["onnxsim"] = {"bytes": path.stat().st_size, "settings": settings, "top1": acc,
+        row["onnxsim"] = {"bytes": path.stat().st_size, "settings": settings.label(), "top1": acc,
                           "xz_bytes": peers.xz_size(path)}
     except Exception as e:  # a peer failing is a finding, not a crash of the benchmark
         row["onnxsim"] = {"error": f"{type(e).__name__}: {e}"}
@@ -75,8 +75,8 @@ def bench_model(name: str, work: Path, test_npz: Path, test: dict, budget: float
 
 def markdown(rows: list[dict]) -> str:
     out = ["| model | original | pruned | clustered | packed | ratio | top-1 orig → pruned → "
-           "clustered → packed | target | int8 (top-1) | xz orig | xz clustered | onnxsim at "
-           "matched acc (top-1) | bits/sym vs entropy |",
+           "clustered → packed | target | int8 (top-1) | xz -9 orig | xz -9 clustered | onnxsim "
+           "0.8.1 at matched acc | bits/sym vs entropy |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         st = {s["stage"]: s for s in r["stages"]}
@@ -89,7 +89,8 @@ def markdown(rows: list[dict]) -> str:
         verdict = "-" if tgt is None else (
             f"≥{tgt}×: {'met' if ratio >= tgt and r['accuracy_drop'] <= 1.0 else 'MISSED'}")
         sim = r["onnxsim"]
-        sim_txt = (f"{kb(sim['bytes'])} ({orig / sim['bytes']:.1f}×, {sim['top1']:.2f})"
+        sim_txt = (f"{kb(sim['bytes'])} ({orig / sim['bytes']:.1f}×), xz {kb(sim['xz_bytes'])} "
+                   f"({orig / sim['xz_bytes']:.1f}×), top-1 {sim['top1']:.2f}"
                    if "bytes" in sim else sim.get("error", "-")[:60])
         c = r["container"]
         out.append(
@@ -122,9 +123,9 @@ def main() -> None:
             print(f"== {name}", flush=True)
             rows.append(bench_model(name, work, test_npz, test, args.budget))
             print(markdown(rows[-1:]), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "deep_compression.json").write_text(json.dumps(rows, indent=2))
-    (args.out / "deep_compression.md").write_text(markdown(rows) + "\n")
+            args.out.mkdir(parents=True, exist_ok=True)  # written after each model: runs are long
+            (args.out / "deep_compression.json").write_text(json.dumps(rows, indent=2, default=str))
+            (args.out / "deep_compression.md").write_text(markdown(rows) + "\n")
     print(markdown(rows))
 
 
