@@ -35,6 +35,43 @@ BINARY_PEAK_PER_CYCLE = 512 / 1.5  # vpxord + vpopcntd + vpaddd on ports 0/5, po
 FMA_PEAK_PER_CYCLE = 2 * 16 * 2  # two 512-bit FMA units x 16 float32 lanes x 2 flops
 
 
+# ---- register-only peaks and the GEMM core, from the C library's measurement entry points ----
+
+
+def _lib():
+    lib = xn.library()
+    if lib is None:
+        raise SystemExit("the XnorConv native library is not built: pip install -e .")
+    return lib
+
+
+def measure_ghz(cycles: int = 50_000_000) -> float:
+    """Core clock in GHz from a chain of dependent 1-cycle adds (thread CPU time)."""
+    return float(_lib().xnor_measure_ghz(cycles))
+
+
+def peak_binary(path: str, iters: int = 20_000_000) -> float:
+    """Register-only XOR+popcount+add throughput of `path`, bit-MACs per ns (one thread)."""
+    return float(_lib().xnor_peak_binary(xn.PATHS.index(path), iters))
+
+
+def peak_fma(width_bits: int = 512, iters: int = 20_000_000) -> float:
+    """Register-only float32 FMA throughput, flops per ns (one thread)."""
+    return float(_lib().xnor_peak_fma(width_bits, iters))
+
+
+def bench_gemm_core(m: int, kbits: int, positions: int, reps: int, threads: int) -> np.ndarray:
+    """[reps, 2] seconds (wall, calling thread's CPU) of the popcount GEMM tiles alone on
+    pre-built panels: no packing, no im2col, no padding correction."""
+    out = np.zeros((reps, 2), dtype=np.float64)
+    rc = _lib().xnor_bench_gemm_core(
+        xn.PATHS.index(xn.best_path()), m, kbits, positions, reps, threads, out.ctypes.data
+    )
+    if rc != 0:
+        raise SystemExit(f"xnor_bench_gemm_core failed with code {rc}")
+    return out
+
+
 @dataclass(frozen=True)
 class Layer:
     net: str
@@ -148,15 +185,15 @@ def bench_layer(layer: Layer, threads: int, reps: int, rng: np.random.Generator)
                 "ort": timed(run_ort, cpu),
                 "whole": timed(run_xnor, cpu),
                 "pack": phases["pack_cpu" if cpu else "pack"],
-                "bin_peak": xn.peak_binary(xn.best_path(), 1_000_000),  # bit-MACs per ns
-                "fma_peak": xn.peak_fma(512, 1_000_000),  # flops per ns
+                "bin_peak": peak_binary(xn.best_path(), 1_000_000),  # bit-MACs per ns
+                "fma_peak": peak_fma(512, 1_000_000),  # flops per ns
             }
         )
     r = {k: statistics.median(d[k] for d in rounds) for k in rounds[0]}
     r["ort_min"] = min(d["ort"] for d in rounds)
     r["whole_min"] = min(d["whole"] for d in rounds)
     kbits = xn.padded_k_bits(layer.c, (layer.k, layer.k))
-    core = xn.bench_gemm_core(layer.m, kbits, layer.out_hw**2, reps=reps, threads=threads)
+    core = bench_gemm_core(layer.m, kbits, layer.out_hw**2, reps, threads)
     r["core"] = float(np.median(core[:, 1] if cpu else core[:, 0]))
     r["core_min"] = float(np.min(core[:, 1] if cpu else core[:, 0]))
     r["core_bitmacs"] = layer.m * layer.out_hw**2 * kbits
@@ -165,12 +202,12 @@ def bench_layer(layer: Layer, threads: int, reps: int, rng: np.random.Generator)
 
 def peaks() -> dict:
     """Clock (max of a few short runs: load only lowers it) and per-cycle peaks."""
-    ghz = max(xn.measure_ghz(50_000_000) for _ in range(5))
-    out = {"ghz": ghz, "fma512": xn.peak_fma(512) / ghz, "fma256": xn.peak_fma(256) / ghz}
+    ghz = max(measure_ghz(50_000_000) for _ in range(5))
+    out = {"ghz": ghz, "fma512": peak_fma(512) / ghz, "fma256": peak_fma(256) / ghz}
     for path in xn.available_paths():
         if path != "reference":
-            out["bin_" + path] = xn.peak_binary(path) / ghz
-    out["ghz_after"] = max(xn.measure_ghz(50_000_000) for _ in range(5))
+            out["bin_" + path] = peak_binary(path) / ghz
+    out["ghz_after"] = max(measure_ghz(50_000_000) for _ in range(5))
     return out
 
 

@@ -117,67 +117,31 @@ def library() -> ctypes.CDLL | None:
         return None
 
 
+_int, _i64, _f64 = ctypes.c_int, ctypes.c_int64, ctypes.c_double
+_GEOM, _TIMING = ctypes.POINTER(_Geom), ctypes.POINTER(_Timing)
+# name: (argtypes, restype), as declared in csrc/xnor/xnor.h
+_SIGNATURES = {
+    "xnor_conv2d": ([_GEOM, _int, _vp, _vp, _vp, _vp, _vp, _int, _int, _TIMING], _int),
+    "xnor_weights_create": (
+        [_int, _int, _i32, _i32, _i32, _i32, _vp, _int, ctypes.POINTER(_vp)],
+        _int,
+    ),
+    "xnor_weights_free": ([_vp], None),
+    "xnor_weights_bytes": ([_vp], _i64),
+    "xnor_conv2d_prepared": ([_vp, _GEOM, _vp, _vp, _vp, _vp, _int, _TIMING], _int),
+    "xnor_path_supported": ([_int], _int),
+    "xnor_best_path": ([], _int),
+    "xnor_measure_ghz": ([_i64], _f64),
+    "xnor_peak_binary": ([_int, _i64], _f64),
+    "xnor_peak_fma": ([_int, _i64], _f64),
+    "xnor_bench_gemm_core": ([_int, _i32, _i32, _i32, _int, _int, _vp], _int),
+}
+
+
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    lib.xnor_conv2d.argtypes = [
-        ctypes.POINTER(_Geom),
-        ctypes.c_int,
-        _vp,
-        _vp,
-        _vp,
-        _vp,
-        _vp,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.POINTER(_Timing),
-    ]
-    lib.xnor_conv2d.restype = ctypes.c_int
-    lib.xnor_weights_create.argtypes = [
-        ctypes.c_int,
-        ctypes.c_int,
-        _i32,
-        _i32,
-        _i32,
-        _i32,
-        _vp,
-        ctypes.c_int,
-        ctypes.POINTER(_vp),
-    ]
-    lib.xnor_weights_create.restype = ctypes.c_int
-    lib.xnor_weights_free.argtypes = [_vp]
-    lib.xnor_weights_free.restype = None
-    lib.xnor_weights_bytes.argtypes = [_vp]
-    lib.xnor_weights_bytes.restype = ctypes.c_int64
-    lib.xnor_conv2d_prepared.argtypes = [
-        _vp,
-        ctypes.POINTER(_Geom),
-        _vp,
-        _vp,
-        _vp,
-        _vp,
-        ctypes.c_int,
-        ctypes.POINTER(_Timing),
-    ]
-    lib.xnor_conv2d_prepared.restype = ctypes.c_int
-    lib.xnor_path_supported.argtypes = [ctypes.c_int]
-    lib.xnor_path_supported.restype = ctypes.c_int
-    lib.xnor_best_path.argtypes = []
-    lib.xnor_best_path.restype = ctypes.c_int
-    lib.xnor_measure_ghz.argtypes = [ctypes.c_int64]
-    lib.xnor_measure_ghz.restype = ctypes.c_double
-    lib.xnor_peak_binary.argtypes = [ctypes.c_int, ctypes.c_int64]
-    lib.xnor_peak_binary.restype = ctypes.c_double
-    lib.xnor_peak_fma.argtypes = [ctypes.c_int, ctypes.c_int64]
-    lib.xnor_peak_fma.restype = ctypes.c_double
-    lib.xnor_bench_gemm_core.argtypes = [
-        ctypes.c_int,
-        _i32,
-        _i32,
-        _i32,
-        ctypes.c_int,
-        ctypes.c_int,
-        _vp,
-    ]
-    lib.xnor_bench_gemm_core.restype = ctypes.c_int
+    for name, (args, res) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, res
     return lib
 
 
@@ -462,48 +426,8 @@ def xnor_conv(
     )[0]
 
 
-# ---- measurement helpers for benchmarks/xnor_conv.py ---------------------------------------
-
-
-def _require() -> ctypes.CDLL:
-    lib = library()
-    if lib is None:
-        raise RuntimeError("XnorConv: the native library is not built")
-    return lib
-
-
-def measure_ghz(cycles: int = 400_000_000) -> float:
-    """Core clock in GHz from a chain of dependent 1-cycle adds."""
-    return float(_require().xnor_measure_ghz(cycles))
-
-
-def peak_binary(path: str, iters: int = 20_000_000) -> float:
-    """Register-only XOR+popcount+add throughput of ``path``, in bit-MACs per ns (one thread)."""
-    return float(_require().xnor_peak_binary(PATHS.index(path), iters))
-
-
-def peak_fma(width_bits: int = 512, iters: int = 20_000_000) -> float:
-    """Register-only float32 FMA throughput, flops per ns (one thread)."""
-    return float(_require().xnor_peak_fma(width_bits, iters))
-
-
 def padded_k_bits(channels: int, kernel_shape: Sequence[int], path: str = "auto") -> int:
     """Bits per output the GEMM of ``path`` really computes: KH*KW*ceil(C/lane)*lane."""
     lane = _LANE_BITS[best_path() if path == "auto" else path]
     kh, kw = kernel_shape
     return kh * kw * -(-channels // lane) * lane
-
-
-def bench_gemm_core(
-    m: int, kbits: int, positions: int, *, reps: int = 5, threads: int = 1, path: str = "auto"
-) -> np.ndarray:
-    """[reps, 2] seconds (wall, calling thread's CPU) per run of the popcount GEMM tiles alone
-    on pre-built panels (K = kbits): no packing, no im2col, no padding correction."""
-    chosen = best_path() if path == "auto" else path
-    out = np.zeros((reps, 2), dtype=np.float64)
-    rc = _require().xnor_bench_gemm_core(
-        PATHS.index(chosen), m, kbits, positions, reps, threads, out.ctypes.data
-    )
-    if rc != 0:
-        raise ValueError(f"bench_gemm_core failed: {_ERRORS.get(rc, rc)}")
-    return out
