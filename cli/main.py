@@ -1,6 +1,6 @@
 """The `onnxcompress` command line: thin commands over the library.
 
-Each pass command (`prune`, `cluster`) builds a one-step recipe and runs the same code path as
+Each pass command (`prune`, `cluster`, `binarize`) builds a one-step recipe and runs the same code path as
 `compress`, so a command line and a recipe file behave identically.
 """
 
@@ -217,6 +217,44 @@ def cluster(model, output, bits, bits_conv, bits_fc, form, calib, eval_data, jso
     settings = {"bits_conv": bits if bits is not None else bits_conv,
                 "bits_fc": bits if bits is not None else bits_fc, "form": form}
     _run_one_pass("cluster", model, output, settings, "clustered.onnx", calib, eval_data,
+                  json_path, no_latency)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Output .onnx (or .onnxc). Default: MODEL.binarized.onnx")
+@click.option("--mode", type=click.Choice(["xnor", "bwn"]),
+              help="xnor (default): binary weights and inputs (XNOR-Net); bwn: binary weights, "
+                   "float inputs (Binary-Weight-Networks).")
+@click.option("--target", type=click.Choice(["native", "portable"]),
+              help="native (default): the XnorConv custom op with bit-packed weights (runs with "
+                   "onnxcompress.runtime or onnxruntime-extensions); portable: standard ONNX "
+                   "(Sign, Conv with +-1 weights, Mul, Add) for any runtime.")
+@click.option("--layers", metavar="auto|all|NAME,NAME",
+              help="auto (default): every Conv but the first and last layer, screened on --calib "
+                   "when given; all: every Conv that can be binarized; or layer names/patterns.")
+@click.option("--tolerance", type=float, help="auto with --calib: points of top-1 one layer may "
+              "cost (default 1.0).")
+@data_options
+def binarize(model, output, mode, target, layers, tolerance, calib, eval_data, json_path,
+             no_latency):
+    """Binarize Conv layers (XNOR-Net / BWN): 1-bit weights, per-channel scales.
+
+    Layers of a model trained binary (inputs from Sign, weights +-alpha per channel) are
+    lowered without changing its outputs; others are approximated (lossy), and --calib refits
+    their scales and biases.
+
+    \b
+    Examples:
+      onnxcompress binarize model.onnx -o bin.onnx --mode xnor --target native
+      onnxcompress binarize model.onnx -o bin.onnx --mode bwn --layers conv2,conv3 \\
+          --calib calib.npz --eval eval.npz
+      onnxcompress run bin.onnx --input x.npy
+      onnxcompress pack bin.onnx -o bin.onnxc        # binary weights stored at 1 bit each
+    """
+    settings = {"mode": mode, "target": target, "layers": layers, "tolerance": tolerance}
+    _run_one_pass("binarize", model, output, settings, "binarized.onnx", calib, eval_data,
                   json_path, no_latency)
 
 
