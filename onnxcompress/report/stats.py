@@ -11,6 +11,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..graph import WEIGHT_INPUTS, to_graph, unknown_ops
+from ..ops import ATTR_KERNEL_SHAPE, IN_WEIGHT_BITS, XNOR_CONV, words_per_tap
 
 # ops through which a stored weight may be decoded in-graph before it reaches its layer
 _DECODE_OPS = {"Gather", "Reshape", "Identity", "Cast", "Mul", "DequantizeLinear", "Unsqueeze"}
@@ -28,6 +29,7 @@ class LayerRow:
     bytes_before: int
     bytes_after: int
     stored_as: str  # how the bytes are stored: float32, gather codebook, container codec …
+    binarized: bool = False  # 1-bit weights: an XnorConv, or a Conv whose weights are all +-1
 
 
 @dataclass
@@ -111,6 +113,12 @@ def layer_rows(model: onnx.ModelProto, stored_bytes: dict[str, int] | None = Non
     graph = to_graph(model)
     rows, seen = [], set()
     for node in graph.nodes:
+        if node.op == XNOR_CONV and isinstance(node.inputs[IN_WEIGHT_BITS], gs.Constant):
+            bits = node.inputs[IN_WEIGHT_BITS]
+            if bits.name not in seen:  # the exact Sign(0) form shares one weight in two ops
+                seen.add(bits.name)
+                rows.append(_xnor_row(node, bits, stored_bytes, stored_codec, original))
+            continue
         if node.op not in WEIGHT_INPUTS:
             continue
         index = WEIGHT_INPUTS[node.op][0]
@@ -147,7 +155,33 @@ def _row(node, dense, stored, stored_bytes, stored_codec, original) -> LayerRow:
     return LayerRow(
         layer=node.name, op=node.op, shape=list(dense.shape), params=int(flat.size),
         sparsity=float(1 - nonzero.size / max(flat.size, 1)), bits=bits, distinct=distinct,
-        bytes_before=int(np.asarray(before_arr).size * 4), bytes_after=int(after), stored_as=how)
+        bytes_before=int(np.asarray(before_arr).size * 4), bytes_after=int(after), stored_as=how,
+        binarized=node.op == "Conv" and flat.size > 0 and bool(np.all(np.abs(flat) == 1)))
+
+
+def _xnor_row(node, bits: gs.Constant, stored_bytes, stored_codec, original) -> LayerRow:
+    """An XnorConv's weight: M x C x KH x KW at 1 bit each (C from the float weight it
+    replaced, else from the input's shape, else the packed width)."""
+    packed = np.asarray(bits.values)
+    kh, kw = (int(v) for v in node.attrs.get(ATTR_KERNEL_SHAPE, (1, 1)))
+    before = (original or {}).get(node.name)
+    x_shape = node.inputs[0].shape
+    if before is not None and np.ndim(before) == 4:
+        c = int(np.shape(before)[1])
+    elif x_shape is not None and len(x_shape) == 4 and isinstance(x_shape[1], int):
+        c = x_shape[1]
+    else:
+        c = packed.shape[1] // (kh * kw * 8) * 64
+    shape = [int(packed.shape[0]), c, kh, kw]
+    params = int(np.prod(shape))
+    words = words_per_tap(c)
+    if packed.shape[1] != kh * kw * words * 8:
+        shape, params = [int(packed.shape[0]), packed.shape[1] * 8], int(packed.size * 8)
+    codec = (stored_codec or {}).get(bits.name, "packed bits")
+    return LayerRow(
+        layer=node.name, op=node.op, shape=shape, params=params, sparsity=0.0, bits=1, distinct=2,
+        bytes_before=params * 4, bytes_after=int((stored_bytes or {}).get(bits.name, packed.nbytes)),
+        stored_as=codec, binarized=True)
 
 
 def original_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -248,3 +248,20 @@ def test_auto_screens_layers_by_score():
     _, rep = binarize(model, ctx, layers="auto", tolerance=1.0)
     assert set(rep.per_tensor) == {"Conv_2"}
     assert f"kept in float: '{costly}'" in "\n".join(rep.notes)
+
+
+# ----------------------------------------------------------------------------- container
+
+
+@pytest.mark.parametrize("target", ["native", "portable"])
+def test_container_stores_one_bit_per_weight(tmp_path, target: str):
+    from onnxcompress.container import write_container
+
+    model = one_conv(128, 64, (3, 3), GEOMETRIES["pad1"])  # C = 128: no padding bits
+    lowered, _ = binarize(model, mode="xnor", target=target, layers="Conv_0")
+    creport = write_container(lowered, tmp_path / "m.onnxc")
+    suffix = "_bits" if target == "native" else "_wpm1"
+    row = next(t for t in creport.tensors if t.name.startswith("Conv_0") and t.name.endswith(suffix))
+    ideal = 64 * 128 * 9 // 8  # M * K / 8
+    assert row.stored_bytes <= ideal * 1.02 + 64
+    assert 64 * 128 * 9 * 4 / row.stored_bytes >= 31
