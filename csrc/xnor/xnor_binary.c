@@ -386,13 +386,11 @@ int xnor_run_binary(const xnor_call *k, int threads, xnor_timing *tm) {
     c.panels = c.panels_per_img * g->n;
     if (threads > c.panels) threads = (int)c.panels;
     int rc = setup(&c, threads);
+    if (rc == XNOR_OK) rc = build_kinds(&c);   /* needs only the prepared weights */
     if (rc == XNOR_OK) {   /* clocks only when asked: the thread CPU clock is a syscall */
-        double t0 = tm ? xnor_now() : 0.0, c0 = tm ? xnor_cpu_now() : 0.0;
+        double t0 = tm ? xnor_now() : 0.0, c0 = tm ? xnor_cpu_now() : 0.0, t1, c1;
         zero_pads(&c);
-        xnor_parallel(threads, pack_phase, &c);
-        rc = build_kinds(&c);
-        double t1 = tm ? xnor_now() : 0.0, c1 = tm ? xnor_cpu_now() : 0.0;
-        if (rc == XNOR_OK) xnor_parallel(threads, gemm_phase, &c);
+        xnor_parallel2(threads, pack_phase, gemm_phase, &c, tm ? &t1 : NULL, tm ? &c1 : NULL);
         if (tm) {
             tm->pack = t1 - t0;
             tm->pack_cpu = c1 - c0;

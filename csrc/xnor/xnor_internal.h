@@ -127,6 +127,12 @@ static inline uint64_t xnor_weight_word(const uint64_t *wbits, int64_t idx) {
 /* [lo, hi) of `total` items for thread tid of n. */
 void xnor_split(int64_t total, int tid, int n, int64_t *lo, int64_t *hi);
 
+/* fn1 for every tid, then (after all of them) fn2 for every tid, on one set of threads; the
+ * caller's clocks when phase 2 starts go to mid_wall / mid_cpu when not NULL. */
+void xnor_parallel2(int n, void (*fn1)(void *ctx, int tid, int n),
+                    void (*fn2)(void *ctx, int tid, int n), void *ctx, double *mid_wall,
+                    double *mid_cpu);
+
 double xnor_now(void);       /* wall clock, seconds */
 double xnor_cpu_now(void);   /* calling thread's CPU time, seconds */
 void *xnor_alloc(size_t bytes);   /* 64-byte aligned, NULL on failure; free with free() */
