@@ -55,26 +55,12 @@ _i32 = ctypes.c_int32
 
 
 class _Geom(ctypes.Structure):
-    _fields_ = [
-        (name, _i32)
-        for name in (
-            "n",
-            "c",
-            "h",
-            "w",
-            "m",
-            "kh",
-            "kw",
-            "sh",
-            "sw",
-            "dh",
-            "dw",
-            "pt",
-            "pl",
-            "pb",
-            "pr",
-        )
-    ]
+    """xnor_geom in csrc/xnor/xnor.h."""
+
+    # fmt: off
+    _fields_ = [(name, _i32) for name in ("n", "c", "h", "w", "m", "kh", "kw", "sh", "sw",
+                                          "dh", "dw", "pt", "pl", "pb", "pr")]
+    # fmt: on
 
 
 class _Timing(ctypes.Structure):
