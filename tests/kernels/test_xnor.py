@@ -310,3 +310,39 @@ def test_out_buffer_receives_the_result(path: str):
     np.testing.assert_array_equal(out, xnor_conv_ref(x, packed, alpha, bias, **attrs))
     with pytest.raises(ValueError, match="out must be a C-contiguous float32 array"):
         xn.xnor_conv(x, packed, alpha, bias, path=path, out=out[:, :8], **attrs)
+
+
+def test_kernels_are_memory_safe_under_sanitizers(tmp_path):
+    """Random geometries on every path and mode in an ASan/UBSan build (csrc/xnor/test)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    src = Path(__file__).resolve().parents[2] / "csrc" / "xnor"
+    sources = [*sorted(src.glob("*.c")), src / "test" / "xnor_fuzz.c"]
+    exe = tmp_path / "xnor_fuzz"
+    flags = [
+        "-O1",
+        "-g",
+        "-std=c11",
+        "-ffp-contract=off",
+        "-pthread",
+        "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=undefined",
+    ]
+    built = subprocess.run(
+        [cc, *flags, f"-I{src}", *map(str, sources), "-o", str(exe)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode != 0:
+        pytest.skip(f"sanitizer build unavailable: {built.stderr[-300:]}")
+    ran = subprocess.run(
+        [str(exe), "150", "7"], check=False, capture_output=True, text=True, timeout=300
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr[-2000:]
+    assert ran.stdout.startswith("ok ")
