@@ -9,8 +9,16 @@ alpha[m] = ||W[m]||_1 / n = mean |W[m]| (the paper's eq. 4). Then
     xnor (XNOR-Net):                Y = alpha * conv(sgn(X), B) + b
 
 with sgn(v) = +1 for v >= 0 (zero included) and -1 otherwise, as in ``onnxcompress.ops``. The
-paper's input scale K (mean |X| over channels, box-filtered) is off by default, as in recent
-binary engines; ``input_scaling=True`` is not supported yet and is rejected. BatchNormalization
+paper's input scale K is off by default, as in recent binary engines. With ``input_scaling``
+(mode xnor, post-training layers only: a layer trained binary had no K), each output position is
+also scaled by the mean |X| over the channels and the kernel window it reads (the paper's
+K = A * k, A = mean_c |X|, k = the 1/(KH KW) box filter, with the conv's strides, pads and
+dilations), computed in both forms by one float Conv of |X| with a constant 1/(C KH KW) filter:
+
+    Y = (conv(sgn(X), B) * alpha) * K + b
+
+(native: XnorConv with bias 0, then Mul K and Add b; portable: Conv, Mul alpha, Mul K, Add b;
+bit-identical). BatchNormalization
 and the bias are already folded into W and b by normalization (a per-channel factor k commutes
 with sgn: sgn(kW) alpha(kW) = k sgn(W) alpha(W)), so b and alpha form the op's output transform.
 
@@ -95,7 +103,7 @@ class Config:
     mode: Mode = Mode.XNOR
     target: Target = Target.NATIVE
     layers: str | tuple[str, ...] = AUTO  # "auto", "all", or layer names / patterns
-    input_scaling: bool = False  # XNOR-Net's K: not supported yet
+    input_scaling: bool = False  # XNOR-Net's input scale K (mode xnor, post-training layers)
     tolerance: float = 1.0  # auto + calibration: max top-1 drop (points) of one layer alone
     refit: bool = True  # with calibration data: least-squares alpha and bias per channel
     exact_zero: bool = True  # keep ONNX Sign(0) = 0 exact for layers trained binary
@@ -111,11 +119,8 @@ class Config:
         if not layers:
             raise ValueError("layers must be 'auto', 'all' or at least one layer name")
         object.__setattr__(self, "layers", layers)
-        if self.input_scaling:
-            raise ValueError(
-                "input_scaling (XNOR-Net's input scale K) is not supported yet; leave it off "
-                "(the calibration refit of alpha and bias recovers most of its effect)"
-            )
+        if self.input_scaling and self.mode is not Mode.XNOR:
+            raise ValueError("input_scaling (XNOR-Net's K) scales binarized inputs: mode 'xnor' only")
         if self.tolerance < 0:
             raise ValueError(f"tolerance is in points of top-1 and must be >= 0, got {self.tolerance}")
 
@@ -294,7 +299,8 @@ def _detach(node: gs.Node) -> None:
     node.outputs.clear()
 
 
-def lower_portable(graph: gs.Graph, layer: Layer, mode: Mode, exact_zero: bool) -> None:
+def lower_portable(graph: gs.Graph, layer: Layer, mode: Mode, exact_zero: bool,
+                   scale_inputs: bool = False) -> None:
     """Replace the Conv by the standard-ONNX form of ``ops.py``:
     [Where(x >= 0, 1, -1) | kept Sign] -> Conv(+-1 W) -> Mul(alpha) -> Add(B)."""
     node, base = layer.node, layer.node.name
@@ -319,12 +325,35 @@ def lower_portable(graph: gs.Graph, layer: Layer, mode: Mode, exact_zero: bool) 
     a = _const_t(graph, base + "_alpha", alpha.reshape(1, m, 1, 1).astype(np.float32))
     b = _const_t(graph, base + "_B", layer.bias.reshape(1, m, 1, 1).astype(np.float32))
     mul = _add(graph, "Mul", base + "_scale", [conv_out, a], [scaled])
-    add = _add(graph, "Add", base + "_bias", [scaled, b], [out])
+    to_add = scaled
+    if scale_inputs and not layer.exact:
+        to_add = _var(graph, base + "_k_scaled")
+        _add(graph, "Mul", base + "_k_scale", [scaled, _input_scale(graph, layer)], [to_add])
+    add = _add(graph, "Add", base + "_bias", [to_add, b], [out])
     _detach(node)
     graph.nodes.remove(node)
     conv.name = base  # the layer keeps its name (fresh_name saw the old node)
     layer.node = conv
-    layer.built = {"bits": bits, "alpha": a, "B": b, "nodes": [mul, add], "xs": xs, "out": out}
+    layer.built = {"bits": bits, "alpha": a, "B": b, "mul": mul, "add": add, "xs": xs,
+                   "out": out, "scaled": scaled, "k": to_add is not scaled}
+
+
+def _box(layer: Layer) -> np.ndarray:
+    """The [1, C, KH, KW] filter of K: mean over the channels and the kernel window."""
+    c = layer.weight.shape[1]
+    return np.full((1, c, *layer.kernel), 1.0 / (c * layer.kernel[0] * layer.kernel[1]),
+                   np.float32)
+
+
+def _input_scale(graph: gs.Graph, layer: Layer) -> gs.Variable:
+    """K [N, 1, OH, OW] = Conv(|X|, box) with the layer's geometry (XNOR-Net section 3.2)."""
+    base = layer.name
+    absx, k = _var(graph, base + "_abs"), _var(graph, base + "_K")
+    _add(graph, "Abs", base + "_abs", [layer.source], [absx])
+    _add(graph, "Conv", base + "_K", [absx, _const_t(graph, base + "_box", _box(layer))], [k],
+         kernel_shape=list(layer.kernel), strides=list(layer.strides), pads=list(layer.pads),
+         dilations=list(layer.dilations))
+    return k
 
 
 # ----------------------------------------------------------------------------- native form
@@ -352,7 +381,7 @@ def lower_native(graph: gs.Graph, layer: Layer, mode: Mode, exact_zero: bool) ->
     bias = np.asarray(built["B"].values, np.float32).reshape(m)
     bits = _const_t(graph, base + "_bits", built["bits"])
     out = built["out"]
-    portable = [layer.node, *built["nodes"]]
+    portable = [layer.node, built["mul"]] + ([] if built["k"] else [built["add"]])
     for n in portable:
         _detach(n)
         graph.nodes.remove(n)
@@ -369,6 +398,10 @@ def lower_native(graph: gs.Graph, layer: Layer, mode: Mode, exact_zero: bool) ->
         _add(graph, "Mul", base + "_scale", [diff, half], [scaled])
         _add(graph, "Add", base + "_bias", [scaled, _const_t(graph, base + "_B",
              bias.reshape(1, m, 1, 1))], [out])
+    elif built["k"]:  # XnorConv then the kept Mul(K) and Add(B)
+        zeros = _const_t(graph, base + "_zeros", np.zeros(m, np.float32))
+        node = _xnor_node(graph, layer, base, layer.source, bits,
+                          _const_t(graph, base + "_alpha", alpha), zeros, built["scaled"], mode)
     else:
         x = layer.source if mode is Mode.XNOR else built["xs"]
         node = _xnor_node(graph, layer, base, x, bits, _const_t(graph, base + "_alpha", alpha),
@@ -399,6 +432,8 @@ def refit(graph: gs.Graph, original: gs.Graph, layers: list[Layer], ctx: Context
                           np.ones(m, np.float32), None, kernel_shape=layer.kernel,
                           strides=layer.strides, pads=layer.pads, dilations=layer.dilations,
                           mode="bwn" if sign_kept else mode.value)
+            if layer.built["k"]:
+                d = d * _k_numpy(layer, x)
             d64, y64 = (np.moveaxis(v, 1, 0).reshape(m, -1).astype(np.float64) for v in (d, y))
             s += [np.full(m, d64.shape[1]), d64.sum(1), y64.sum(1), (d64 * d64).sum(1),
                   (d64 * y64).sum(1)]
@@ -407,6 +442,17 @@ def refit(graph: gs.Graph, original: gs.Graph, layers: list[Layer], ctx: Context
         layer.built["B"].values = bias.astype(np.float32).reshape(1, m, 1, 1)
         done[layer.name] = "least-squares alpha and bias"
     return done
+
+
+def _k_numpy(layer: Layer, x: np.ndarray) -> np.ndarray:
+    """K of a batch: bwn XnorConv with all-(+1) weights sums |x| over the window."""
+    from ..kernels.xnor_native import xnor_conv
+
+    box = _box(layer)
+    bits, _ = pack_weights(box)
+    return xnor_conv(np.abs(x), bits, np.array([box.flat[0]], np.float32), None,
+                     kernel_shape=layer.kernel, strides=layer.strides, pads=layer.pads,
+                     dilations=layer.dilations, mode="bwn")
 
 
 def _fit(s: np.ndarray, alpha0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -441,7 +487,7 @@ def _lower_all(graph: gs.Graph, layers: list[Layer], cfg: Config, ctx: Context,
                original: gs.Graph | None) -> dict[str, str]:
     """Portable lowering of `layers` in `graph`, then the refit of the lossy ones."""
     for layer in layers:
-        lower_portable(graph, layer, cfg.mode, cfg.exact_zero)
+        lower_portable(graph, layer, cfg.mode, cfg.exact_zero, cfg.input_scaling)
     graph.cleanup().toposort()
     lossy = [layer for layer in layers if not layer.exact]
     if cfg.refit and original is not None and ctx.calib is not None and lossy:
@@ -512,6 +558,7 @@ def _facts(layer: Layer, cfg: Config, refitted: Mapping[str, str], extra: dict) 
     return {"layer": layer.name, "op": op, "mode": cfg.mode.value, "shape": list(w.shape),
             "params": int(w.size), "bits": 1, "packed_bytes": int(layer.built["bits"].nbytes),
             "trained_binary": layer.exact, "input_from_sign": layer.from_sign,
+            "input_scaling": bool(layer.built["k"]),
             "output_transform": how, **extra}
 
 

@@ -64,6 +64,33 @@ def test_native_equals_portable_xnor(geometry: str, c: int, m: int):
                                rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("geometry", ["pad1", "asym-stride2", "dilated"])
+def test_input_scaling_k_native_equals_portable(geometry: str):
+    model = one_conv(65, 7, (3, 3), GEOMETRIES[geometry])
+    x = images((65, 9, 11), n=2)
+    native, rep = binarize(model, target="native", layers="all", input_scaling=True)
+    portable, _ = binarize(model, target="portable", layers="all", input_scaling=True)
+    assert rep.per_tensor["Conv_0"]["input_scaling"]
+    assert {"Abs", "Mul"} <= {n.op_type for n in native.graph.node}
+    np.testing.assert_array_equal(run_ort(native, x), run_ort(portable, x))
+    plain, _ = binarize(model, target="portable", layers="all")
+    assert not np.allclose(run_ort(plain, x), run_ort(portable, x))
+
+
+def test_input_scaling_k_matches_the_paper():
+    """K[n, 0, p] = mean |x| over the channels and the window of output position p."""
+    model = one_conv(4, 3, (3, 3), GEOMETRIES["pad1"])
+    x = images((4, 9, 11), n=1)
+    scaled, _ = binarize(model, target="portable", layers="Conv_0", input_scaling=True)
+    kname = next(n.output[0] for n in scaled.graph.node if n.name == "Conv_0_K")
+    del scaled.graph.output[:]
+    scaled.graph.output.append(onnx.helper.make_tensor_value_info(kname, 1, None))
+    k = run_ort(scaled, x)
+    xp = np.pad(np.abs(x), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    want = np.array([[xp[0, :, i:i + 3, j:j + 3].mean() for j in range(11)] for i in range(9)])
+    np.testing.assert_allclose(k[0, 0], want, rtol=1e-5)
+
+
 @pytest.mark.parametrize("geometry", ["asym-stride2", "dilated"])
 def test_native_agrees_with_portable_bwn(geometry: str):
     model = one_conv(65, 7, (3, 3), GEOMETRIES[geometry])
@@ -130,8 +157,8 @@ def test_non_constant_weight_says_why():
 
 
 def test_config_checks_and_recipe():
-    with pytest.raises(ValueError, match="input_scaling .* not supported yet"):
-        B.Config(input_scaling=True)
+    with pytest.raises(ValueError, match="input_scaling .* mode 'xnor' only"):
+        B.Config(input_scaling=True, mode="bwn")
     with pytest.raises(ValueError):
         B.Config(mode="ternary")
     step = steps_from_dicts([{"pass": "binarize", "mode": "bwn", "target": "portable",
@@ -265,3 +292,14 @@ def test_container_stores_one_bit_per_weight(tmp_path, target: str):
     ideal = 64 * 128 * 9 // 8  # M * K / 8
     assert row.stored_bytes <= ideal * 1.02 + 64
     assert 64 * 128 * 9 * 4 / row.stored_bytes >= 31
+
+
+def test_refit_with_input_scaling():
+    model = float_net()
+    x = images((3, 10, 10), n=32, seed=7)
+    want = run_ort(model, x)
+    calib = Context(calib={"input": images((3, 10, 10), n=64, seed=5)})
+    err = lambda m: np.abs(run_ort(m, x) - want).mean()
+    plain, _ = binarize(model, mode="xnor", layers="Conv_2,Conv_5", input_scaling=True)
+    fitted, _ = binarize(model, calib, mode="xnor", layers="Conv_2,Conv_5", input_scaling=True)
+    assert err(fitted) < 0.5 * err(plain)
