@@ -26,7 +26,12 @@ Calibration refit (post-training layers, when calibration data is given): the ou
 is re-estimated per channel by least squares against the float layer's outputs, layer by layer
 in topological order on the already-binarized upstream (as bias correction does in the prune
 pass): (alpha[m], b[m]) = argmin sum (Y_float - (a D + c))^2 over samples and positions, where
-D = conv(sgn(X), B) (xnor) or conv(X, B) (bwn). This absorbs the missing K.
+D = conv(sgn(X), B) (xnor) or conv(X, B) (bwn). This absorbs the missing K. In mode xnor the
+refit also centers the inputs of post-training layers (``center_inputs``): the op reads
+X - t with t[c] the mean of channel c on the calibration data, a fixed per-channel threshold
+like ReActNet's RSign (Liu et al., ECCV 2020). Without it a layer fed by ReLU sees sgn = +1
+almost everywhere and carries no information; padded taps still contribute 0 (the op's zero
+padding), an approximation the refit of b absorbs on average.
 
 Models trained binary. A layer whose weights take exactly the values +-a[m] per output channel
 is binarized without approximation (alpha = a, the same bits). In mode xnor, a layer whose
@@ -107,6 +112,7 @@ class Config:
     tolerance: float = 1.0  # auto + calibration: max top-1 drop (points) of one layer alone
     refit: bool = True  # with calibration data: least-squares alpha and bias per channel
     exact_zero: bool = True  # keep ONNX Sign(0) = 0 exact for layers trained binary
+    center_inputs: bool = True  # xnor + calibration: binarize sgn(x - channel mean of x)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
@@ -300,10 +306,18 @@ def _detach(node: gs.Node) -> None:
 
 
 def lower_portable(graph: gs.Graph, layer: Layer, mode: Mode, exact_zero: bool,
-                   scale_inputs: bool = False) -> None:
+                   scale_inputs: bool = False, center: bool = False) -> None:
     """Replace the Conv by the standard-ONNX form of ``ops.py``:
-    [Where(x >= 0, 1, -1) | kept Sign] -> Conv(+-1 W) -> Mul(alpha) -> Add(B)."""
+    [Sub(x, t)] -> [Where(x >= 0, 1, -1) | kept Sign] -> Conv(+-1 W) -> Mul(alpha) -> Add(B);
+    with `center`, the threshold t (zeros until the refit sets it) for lossy xnor layers."""
     node, base = layer.node, layer.node.name
+    threshold = None
+    if center and mode is Mode.XNOR and not layer.from_sign and not layer.exact:
+        c = layer.weight.shape[1]
+        threshold = _const_t(graph, base + "_threshold", np.zeros((1, c, 1, 1), np.float32))
+        centered = _var(graph, base + "_centered")
+        _add(graph, "Sub", base + "_center", [layer.source, threshold], [centered])
+        raw, layer.source = layer.source, centered
     bits, alpha = pack_weights(layer.weight)
     if layer.scale is not None:
         alpha = layer.scale
@@ -335,7 +349,8 @@ def lower_portable(graph: gs.Graph, layer: Layer, mode: Mode, exact_zero: bool,
     conv.name = base  # the layer keeps its name (fresh_name saw the old node)
     layer.node = conv
     layer.built = {"bits": bits, "alpha": a, "B": b, "mul": mul, "add": add, "xs": xs,
-                   "out": out, "scaled": scaled, "k": to_add is not scaled}
+                   "out": out, "scaled": scaled, "k": to_add is not scaled,
+                   "threshold": threshold, "raw": raw if threshold is not None else None}
 
 
 def _box(layer: Layer) -> np.ndarray:
@@ -422,6 +437,11 @@ def refit(graph: gs.Graph, original: gs.Graph, layers: list[Layer], ctx: Context
     done: dict[str, str] = {}
     for i, layer in enumerate(layers):
         ctx.progress(f"binarize: refit {i + 1}/{len(layers)} {layer.name}")
+        if layer.built["threshold"] is not None:  # t = per-channel mean of the current input
+            raw = layer.built["raw"].name
+            mean = C.Probe(graph, [raw]).means(ctx.calib)[raw]
+            layer.built["threshold"].values = (
+                mean.reshape(mean.shape[0], -1).mean(axis=1).astype(np.float32).reshape(1, -1, 1, 1))
         target = Probe1(original, layer.built["out"].name)
         now = Probe1(graph, layer.source.name)
         m = layer.weight.shape[0]
@@ -440,7 +460,8 @@ def refit(graph: gs.Graph, original: gs.Graph, layers: list[Layer], ctx: Context
         alpha, bias = _fit(s, np.asarray(layer.built["alpha"].values, np.float64).reshape(m))
         layer.built["alpha"].values = alpha.astype(np.float32).reshape(1, m, 1, 1)
         layer.built["B"].values = bias.astype(np.float32).reshape(1, m, 1, 1)
-        done[layer.name] = "least-squares alpha and bias"
+        done[layer.name] = "least-squares alpha and bias" + (
+            ", inputs centered on their channel means" if layer.built["threshold"] is not None else "")
     return done
 
 
@@ -486,11 +507,13 @@ def _find(graph: gs.Graph, name: str) -> gs.Node:
 def _lower_all(graph: gs.Graph, layers: list[Layer], cfg: Config, ctx: Context,
                original: gs.Graph | None) -> dict[str, str]:
     """Portable lowering of `layers` in `graph`, then the refit of the lossy ones."""
+    refitting = cfg.refit and original is not None and ctx.calib is not None
     for layer in layers:
-        lower_portable(graph, layer, cfg.mode, cfg.exact_zero, cfg.input_scaling)
+        lower_portable(graph, layer, cfg.mode, cfg.exact_zero, cfg.input_scaling,
+                       center=refitting and cfg.center_inputs)
     graph.cleanup().toposort()
     lossy = [layer for layer in layers if not layer.exact]
-    if cfg.refit and original is not None and ctx.calib is not None and lossy:
+    if refitting and lossy:
         return refit(graph, original, lossy, ctx, cfg.mode, cfg.exact_zero)
     return {}
 

@@ -303,3 +303,16 @@ def test_refit_with_input_scaling():
     plain, _ = binarize(model, mode="xnor", layers="Conv_2,Conv_5", input_scaling=True)
     fitted, _ = binarize(model, calib, mode="xnor", layers="Conv_2,Conv_5", input_scaling=True)
     assert err(fitted) < 0.5 * err(plain)
+
+
+def test_centered_inputs_native_equals_portable():
+    model = float_net()
+    x = images((3, 10, 10), n=4, seed=7)
+    calib = {"input": images((3, 10, 10), n=64, seed=5) + 0.5}
+    nat, rep = binarize(model, Context(calib=calib), target="native", layers="Conv_2,Conv_5")
+    por, _ = binarize(model, Context(calib=calib), target="portable", layers="Conv_2,Conv_5")
+    assert "centered" in rep.per_tensor["Conv_2"]["output_transform"]
+    t = next(numpy_helper.to_array(i) for i in nat.graph.initializer
+             if i.name == "Conv_2_threshold")
+    assert t.shape == (1, 16, 1, 1) and np.all(t > 0)  # Conv_2 reads a ReLU: positive means
+    np.testing.assert_array_equal(run_ort(nat, x), run_ort(por, x))
