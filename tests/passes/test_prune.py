@@ -238,18 +238,17 @@ def test_sensitivity_respects_pinned_layers() -> None:
     assert got["conv1_w"] == pytest.approx(0.25, abs=0.02)
 
 
-def test_knapsack_prefers_cheap_weights_and_respects_budget_and_caps() -> None:
-    curves = {
-        "big": [(0.5, 0.1), (0.9, 0.5), (0.95, 2.0)],  # 100k weights: cheap per weight
-        "small": [(0.5, 0.0), (0.9, 0.4), (0.95, 0.3)],  # 1k weights; noisy last rung
-    }
-    sizes = {"big": 100_000, "small": 1_000}
-    caps = {"big": 2, "small": 1}
-    assert prune._knapsack(curves, caps, sizes, budget=0.0) == {"big": -1, "small": 0}
-    assert prune._knapsack(curves, caps, sizes, budget=0.5) == {"big": 1, "small": 0}
-    assert prune._knapsack(curves, caps, sizes, budget=0.9) == {"big": 1, "small": 1}
-    assert prune._knapsack(curves, caps, sizes, budget=100.0) == {"big": 2, "small": 1}
-    assert prune._level(curves["small"], 2) == 0.4  # running max: noise is not free pruning
+def test_capped_global_threshold() -> None:
+    rng = np.random.default_rng(0)
+    originals = {"a": rng.normal(0, 0.01, 10_000), "b": rng.normal(0, 1.0, 1_000)}
+    masks = prune._capped_global_masks(originals, {"a": 0.5, "b": 0.9}, 0.5)
+    pruned = {n: (~m).sum() for n, m in masks.items()}
+    assert pruned["a"] == 5_000  # capped: plain global would prune ~all of the small layer
+    assert pruned["a"] + pruned["b"] == pytest.approx(0.5 * 11_000, abs=2)
+    t = np.abs(originals["b"][~masks["b"]]).max()  # b follows the one threshold
+    assert (np.abs(originals["b"][masks["b"]]) > t).all()
+    everything = prune._capped_global_masks(originals, {"a": 0.5, "b": 0.9}, 1.0)
+    assert {n: (~m).sum() for n, m in everything.items()} == {"a": 5_000, "b": 900}
 
 
 def test_global_mode_searches_the_ratio_for_max_drop() -> None:
