@@ -236,9 +236,11 @@ def cluster(model, output, bits, bits_conv, bits_fc, form, calib, eval_data, jso
                    "when given; all: every Conv that can be binarized; or layer names/patterns.")
 @click.option("--tolerance", type=float, help="auto with --calib: points of top-1 one layer may "
               "cost (default 1.0).")
+@click.option("--input-scaling", is_flag=True, default=None,
+              help="xnor: XNOR-Net's input scale K (mean |x| over channels and window).")
 @data_options
-def binarize(model, output, mode, target, layers, tolerance, calib, eval_data, json_path,
-             no_latency):
+def binarize(model, output, mode, target, layers, tolerance, input_scaling, calib, eval_data,
+             json_path, no_latency):
     """Binarize Conv layers (XNOR-Net / BWN): 1-bit weights, per-channel scales.
 
     Layers of a model trained binary (inputs from Sign, weights +-alpha per channel) are
@@ -253,7 +255,8 @@ def binarize(model, output, mode, target, layers, tolerance, calib, eval_data, j
       onnxcompress run bin.onnx --input x.npy
       onnxcompress pack bin.onnx -o bin.onnxc        # binary weights stored at 1 bit each
     """
-    settings = {"mode": mode, "target": target, "layers": layers, "tolerance": tolerance}
+    settings = {"mode": mode, "target": target, "layers": layers, "tolerance": tolerance,
+                "input_scaling": input_scaling}
     _run_one_pass("binarize", model, output, settings, "binarized.onnx", calib, eval_data,
                   json_path, no_latency)
 

@@ -78,3 +78,13 @@ def test_explicit_depthwise_layer_is_a_clear_error(tmp_path):
 def test_bad_mode_is_rejected(binary_path):
     r = CliRunner().invoke(main, ["binarize", str(binary_path), "--mode", "ternary"])
     assert r.exit_code == 2 and "ternary" in r.output
+
+
+def test_input_scaling_flag(tmp_path):
+    src, out = tmp_path / "f.onnx", tmp_path / "k.onnx"
+    onnx.save(float_net(), str(src))
+    r = cli("binarize", src, "-o", out, "--layers", "Conv_2", "--input-scaling", "--no-latency")
+    assert r.exit_code == 0, r.output
+    assert "Abs" in {n.op_type for n in onnx.load(str(out)).graph.node}
+    r = CliRunner().invoke(main, ["binarize", str(src), "--mode", "bwn", "--input-scaling"])
+    assert r.exit_code == 2 and "mode 'xnor' only" in r.output
