@@ -32,6 +32,7 @@ PASSTHROUGH_OPS = {
     "Unsqueeze", "Squeeze", "Cast", "Pad", "LRN", "Sign", "Constant", "ConstantOfShape",
     "Split", "Slice", "ReduceMean", "Sqrt", "Pow", "Erf", "Gelu", "Sum", "Max", "Min",
     "HardSigmoid", "HardSwish", "Elu", "Selu", "PRelu", "Neg", "Abs", "Exp", "Log",
+    "GreaterOrEqual", "Where", "XnorConv",  # the binarize pass's portable and native forms
 }
 
 
