@@ -102,3 +102,25 @@ def test_missing_native_library_falls_back_with_a_warning(monkeypatch):
         np.testing.assert_array_equal(got, want)
     finally:
         xnor_native.library.cache_clear()
+
+
+def test_other_python_ops_keep_the_stock_result_path():
+    """XnorConv's results go back as arrays; another Python op still works as before."""
+    import onnxruntime_extensions as ox
+    from onnx import TensorProto, helper
+
+    onnxcompress.runtime.session_options()  # XnorConv registered, its result handler installed
+
+    @ox.onnx_op(op_type="OnnxcompressTestTwice", inputs=[ox.PyCustomOpDef.dt_float],
+                outputs=[ox.PyCustomOpDef.dt_float])
+    def _twice(x):
+        return x * 2
+
+    node = helper.make_node("OnnxcompressTestTwice", ["x"], ["y"], domain=ops.DOMAIN)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid(ops.DOMAIN, 1)])
+    sess = ort.InferenceSession(model.SerializeToString(), onnxcompress.runtime.session_options())
+    np.testing.assert_array_equal(sess.run(None, {"x": np.arange(3, dtype=np.float32)})[0],
+                                  [0, 2, 4])
