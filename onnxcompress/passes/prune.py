@@ -24,7 +24,8 @@ How s is chosen per layer (`mode`):
   layer ALONE (compensated) at each ratio of `ladder`, ascending, stopping at the first drop
   of ctx.score over `tolerance` points; the largest ratio within tolerance is the layer's
   CAP. Then all layers are pruned jointly at their caps. If the joint drop exceeds `max_drop`
-  (None: DEFAULT_MAX_DROP = 0.5 points), the allocation backs off along one capped global
+  (None: MIN_HOLDOUT = 100  # samples per half below which the calibration set is not split
+DEFAULT_MAX_DROP = 0.5 points), the allocation backs off along one capped global
   threshold: ratio_l = min(frac_l(|W| <= t), cap_l), with the pooled sparsity bisected on the
   JOINT drop. So the scan protects fragile layers and the threshold decides between the rest,
   pruning the big, low-magnitude layers hardest; Deep Compression's pattern (FC pruned far
@@ -84,6 +85,7 @@ log = logging.getLogger(__name__)
 NAME = "prune"
 EPS = 1e-9  # points; scores are ratios of counts, so 100 * (a - b) carries rounding noise
 FALLBACK_SPARSITY = 0.5
+MIN_HOLDOUT = 100  # samples per half below which the calibration set is not split
 DEFAULT_MAX_DROP = 0.5  # points on the calibration data, when sensitivity has no max_drop
 DEFAULT_LADDER = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98)
 
@@ -104,12 +106,13 @@ class Config:
     per_layer: Mapping[str, float] | None = None  # layer name / fnmatch pattern / '*' -> ratio
     exclude: tuple[str, ...] = ()  # layers never pruned (names or patterns)
     protect_first_last: bool = False  # keep the first and last weight layers dense
-    tolerance: float = 0.5  # sensitivity: max drop (points) of one layer pruned alone
+    tolerance: float = 1.0  # sensitivity: max drop (points) of one layer pruned alone (its cap)
     max_drop: float | None = None  # max joint drop (points) for sensitivity (None: 0.5) / global
     ladder: tuple[float, ...] = DEFAULT_LADDER  # sensitivity: ratios tried per layer
     bias_correction: bool = True  # compensate on calibration data, when there is some
     refit: bool = True  # compensate by least-squares refit of kept weights + bias (else bias only)
     damp: float = 0.01  # refit ridge, relative to the mean input energy
+    holdout: bool = True  # with refit, searches fit half the calibration set, score the rest
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
@@ -207,23 +210,35 @@ class _Pruner:
     def __init__(
         self, graph: gs.Graph, weights: list[Weight], cfg: Config, ctx: Context, notes: list[str]
     ):
-        self.graph, self.weights, self.ctx = graph, weights, ctx
+        self.graph, self.weights, self.ctx, self.cfg = graph, weights, ctx, cfg
         self.originals = {w.tensor.name: w.values.copy() for w in weights}
         self.comp = None
         if cfg.bias_correction and ctx.calib is not None:
-            ctx.progress("prune: collecting calibration statistics")
-            self.comp = C.Compensator(
-                graph,
-                weights,
-                ctx.calib,
-                refit=cfg.refit,
-                damp=cfg.damp,
-                notes=notes,
-                originals=self.originals,
-                progress=lambda m: ctx.progress("prune: " + m),
-            )
+            self.comp = self._compensator(ctx.calib, notes)
         elif cfg.bias_correction:
             notes.append("bias correction skipped: no calibration data")
+
+    def _compensator(self, feeds: Mapping[str, np.ndarray], notes: list[str]) -> C.Compensator:
+        self.ctx.progress("prune: collecting calibration statistics")
+        return C.Compensator(
+            self.graph,
+            self.weights,
+            feeds,
+            refit=self.cfg.refit,
+            damp=self.cfg.damp,
+            notes=notes,
+            originals=self.originals,
+            progress=lambda m: self.ctx.progress("prune: " + m),
+        )
+
+    def refit_on(self, ctx: Context) -> None:
+        """Switch to another calibration set (and scorer): statistics are collected anew."""
+        for w in self.weights:
+            self.restore(w)
+        if self.comp is not None:
+            self.comp.finish()
+            self.comp = self._compensator(ctx.calib, [])
+        self.ctx = ctx
 
     def apply(self, masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Prune every weight by its mask (others back to original), then compensate."""
@@ -454,7 +469,9 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
     pinned = {k: v for k, v in ratios.items() if _explicit(k, weights, cfg.per_layer)}
     pinned.update({n: 0.0 for n in protected if any(w.tensor.name == n for w in weights)})
     facts = {w.tensor.name: _facts(w) for w in weights}
-    pruner = _Pruner(graph, weights, cfg, ctx, report.notes)
+    searching = mode is Mode.SENSITIVITY or (mode is Mode.GLOBAL and cfg.sparsity is None)
+    search_ctx = _holdout_context(graph, cfg, ctx, report.notes) if searching else ctx
+    pruner = _Pruner(graph, weights, cfg, search_ctx, report.notes)
     threshold = None
     if mode is Mode.UNIFORM:
         default = (
@@ -471,12 +488,46 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
         masks, threshold, shifts = _global(pruner, cfg, pinned, report.notes)
     else:
         masks, shifts = _sensitivity(pruner, cfg, pinned, report.notes, facts)
+    if pruner.ctx is not ctx:  # decided on held-out data: the final fit uses all of it
+        pruner.refit_on(ctx)
+        shifts = pruner.apply(masks)
     for w in weights:
         facts[w.tensor.name]["correction"] = pruner.method(w) if w.tensor.name in shifts else "none"
     pruner.finish()
     graph.cleanup().toposort()
     _fill_report(report, weights, masks, facts, shifts, threshold, pinned, mode)
     return report
+
+
+def _holdout_context(graph: gs.Graph, cfg: Config, ctx: Context, notes: list[str]) -> Context:
+    """With refit, the fit flatters a score measured on its own data (VGG, 95%: 1.2 points
+    lost on the fitted half of the calibration set, 3.8 on the other half, 3.65 on the eval
+    set). So searches fit on the even samples and score the odd ones: top-1 accuracy if
+    labels are known, else top-1 agreement with the unpruned model."""
+    if not (cfg.holdout and cfg.bias_correction and cfg.refit) or ctx.calib is None:
+        return ctx
+    n = len(next(iter(ctx.calib.values())))
+    if n < 2 * MIN_HOLDOUT:
+        notes.append(
+            f"calibration set too small to hold out ({n} < {2 * MIN_HOLDOUT}): "
+            "decisions are scored on the samples the refit fits"
+        )
+        return ctx
+    fit = {k: v[0::2] for k, v in ctx.calib.items()}
+    held = {k: v[1::2] for k, v in ctx.calib.items()}
+    labels = None if ctx.labels is None else np.asarray(ctx.labels)[1::2]
+    reference = None if labels is not None else C.run_graph(graph, held)
+    score = C.make_scorer(held, labels=labels, reference=reference)
+    notes.append(
+        f"search scored on {n - n // 2} held-out calibration samples, compensation "
+        f"fitted on the other {n // 2}; the final refit uses all {n}"
+    )
+    return Context(
+        calib=fit,
+        labels=None if ctx.labels is None else ctx.labels[0::2],
+        score=score,
+        progress=ctx.progress,
+    )
 
 
 def _explicit(tensor: str, weights: list[Weight], table: Mapping[str, float] | None) -> bool:

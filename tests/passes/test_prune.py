@@ -217,7 +217,9 @@ def test_sensitivity_backs_off_to_meet_max_drop() -> None:
     g = S.graph()
     ctx = S.context(g)
     base = ctx.score(g)
-    cfg = prune.Config(tolerance=100.0, max_drop=1.0, ladder=(0.05, 0.1, 0.2, 0.3, 0.5))
+    cfg = prune.Config(
+        tolerance=100.0, max_drop=1.0, ladder=(0.05, 0.1, 0.2, 0.3, 0.5), holdout=False
+    )
     report = prune.run(g, cfg, ctx)  # the scan allows every rung; only the back-off limits
     drop = 100 * (base - ctx.score(g))
     assert drop <= 1.0 + 1e-9
@@ -261,3 +263,16 @@ def test_global_mode_searches_the_ratio_for_max_drop() -> None:
     assert sparsities(g)["fc1_w"] > 0.5
     with pytest.raises(BadInputError, match="needs 'sparsity'"):
         prune.run(S.graph(), prune.Config(mode="global"), NO_DATA)
+
+
+def test_searches_score_held_out_samples_then_refit_on_all() -> None:
+    g = S.graph(redundant_fc=True)
+    data = S.feeds(400)
+    want = C.run_graph(g, data).mean(0)
+    report = prune.run(g, prune.Config(), S.context(g, 400))
+    assert any("held-out" in n and "all 400" in n for n in report.notes)
+    # the last layer was refit on all 400 samples: its output mean is theirs exactly
+    assert output_mean_shift(g, data, want) < 1e-3
+    small = S.graph()
+    report = prune.run(small, prune.Config(), S.context(small, 120))
+    assert any("too small to hold out" in n for n in report.notes)
