@@ -49,9 +49,11 @@ layer by layer in topological order so later layers see corrected inputs:
   refit gives 91%), because the damage is in the signal, not the mean.
 
 The sensitivity scan applies the same compensation one layer at a time (from statistics of
-the original network), so it measures what the joint pass will do. Scores are measured on
-the calibration data, which the refit also fits: expect the drop on held-out data to be
-somewhat larger than `max_drop` (on the Fashion-MNIST zoo, 0.6-2x).
+the original network), so it measures what the joint pass will do. A refit flatters a score
+measured on the data it was fitted to, so with `holdout` the searches (sensitivity, global
+with max_drop) fit on the even calibration samples and score the odd ones with their own
+scorer (top-1 accuracy with labels, else agreement with the unpruned model); the chosen
+masks are then refit on all samples.
 """
 
 from __future__ import annotations
