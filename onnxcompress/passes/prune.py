@@ -526,7 +526,7 @@ def _holdout_context(graph: gs.Graph, cfg: Config, ctx: Context, notes: list[str
     )
     return Context(
         calib=fit,
-        labels=None if ctx.labels is None else ctx.labels[0::2],
+        labels=None if labels is None else np.asarray(ctx.labels)[0::2],
         score=score,
         progress=ctx.progress,
     )
