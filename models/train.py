@@ -289,6 +289,50 @@ def inline_identities(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _rank(graph: onnx.GraphProto, name: str) -> int | None:
+    """Rank of tensor `name` from (inferred) value info, None if unknown."""
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        if value.name == name and value.type.tensor_type.HasField("shape"):
+            return len(value.type.tensor_type.shape.dim)
+    return None
+
+
+def gemm_from_transposed_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite MatMul(x, Transpose(W)) with a 2-D x and a constant W as Gemm(x, W, transB=1).
+
+    With constant folding off, the exporter emits a bias-free nn.Linear as Transpose + MatMul;
+    as Gemm, the weight is a plain initializer that passes can see.
+    """
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    inits = {t.name for t in model.graph.initializer}
+    producer = {out: n for n in model.graph.node for out in n.output}
+    readers = [name for n in model.graph.node for name in n.input]
+    for node in [n for n in model.graph.node if n.op_type == "MatMul"]:
+        t = producer.get(node.input[1])
+        perm = [list(a.ints) for a in t.attribute if a.name == "perm"] if t is not None else []
+        if (
+            t is None
+            or t.op_type != "Transpose"
+            or t.input[0] not in inits
+            or perm not in ([], [[1, 0]])
+            or readers.count(t.output[0]) != 1
+            or _rank(graph, node.input[0]) != 2
+        ):
+            continue
+        gemm = onnx.helper.make_node(
+            "Gemm",
+            [node.input[0], t.input[0]],
+            list(node.output),
+            name=node.name.replace("MatMul", "Gemm"),
+            transB=1,
+        )
+        index = list(model.graph.node).index(node)
+        model.graph.node.remove(node)
+        model.graph.node.insert(index, gemm)
+        model.graph.node.remove(t)
+    return model
+
+
 def export(model: nn.Module, path: Path) -> onnx.ModelProto:
     """Export with the TorchScript exporter (opset 17, dynamic batch, BN kept) and check it."""
     dummy = torch.zeros(2, 1, 28, 28)
@@ -305,7 +349,7 @@ def export(model: nn.Module, path: Path) -> onnx.ModelProto:
             output_names=["logits"],
             dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
         )
-    proto = inline_identities(onnx.load(str(path)))
+    proto = gemm_from_transposed_matmul(inline_identities(onnx.load(str(path))))
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
     return proto
