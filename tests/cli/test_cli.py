@@ -195,3 +195,22 @@ def test_unknown_ops_are_left_untouched_and_listed(tmp_path):
     assert "Hardmax, Softplus" in r.output
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
     assert ops == ["Gemm", "Softplus", "Hardmax"]
+
+
+def test_report_against_baseline(tmp_path, tiny_model_path, tiny_data_path):
+    packed, js = tmp_path / "m.onnxc", tmp_path / "r.json"
+    assert cli("prune", tiny_model_path, "-o", packed, "--sparsity", 0.7,
+               "--no-latency").exit_code == 0
+    r = cli("report", packed, "--baseline", tiny_model_path, "--eval", tiny_data_path,
+            "--json", js)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(js.read_text())
+    base, model = rep["stages"]
+    assert base["stage"] == "baseline" and model["stage"] == "model"
+    assert model["ratio"] == pytest.approx(base["bytes"] / model["bytes"])
+    assert model["bytes"] == packed.stat().st_size
+    assert set(rep["latency_ms"]) == {"baseline", "model"}
+    assert rep["container"]["n_symbols"] > 0
+    sparsity = {row["layer"]: row["sparsity"] for row in rep["layers"]}
+    assert sparsity and all(abs(s - 0.7) < 0.05 for s in sparsity.values())
+    assert all(row["bytes_after"] < row["bytes_before"] for row in rep["layers"])
