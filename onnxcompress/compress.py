@@ -100,13 +100,15 @@ def compress(input_path: str | Path, output_path: str | Path, *,
     original = load_model(input_path)
     model = normalize(original)
     specs = input_specs(model)
+    sizes_before = original_weights(model)
     calib_ds = D.load_dataset(calib, specs, what="calibration") if calib else None
     eval_ds = D.load_dataset(eval_data, specs, what="evaluation") if eval_data else None
     graph = to_graph(model)
     if not iter_weights(graph):
         raise UnsupportedModelError(f"{input_path}: no prunable layer (Conv, Gemm or MatMul with a "
                                     "constant weight); nothing to compress")
-    base_run = model_runner(original)
+    del original  # ONNX Runtime reads the input file itself; a second in-memory copy costs GBs
+    base_run = model_runner(input_path) if (calib_ds or eval_ds) else None
     base_size = file_size(input_path)
     report = Report(model=str(input_path), output=str(output_path),
                     unknown_ops=unknown_op_types(model), budget=max_accuracy_drop)
@@ -130,6 +132,7 @@ def compress(input_path: str | Path, output_path: str | Path, *,
 
     run(graph, steps, ctx, after_step)
     final = to_model(graph, like=model)
+    del graph, model, after_step  # the exported proto is all that is needed from here on
     progress(f"writing {output_path}")
     creport = write_output(final, output_path, (input_path,))
     out_size = file_size(output_path)
@@ -141,7 +144,7 @@ def compress(input_path: str | Path, output_path: str | Path, *,
         report.container = coding_summary(creport)
     stored = {t.name: t.stored_bytes for t in creport.tensors} if creport else None
     codecs = {t.name: t.codec for t in creport.tensors} if creport else None
-    report.layers = layer_rows(final, stored, codecs, original_weights(model))
+    report.layers = layer_rows(final, stored, codecs, sizes_before)
     if measure_latency:
         feeds = (calib_ds or eval_ds).feeds if (calib_ds or eval_ds) else _zeros(specs)
         progress("timing batch-1 latency")

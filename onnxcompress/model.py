@@ -192,13 +192,37 @@ def _upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
     version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if version is None or version >= MIN_OPSET:
         return model
+    # The converter copies the whole proto several times; it never reads weight data, so hand
+    # it the graph with the large tensors set aside and put them back afterwards.
+    light, set_aside = _without_large_data(model)
     try:
-        up = onnx.version_converter.convert_version(model, MIN_OPSET)
+        up = onnx.version_converter.convert_version(light, MIN_OPSET)
     except Exception as e:  # the converter raises bare RuntimeErrors
         raise UnsupportedModelError(
             f"cannot upgrade the model from opset {version} to {MIN_OPSET}: {e}") from e
+    for t in up.graph.initializer:
+        if t.name in set_aside and t.data_location == onnx.TensorProto.EXTERNAL:
+            t.raw_data = set_aside[t.name]
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.DEFAULT
     log.info("upgraded opset %d -> %d", version, MIN_OPSET)
     return up
+
+
+def _without_large_data(model: onnx.ModelProto, min_bytes: int = 4096
+                        ) -> tuple[onnx.ModelProto, dict[str, bytes]]:
+    """A copy of `model` whose large raw tensors are marked external, and their bytes by name."""
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    set_aside: dict[str, bytes] = {}
+    for t in light.graph.initializer:
+        if t.HasField("raw_data") and len(t.raw_data) >= min_bytes:
+            set_aside[t.name] = t.raw_data
+            t.ClearField("raw_data")
+            t.data_location = onnx.TensorProto.EXTERNAL
+            entry = t.external_data.add()
+            entry.key, entry.value = "location", "set-aside"
+    return light, set_aside
 
 
 def _ort_basic_optimize(model: onnx.ModelProto) -> onnx.ModelProto:

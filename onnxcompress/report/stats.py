@@ -103,12 +103,12 @@ def _eval_decoder(node: gs.Node, vals: list[np.ndarray]) -> np.ndarray:
 
 def layer_rows(model: onnx.ModelProto, stored_bytes: dict[str, int] | None = None,
                stored_codec: dict[str, str] | None = None,
-               original: dict[str, np.ndarray] | None = None) -> list[LayerRow]:
+               original: dict[str, int] | None = None) -> list[LayerRow]:
     """One row per weight-bearing layer of `model`.
 
     `stored_bytes`/`stored_codec` (from a container report) give each initializer's stored size;
-    otherwise the in-file size is used. `original` maps layer name -> uncompressed weight, for
-    bytes_before (default: the dense float32 size of the current weight).
+    otherwise the in-file size is used. `original` maps layer name -> element count of the
+    uncompressed weight, for bytes_before (default: the dense float32 size of the current weight).
     """
     graph = to_graph(model)
     rows, seen = [], set()
@@ -151,11 +151,11 @@ def _row(node, dense, stored, stored_bytes, stored_codec, original) -> LayerRow:
         how = "+".join(sorted({stored_codec.get(c.name, "?") for c in stored}))
     else:
         how = "gather codebook" if len(stored) > 1 else str(dense.dtype)
-    before_arr = (original or {}).get(node.name, dense)
+    before = (original or {}).get(node.name, flat.size)
     return LayerRow(
         layer=node.name, op=node.op, shape=list(dense.shape), params=int(flat.size),
         sparsity=float(1 - nonzero.size / max(flat.size, 1)), bits=bits, distinct=distinct,
-        bytes_before=int(np.asarray(before_arr).size * 4), bytes_after=int(after), stored_as=how,
+        bytes_before=int(before * 4), bytes_after=int(after), stored_as=how,
         binarized=node.op == "Conv" and flat.size > 0 and bool(np.all(np.abs(flat) == 1)))
 
 
@@ -166,8 +166,9 @@ def _xnor_row(node, bits: gs.Constant, stored_bytes, stored_codec, original) -> 
     kh, kw = (int(v) for v in node.attrs.get(ATTR_KERNEL_SHAPE, (1, 1)))
     before = (original or {}).get(node.name)
     x_shape = node.inputs[0].shape
-    if before is not None and np.ndim(before) == 4:
-        c = int(np.shape(before)[1])
+    m = int(packed.shape[0])
+    if before and before % (m * kh * kw) == 0:
+        c = before // (m * kh * kw)
     elif x_shape is not None and len(x_shape) == 4 and isinstance(x_shape[1], int):
         c = x_shape[1]
     else:
@@ -184,15 +185,22 @@ def _xnor_row(node, bits: gs.Constant, stored_bytes, stored_codec, original) -> 
         stored_as=codec, binarized=True)
 
 
-def original_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """layer name -> dense weight, for the bytes-before column."""
+def original_weights(model: onnx.ModelProto) -> dict[str, int]:
+    """layer name -> weight element count, for the bytes-before column.
+
+    Plain initializers are counted from their shape, without loading their data.
+    """
     graph = to_graph(model)
     out = {}
     for node in graph.nodes:
-        if node.op in WEIGHT_INPUTS and len(node.inputs) > 1:
-            r = resolve_weight(node, WEIGHT_INPUTS[node.op][0])
-            if r is not None:
-                out[node.name] = r[0]
+        index = WEIGHT_INPUTS.get(node.op, (None,))[0]
+        if index is None or len(node.inputs) <= index:
+            continue
+        t = node.inputs[index]
+        if isinstance(t, gs.Constant):
+            out[node.name] = int(np.prod(t.shape))
+        elif (r := resolve_weight(node, index)) is not None:
+            out[node.name] = int(r[0].size)
     return out
 
 
