@@ -211,7 +211,7 @@ def _pads(node: gs.Node, kernel, strides, dilations) -> tuple[int, int, int, int
     shape = node.inputs[0].shape
     if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]):
         return f"auto_pad={auto} needs a known input height and width to write explicit pads"
-    return tuple(C._conv_pads(node, shape[2:], list(kernel), list(strides), list(dilations)))
+    return tuple(C.conv_pads(node, shape[2:], list(kernel), list(strides), list(dilations)))
 
 
 # ----------------------------------------------------------------------------- selection

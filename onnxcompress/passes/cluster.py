@@ -51,6 +51,7 @@ from ..graph import Scope, Weight, iter_weights
 from ..kernels.kmeans import share_weights
 from ..kernels.masks import sparsity_of
 from . import calibrate as C
+from .compensate import Compensator
 from .base import Context, PassReport
 from .prune import resolve_per_layer
 
@@ -114,7 +115,7 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
     before = {w.tensor.name: w.values.copy() for w in weights}
     comp = None
     if cfg.bias_correction and ctx.calib is not None:
-        comp = C.Compensator(
+        comp = Compensator(
             graph,
             weights,
             ctx.calib,

@@ -80,6 +80,7 @@ from ..kernels.masks import (
     threshold_mask,
 )
 from . import calibrate as C
+from .compensate import Compensator
 from .base import Context, PassReport
 
 log = logging.getLogger(__name__)
@@ -220,9 +221,9 @@ class _Pruner:
         elif cfg.bias_correction:
             notes.append("bias correction skipped: no calibration data")
 
-    def _compensator(self, feeds: Mapping[str, np.ndarray], notes: list[str]) -> C.Compensator:
+    def _compensator(self, feeds: Mapping[str, np.ndarray], notes: list[str]) -> Compensator:
         self.ctx.progress("prune: collecting calibration statistics")
-        return C.Compensator(
+        return Compensator(
             self.graph,
             self.weights,
             feeds,
