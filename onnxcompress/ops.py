@@ -50,6 +50,7 @@ rounding (about 1e-7 relative to alpha * C * KH * KW).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 
 DOMAIN = "ai.onnx.contrib"
@@ -112,3 +113,43 @@ def conv_output_hw(
             )
         out.append(room // strides[i] + 1)
     return out[0], out[1]
+
+
+# onnxruntime-extensions hands a Python custom op only int, float or string attributes, so the
+# converter writes the integer-list attributes above once more in this one string attribute,
+# which is what the registered op reads (see runtime/custom_ops.py).
+CONV_ATTRS = "conv_attrs"  # string mirror of the contract's integer-list attributes
+_LIST_ATTRS = (ATTR_KERNEL_SHAPE, ATTR_STRIDES, ATTR_PADS, ATTR_DILATIONS)
+_LENGTHS = {ATTR_KERNEL_SHAPE: 2, ATTR_STRIDES: 2, ATTR_PADS: 4, ATTR_DILATIONS: 2}
+
+
+def encode_conv_attrs(
+    kernel_shape: Sequence[int],
+    strides: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilations: Sequence[int] = (1, 1),
+    group: int = 1,
+) -> str:
+    """'kernel_shape=3,3;strides=1,1;pads=1,1,1,1;dilations=1,1;group=1'."""
+    values = dict(zip(_LIST_ATTRS, (kernel_shape, strides, pads, dilations)))
+    parts = [f"{k}={','.join(str(int(v)) for v in values[k])}" for k in _LIST_ATTRS]
+    return ";".join([*parts, f"{ATTR_GROUP}={int(group)}"])
+
+
+def decode_conv_attrs(text: str) -> dict[str, object]:
+    """Inverse of ``encode_conv_attrs``; missing keys take the contract's defaults."""
+    out: dict[str, object] = dict(DEFAULTS)
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        key, sep, value = part.partition("=")
+        if not sep or key not in (*_LIST_ATTRS, ATTR_GROUP):
+            raise ValueError(f"XnorConv: bad {CONV_ATTRS} entry {part!r} in {text!r}")
+        nums = tuple(int(v) for v in value.split(","))
+        if key == ATTR_GROUP:
+            out[key] = nums[0]
+        elif len(nums) != _LENGTHS[key]:
+            raise ValueError(f"XnorConv: {key} needs {_LENGTHS[key]} values, got {value!r}")
+        else:
+            out[key] = nums
+    if ATTR_KERNEL_SHAPE not in out:
+        raise ValueError(f"XnorConv: {CONV_ATTRS} {text!r} lacks {ATTR_KERNEL_SHAPE}")
+    return out

@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 
 from .. import ops
 from ..kernels.xnor_ref import pack_weights, unpack_weights
-from ..runtime.custom_ops import CONV_ATTRS, encode_conv_attrs
+from ..ops import CONV_ATTRS, encode_conv_attrs
 from . import calibrate as C
 
 

@@ -15,7 +15,7 @@ Why a string attribute: onnxruntime-extensions hands a Python op only attributes
 float or string, and refuses to create a session when a declared attribute has another type.
 The contract (``onnxcompress.ops``) gives XnorConv ONNX Conv's integer-list attributes
 (``kernel_shape``, ``strides``, ``pads``, ``dilations``); the converter writes those AND the same
-values once more in the string attribute ``CONV_ATTRS`` (``encode_conv_attrs``), which is what the
+values once more in the string attribute ``ops.CONV_ATTRS`` (``ops.encode_conv_attrs``), which is what the
 Python op reads. Every declared attribute must be present on the node, so the converter always
 writes ``mode`` and ``CONV_ATTRS``, and always writes the bias input B (zeros when the layer
 has none): these Python ops have no optional inputs.
@@ -34,46 +34,12 @@ import numpy as np
 import onnxruntime as ort
 
 from .. import ops
+from ..ops import CONV_ATTRS, decode_conv_attrs
 
 log = logging.getLogger(__name__)
 
-CONV_ATTRS = "conv_attrs"  # string mirror of the contract's integer-list attributes
-_LIST_ATTRS = (ops.ATTR_KERNEL_SHAPE, ops.ATTR_STRIDES, ops.ATTR_PADS, ops.ATTR_DILATIONS)
-_LENGTHS = {ops.ATTR_KERNEL_SHAPE: 2, ops.ATTR_STRIDES: 2, ops.ATTR_PADS: 4, ops.ATTR_DILATIONS: 2}
 _lock = threading.Lock()
 _registered = False
-
-
-def encode_conv_attrs(
-    kernel_shape: Sequence[int],
-    strides: Sequence[int] = (1, 1),
-    pads: Sequence[int] = (0, 0, 0, 0),
-    dilations: Sequence[int] = (1, 1),
-    group: int = 1,
-) -> str:
-    """'kernel_shape=3,3;strides=1,1;pads=1,1,1,1;dilations=1,1;group=1'."""
-    values = dict(zip(_LIST_ATTRS, (kernel_shape, strides, pads, dilations)))
-    parts = [f"{k}={','.join(str(int(v)) for v in values[k])}" for k in _LIST_ATTRS]
-    return ";".join([*parts, f"{ops.ATTR_GROUP}={int(group)}"])
-
-
-def decode_conv_attrs(text: str) -> dict[str, object]:
-    """Inverse of ``encode_conv_attrs``; missing keys take the contract's defaults."""
-    out: dict[str, object] = dict(ops.DEFAULTS)
-    for part in filter(None, (p.strip() for p in text.split(";"))):
-        key, sep, value = part.partition("=")
-        if not sep or key not in (*_LIST_ATTRS, ops.ATTR_GROUP):
-            raise ValueError(f"XnorConv: bad {CONV_ATTRS} entry {part!r} in {text!r}")
-        nums = tuple(int(v) for v in value.split(","))
-        if key == ops.ATTR_GROUP:
-            out[key] = nums[0]
-        elif len(nums) != _LENGTHS[key]:
-            raise ValueError(f"XnorConv: {key} needs {_LENGTHS[key]} values, got {value!r}")
-        else:
-            out[key] = nums
-    if ops.ATTR_KERNEL_SHAPE not in out:
-        raise ValueError(f"XnorConv: {CONV_ATTRS} {text!r} lacks {ops.ATTR_KERNEL_SHAPE}")
-    return out
 
 
 def _xnor_conv_op(

@@ -22,14 +22,14 @@ from ..passes.binary_nets import binarize, binary_net, float_net, images, run_or
 
 
 def test_conv_attrs_round_trip_and_errors():
-    text = custom_ops.encode_conv_attrs((3, 1), (2, 1), (1, 0, 2, 0), (1, 2))
+    text = ops.encode_conv_attrs((3, 1), (2, 1), (1, 0, 2, 0), (1, 2))
     assert text == "kernel_shape=3,1;strides=2,1;pads=1,0,2,0;dilations=1,2;group=1"
-    assert custom_ops.decode_conv_attrs(text)[ops.ATTR_PADS] == (1, 0, 2, 0)
-    assert custom_ops.decode_conv_attrs("kernel_shape=1,1")[ops.ATTR_STRIDES] == (1, 1)
+    assert ops.decode_conv_attrs(text)[ops.ATTR_PADS] == (1, 0, 2, 0)
+    assert ops.decode_conv_attrs("kernel_shape=1,1")[ops.ATTR_STRIDES] == (1, 1)
     with pytest.raises(ValueError, match="pads needs 4 values"):
-        custom_ops.decode_conv_attrs("kernel_shape=1,1;pads=1,1")
+        ops.decode_conv_attrs("kernel_shape=1,1;pads=1,1")
     with pytest.raises(ValueError, match="bad conv_attrs entry"):
-        custom_ops.decode_conv_attrs("kernel_shape=1,1;stride=2,2")
+        ops.decode_conv_attrs("kernel_shape=1,1;stride=2,2")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_missing_native_library_falls_back_with_a_warning(monkeypatch):
             warnings.simplefilter("always")
             got = custom_ops._xnor_conv_op(
                 x, bits, alpha, bias, mode="xnor",
-                conv_attrs=custom_ops.encode_conv_attrs((3, 3), pads=(1, 1, 1, 1)))
+                conv_attrs=ops.encode_conv_attrs((3, 3), pads=(1, 1, 1, 1)))
         assert any("native library" in str(w.message) for w in caught)
         want = xnor_conv_ref(x, bits, alpha, bias, kernel_shape=(3, 3), pads=(1, 1, 1, 1))
         np.testing.assert_array_equal(got, want)
