@@ -10,7 +10,7 @@ import pytest
 from onnxcompress.errors import BadInputError
 from onnxcompress.kernels.masks import magnitude_mask
 from onnxcompress.passes import calibrate as C
-from onnxcompress.passes import prune
+from onnxcompress.passes import prune, prune_plan
 from onnxcompress.passes.base import Context
 from tests.passes import small_nets as S
 
@@ -243,13 +243,13 @@ def test_sensitivity_respects_pinned_layers() -> None:
 def test_capped_global_threshold() -> None:
     rng = np.random.default_rng(0)
     originals = {"a": rng.normal(0, 0.01, 10_000), "b": rng.normal(0, 1.0, 1_000)}
-    masks = prune._capped_global_masks(originals, {"a": 0.5, "b": 0.9}, 0.5)
+    masks = prune_plan.capped_global_masks(originals, {"a": 0.5, "b": 0.9}, 0.5)
     pruned = {n: (~m).sum() for n, m in masks.items()}
     assert pruned["a"] == 5_000  # capped: plain global would prune ~all of the small layer
     assert pruned["a"] + pruned["b"] == pytest.approx(0.5 * 11_000, abs=2)
     t = np.abs(originals["b"][~masks["b"]]).max()  # b follows the one threshold
     assert (np.abs(originals["b"][masks["b"]]) > t).all()
-    everything = prune._capped_global_masks(originals, {"a": 0.5, "b": 0.9}, 1.0)
+    everything = prune_plan.capped_global_masks(originals, {"a": 0.5, "b": 0.9}, 1.0)
     assert {n: (~m).sum() for n, m in everything.items()} == {"a": 5_000, "b": 900}
 
 
