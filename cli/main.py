@@ -323,14 +323,12 @@ def run(model, input_path, output, threads):
     Example:
       onnxcompress run small.onnxc --input x.npy -o outputs.npz
     """
-    from onnxcompress.data import load_dataset
+    from onnxcompress.data import load_dataset, session_specs
     from onnxcompress.model import atomic_write_npz
     from onnxcompress.runtime import Session
-    from onnxcompress.compress import load_any
-    from onnxcompress.model import input_specs
 
     sess = Session(model, threads=threads)
-    ds = load_dataset(input_path, input_specs(load_any(model)), what="input")
+    ds = load_dataset(input_path, session_specs(sess), what="input")
     names = [o.name for o in sess.get_outputs()]
     outs = sess.run(None, ds.feeds)
     for name, arr in zip(names, outs):

@@ -21,7 +21,7 @@ from .pipeline import Step, run
 from .recipe import load_recipe
 from .report import bench
 from .report.stats import (Report, StageRow, coding_summary, layer_rows, original_weights,
-                           resolve_weight, unknown_op_types)
+                           unknown_op_types, weight_index, weight_sources)
 from .runtime import Session
 
 log = logging.getLogger(__name__)
@@ -41,22 +41,24 @@ def file_size(path: str | Path) -> int:
     return size
 
 
+def first_output(sess: Session) -> Callable:
+    """feeds -> the session's first output."""
+    return lambda feeds: sess.run(None, feeds)[0]
+
+
 def model_runner(model: onnx.ModelProto | str | Path, threads: int = 1) -> Callable:
     """feeds -> first output, on ONNX Runtime (containers and paths via runtime.Session)."""
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    sess = Session(source, threads=threads)
-    return lambda feeds: sess.run(None, feeds)[0]
+    return first_output(Session(source, threads=threads))
 
 
 def tensor_kinds(model: onnx.ModelProto) -> dict[str, str]:
     """Stored initializer name -> 'conv' | 'fc', for the container's sparse gap width."""
-    graph = to_graph(model)
     kinds = {}
-    for node in graph.nodes:
-        if node.op in WEIGHT_INPUTS and len(node.inputs) > WEIGHT_INPUTS[node.op][0]:
-            r = resolve_weight(node, WEIGHT_INPUTS[node.op][0])
-            for c in (r[1] if r else []):
-                kinds[c.name] = WEIGHT_INPUTS[node.op][1]
+    for node in to_graph(model).nodes:
+        index = weight_index(node)
+        for c in (weight_sources(node, index) or []) if index is not None else []:
+            kinds[c.name] = WEIGHT_INPUTS[node.op][1]
     return kinds
 
 
@@ -108,7 +110,9 @@ def compress(input_path: str | Path, output_path: str | Path, *,
         raise UnsupportedModelError(f"{input_path}: no prunable layer (Conv, Gemm or MatMul with a "
                                     "constant weight); nothing to compress")
     del original  # ONNX Runtime reads the input file itself; a second in-memory copy costs GBs
-    base_run = model_runner(input_path) if (calib_ds or eval_ds) else None
+    # one session per file serves scoring and the latency measurement
+    base_sess = Session(input_path, threads=1) if (calib_ds or eval_ds or measure_latency) else None
+    base_run = first_output(base_sess) if base_sess else None
     base_size = file_size(input_path)
     report = Report(model=str(input_path), output=str(output_path),
                     unknown_ops=unknown_op_types(model), budget=max_accuracy_drop)
@@ -132,25 +136,24 @@ def compress(input_path: str | Path, output_path: str | Path, *,
 
     run(graph, steps, ctx, after_step)
     final = to_model(graph, like=model)
-    del graph, model, after_step  # the exported proto is all that is needed from here on
+    graph = model = None  # the exported proto is all that is needed from here on
     progress(f"writing {output_path}")
     creport = write_output(final, output_path, (input_path,))
     out_size = file_size(output_path)
-    out_run = model_runner(output_path)
-    if creport is not None:
-        report.stages.append(evaluator.stage("packed", out_size, base_size, out_run)
-                             if evaluator else StageRow("packed", out_size, base_size / out_size))
+    out_sess = Session(output_path, threads=1) if (evaluator or measure_latency) else None
     if creport is not None:
         report.container = coding_summary(creport)
+        report.stages.append(
+            evaluator.stage("packed", out_size, base_size, first_output(out_sess))
+            if evaluator else StageRow("packed", out_size, base_size / out_size))
     stored = {t.name: t.stored_bytes for t in creport.tensors} if creport else None
     codecs = {t.name: t.codec for t in creport.tensors} if creport else None
     report.layers = layer_rows(final, stored, codecs, sizes_before)
     if measure_latency:
-        feeds = (calib_ds or eval_ds).feeds if (calib_ds or eval_ds) else _zeros(specs)
+        feeds = (calib_ds or eval_ds).feeds if (calib_ds or eval_ds) else zero_feeds(specs)
         progress("timing batch-1 latency")
-        report.latency_ms["original"] = bench.latency_ms(Session(str(input_path), threads=1), feeds)
-        report.latency_ms[report.stages[-1].stage] = bench.latency_ms(
-            Session(str(output_path), threads=1), feeds)
+        report.latency_ms["original"] = bench.latency_ms(base_sess, feeds)
+        report.latency_ms[report.stages[-1].stage] = bench.latency_ms(out_sess, feeds)
     _gate(report)
     return report
 
@@ -187,5 +190,5 @@ def _gate(report: Report) -> None:
             report.within_budget = report.accuracy_drop <= report.budget + 1e-9
 
 
-def _zeros(specs) -> dict[str, np.ndarray]:
+def zero_feeds(specs) -> dict[str, np.ndarray]:
     return {n: np.zeros([1] + [d or 1 for d in shape[1:]], dtype) for n, shape, dtype in specs}

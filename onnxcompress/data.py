@@ -20,6 +20,24 @@ LABELS_KEY = "labels"
 InputSpec = tuple[str, list, np.dtype]  # (name, shape with None for symbolic dims, dtype)
 
 
+# ONNX Runtime's type strings for the input dtypes a data file can hold
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
+              "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+def session_specs(sess) -> list[InputSpec]:
+    """Input specs from a loaded session, so a model need not be read a second time."""
+    specs = []
+    for i in sess.get_inputs():
+        if i.type not in _ORT_TYPES:
+            raise BadInputError(f"input '{i.name}' has type {i.type}, which data files cannot "
+                                f"hold (supported: {', '.join(_ORT_TYPES)})")
+        specs.append((i.name, [d if isinstance(d, int) else None for d in i.shape],
+                      np.dtype(_ORT_TYPES[i.type])))
+    return specs
+
+
 @dataclass
 class Dataset:
     feeds: dict[str, np.ndarray]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import data as D
-from ..compress import Evaluator, file_size, load_any, model_runner, tensor_kinds
+from ..compress import Evaluator, file_size, first_output, load_any, tensor_kinds, zero_feeds
 from ..container import ContainerReport, is_container
 from ..container.writer import encode_container
 from ..model import input_specs
@@ -24,19 +24,20 @@ def compare(model_path: str | Path, baseline: str | Path | None = None,
     creport = _container_report(model, model_path)
     stored = {t.name: t.stored_bytes for t in creport.tensors} if creport else None
     codecs = {t.name: t.codec for t in creport.tensors} if creport else None
-    if creport is not None:
-        rep_container = coding_summary(creport)
     rep = Report(model=str(baseline or model_path), output=str(model_path),
                  unknown_ops=unknown_op_types(model),
                  layers=layer_rows(model, stored, codecs,
                                    original_weights(base_model) if base_model else None))
     if creport is not None:
-        rep.container = rep_container
+        rep.container = coding_summary(creport)
     size = file_size(model_path)
     base_size = file_size(baseline) if baseline else size
-    run = model_runner(model)
+    # one session per file serves scoring and the latency measurement
+    sess = Session(model_path, threads=1)
+    base_sess = Session(baseline, threads=1) if baseline else None
+    run = first_output(sess)
     if ds is not None:
-        base_run = model_runner(base_model) if base_model else run
+        base_run = first_output(base_sess) if base_sess else run
         ev = Evaluator(ds, D.predict(base_run, ds))
         if base_model:
             rep.stages.append(ev.stage("baseline", base_size, base_size, base_run))
@@ -46,10 +47,10 @@ def compare(model_path: str | Path, baseline: str | Path | None = None,
             rep.stages.append(StageRow("baseline", base_size, 1.0))
         rep.stages.append(StageRow("model", size, base_size / size))
     if measure_latency:
-        feeds = ds.feeds if ds else {n: _zeros(s, t) for n, s, t in specs}
-        if base_model:
-            rep.latency_ms["baseline"] = bench.latency_ms(Session(str(baseline), threads=1), feeds)
-        rep.latency_ms["model"] = bench.latency_ms(Session(str(model_path), threads=1), feeds)
+        feeds = ds.feeds if ds else zero_feeds(specs)
+        if base_sess:
+            rep.latency_ms["baseline"] = bench.latency_ms(base_sess, feeds)
+        rep.latency_ms["model"] = bench.latency_ms(sess, feeds)
     if base_model and rep.stages[0].accuracy is not None:
         rep.accuracy_drop = rep.stages[0].accuracy - rep.stages[-1].accuracy
     return rep
@@ -62,8 +63,3 @@ def _container_report(model, path) -> ContainerReport | None:
     chunks, rows, graph_bytes = encode_container(model, tensor_kinds=tensor_kinds(model))
     return ContainerReport(str(path), sum(len(c) for c in chunks), graph_bytes, rows)
 
-
-def _zeros(shape, dtype):
-    import numpy as np
-
-    return np.zeros([1] + [d or 1 for d in shape[1:]], dtype)

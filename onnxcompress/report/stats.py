@@ -81,6 +81,28 @@ def resolve_weight(node: gs.Node, index: int) -> tuple[np.ndarray, list[gs.Const
     return _eval_decoder(producer, vals), stored
 
 
+def weight_sources(node: gs.Node, index: int) -> list[gs.Constant] | None:
+    """The stored constants a layer's weight input is decoded from, without evaluating it."""
+    tensor = node.inputs[index]
+    if isinstance(tensor, gs.Constant):
+        return [tensor]
+    if not tensor.inputs or tensor.inputs[0].op not in _DECODE_OPS:
+        return None
+    producer = tensor.inputs[0]
+    parts = [weight_sources(producer, i) for i in range(len(producer.inputs))]
+    return None if any(p is None for p in parts) else [c for p in parts for c in p]
+
+
+def weight_index(node: gs.Node) -> int | None:
+    """Which input of a weight-bearing op holds its (possibly in-graph decoded) weight."""
+    if node.op not in WEIGHT_INPUTS:
+        return None
+    index = WEIGHT_INPUTS[node.op][0]
+    if node.op == "MatMul" and not _is_const_chain(node, 1) and _is_const_chain(node, 0):
+        index = 0
+    return index if len(node.inputs) > index else None
+
+
 def _eval_decoder(node: gs.Node, vals: list[np.ndarray]) -> np.ndarray:
     op = node.op
     if op == "Gather":
@@ -119,25 +141,18 @@ def layer_rows(model: onnx.ModelProto, stored_bytes: dict[str, int] | None = Non
                 seen.add(bits.name)
                 rows.append(_xnor_row(node, bits, stored_bytes, stored_codec, original))
             continue
-        if node.op not in WEIGHT_INPUTS:
+        index = weight_index(node)
+        stored = None if index is None else weight_sources(node, index)
+        if stored is None or tuple(c.name for c in stored) in seen:
             continue
-        index = WEIGHT_INPUTS[node.op][0]
-        if node.op == "MatMul" and not _is_const_chain(node, 1) and _is_const_chain(node, 0):
-            index = 0
-        resolved = resolve_weight(node, index) if len(node.inputs) > index else None
-        if resolved is None:
-            continue
-        dense, stored = resolved
-        key = tuple(c.name for c in stored)
-        if key in seen:
-            continue
-        seen.add(key)
+        seen.add(tuple(c.name for c in stored))
+        dense, _ = resolve_weight(node, index)
         rows.append(_row(node, dense, stored, stored_bytes, stored_codec, original))
     return rows
 
 
 def _is_const_chain(node: gs.Node, index: int) -> bool:
-    return len(node.inputs) > index and resolve_weight(node, index) is not None
+    return len(node.inputs) > index and weight_sources(node, index) is not None
 
 
 def _row(node, dense, stored, stored_bytes, stored_codec, original) -> LayerRow:
