@@ -21,7 +21,7 @@ NATIVE = Extension(
 # rounded twice, as in the numpy reference and the portable ONNX form.
 XNOR = Extension(
     "onnxcompress.kernels._xnor",
-    sources=[f"csrc/xnor/{n}.c" for n in ("xnor_conv", "xnor_binary", "xnor_bwn",
+    sources=[f"csrc/xnor/{n}.c" for n in ("xnor_conv", "xnor_pool", "xnor_binary", "xnor_bwn",
                                           "xnor_portable", "xnor_avx2", "xnor_avx512",
                                           "xnor_bench")],
     depends=["csrc/xnor/xnor.h", "csrc/xnor/xnor_internal.h"],

@@ -384,6 +384,7 @@ int xnor_run_binary(const xnor_call *k, int threads, xnor_timing *tm) {
     c.plane = (int64_t)c.hp * c.wp;
     c.panels_per_img = (k->p + c.np - 1) / c.np;
     c.panels = c.panels_per_img * g->n;
+    threads = xnor_useful_threads(threads, k->p * g->n * g->m * (int64_t)g->c * k->taps);
     if (threads > c.panels) threads = (int)c.panels;
     int rc = setup(&c, threads);
     if (rc == XNOR_OK) rc = build_kinds(&c);   /* needs only the prepared weights */

@@ -109,6 +109,8 @@ int xnor_run_bwn(const xnor_call *k, int threads, xnor_timing *tm) {
     c.kdim = (int64_t)k->taps * k->g->c;
     c.panels_per_img = (k->p + c.np - 1) / c.np;
     c.panels = c.panels_per_img * k->g->n;
+    /* a float MAC costs about what 10 bit-MACs do */
+    threads = xnor_useful_threads(threads, 10 * k->p * k->g->n * k->g->m * (int64_t)k->g->c * k->taps);
     if (threads > c.panels) threads = (int)c.panels;
     c.scratch = (void **)calloc((size_t)threads, sizeof(void *));
     int rc = c.scratch ? XNOR_OK : XNOR_ENOMEM;

@@ -2,7 +2,6 @@
  * The modes live in xnor_binary.c (XNOR: bit-packed popcount GEMM) and xnor_bwn.c (BWN). */
 #define _POSIX_C_SOURCE 200809L
 #include <limits.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -62,104 +61,6 @@ int xnor_best_path(void) {
     for (int p = XNOR_PATH_COUNT - 1; p > XNOR_PATH_PORTABLE; --p)
         if (xnor_path_supported(p)) return p;
     return XNOR_PATH_PORTABLE;
-}
-
-/* ---- threads ----------------------------------------------------------------------------- */
-
-typedef struct {
-    void (*fn)(void *, int, int);
-    void *ctx;
-    int tid, n;
-} par_job;
-
-static void *par_entry(void *arg) {
-    par_job *j = (par_job *)arg;
-    j->fn(j->ctx, j->tid, j->n);
-    return NULL;
-}
-
-void xnor_parallel(int n, void (*fn)(void *ctx, int tid, int n), void *ctx) {
-    enum { MAXT = 64 };
-    pthread_t th[MAXT];
-    par_job jobs[MAXT];
-    int started[MAXT];
-    if (n > MAXT) n = MAXT;
-    for (int t = 1; t < n; ++t) {
-        jobs[t] = (par_job){fn, ctx, t, n};
-        started[t] = pthread_create(&th[t], NULL, par_entry, &jobs[t]) == 0;
-    }
-    fn(ctx, 0, n);
-    for (int t = 1; t < n; ++t) {
-        if (started[t]) pthread_join(th[t], NULL);
-        else fn(ctx, t, n);
-    }
-}
-
-/* Two phases, one spawn: workers run phase1, meet at a barrier, run phase2.  The barrier's
- * count is set only after all pthread_create calls returned, so a thread that could not be
- * created never deadlocks it: the caller runs that share of both phases itself. */
-typedef struct {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int expected, arrived, released;   /* expected = 0 until the caller knows it */
-} two_phase_barrier;
-
-typedef struct {
-    void (*fn1)(void *, int, int);
-    void (*fn2)(void *, int, int);
-    void *ctx;
-    int tid, n;
-    two_phase_barrier *bar;
-} two_phase_job;
-
-static void barrier_wait(two_phase_barrier *b) {
-    pthread_mutex_lock(&b->mu);
-    ++b->arrived;
-    if (b->expected > 0 && b->arrived == b->expected) {
-        b->released = 1;
-        pthread_cond_broadcast(&b->cv);
-    }
-    while (!b->released) pthread_cond_wait(&b->cv, &b->mu);
-    pthread_mutex_unlock(&b->mu);
-}
-
-static void *two_phase_entry(void *arg) {
-    two_phase_job *j = (two_phase_job *)arg;
-    j->fn1(j->ctx, j->tid, j->n);
-    barrier_wait(j->bar);
-    j->fn2(j->ctx, j->tid, j->n);
-    return NULL;
-}
-
-void xnor_parallel2(int n, void (*fn1)(void *, int, int), void (*fn2)(void *, int, int),
-                    void *ctx, double *mid_wall, double *mid_cpu) {
-    enum { MAXT = 64 };
-    pthread_t th[MAXT];
-    two_phase_job jobs[MAXT];
-    int started[MAXT], count = 0;
-    two_phase_barrier bar = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0};
-    if (n > MAXT) n = MAXT;
-    for (int t = 1; t < n; ++t) {
-        jobs[t] = (two_phase_job){fn1, fn2, ctx, t, n, &bar};
-        started[t] = pthread_create(&th[t], NULL, two_phase_entry, &jobs[t]) == 0;
-        count += started[t];
-    }
-    pthread_mutex_lock(&bar.mu);
-    bar.expected = count + 1;
-    pthread_mutex_unlock(&bar.mu);
-    fn1(ctx, 0, n);
-    for (int t = 1; t < n; ++t)
-        if (!started[t]) fn1(ctx, t, n);
-    if (count) barrier_wait(&bar);
-    if (mid_wall) *mid_wall = xnor_now();
-    if (mid_cpu) *mid_cpu = xnor_cpu_now();
-    fn2(ctx, 0, n);
-    for (int t = 1; t < n; ++t) {
-        if (started[t]) pthread_join(th[t], NULL);
-        else fn2(ctx, t, n);
-    }
-    pthread_mutex_destroy(&bar.mu);
-    pthread_cond_destroy(&bar.cv);
 }
 
 /* ---- geometry ---------------------------------------------------------------------------- */

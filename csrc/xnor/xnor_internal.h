@@ -73,8 +73,8 @@ const xnor_impl *xnor_impl_avx512(void);
 /* The implementation of `path` when compiled in and supported by the CPU, else NULL. */
 const xnor_impl *xnor_impl_for(int path);
 
-/* Run fn(ctx, tid, n) for tid < n on up to n threads (the caller is tid 0); a thread that cannot
- * be created has its share run by the caller, so this never fails. */
+/* Run fn(ctx, tid, n) for every tid < n on the persistent pool (xnor_pool.c; the caller is
+ * tid 0); shares no worker can take are run by the caller, so this never fails. */
 void xnor_parallel(int n, void (*fn)(void *ctx, int tid, int n), void *ctx);
 
 /* Prepared weights (see xnor.h). */
@@ -124,10 +124,19 @@ static inline uint64_t xnor_weight_word(const uint64_t *wbits, int64_t idx) {
     return v;
 }
 
+/* Threads worth using for `work` units (bit-MACs, or float MACs weighted by the caller): a
+ * worker's wake-up and the split cost about as much as XNOR_MIN_WORK, so small calls stay on
+ * the caller's thread. */
+#define XNOR_MIN_WORK 20000000LL
+static inline int xnor_useful_threads(int threads, int64_t work) {
+    int64_t most = 1 + work / XNOR_MIN_WORK;
+    return most < threads ? (int)most : threads;
+}
+
 /* [lo, hi) of `total` items for thread tid of n. */
 void xnor_split(int64_t total, int tid, int n, int64_t *lo, int64_t *hi);
 
-/* fn1 for every tid, then (after all of them) fn2 for every tid, on one set of threads; the
+/* fn1 for every tid, then (after all of them) fn2 for every tid, on the same pool; the
  * caller's clocks when phase 2 starts go to mid_wall / mid_cpu when not NULL. */
 void xnor_parallel2(int n, void (*fn1)(void *ctx, int tid, int n),
                     void (*fn2)(void *ctx, int tid, int n), void *ctx, double *mid_wall,
