@@ -21,12 +21,17 @@ from . import custom_ops
 def session_options(threads: int | None = None, *, custom: bool = True) -> ort.SessionOptions:
     """SessionOptions prepared for onnxcompress models: with `custom` (the default) the XnorConv
     custom op is registered (onnxruntime-extensions), so that
-    `onnxruntime.InferenceSession(path, session_options())` runs binarized models."""
+    `onnxruntime.InferenceSession(path, session_options())` runs binarized models.
+
+    `threads` sets ONNX Runtime's intra-op threads and, process-wide, XnorConv's (ONNX Runtime
+    does not pass its setting to Python ops)."""
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+        if custom:
+            custom_ops.set_threads(threads)
     return custom_ops.add_to(so) if custom else so
 
 

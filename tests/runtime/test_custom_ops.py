@@ -124,3 +124,31 @@ def test_other_python_ops_keep_the_stock_result_path():
     sess = ort.InferenceSession(model.SerializeToString(), onnxcompress.runtime.session_options())
     np.testing.assert_array_equal(sess.run(None, {"x": np.arange(3, dtype=np.float32)})[0],
                                   [0, 2, 4])
+
+
+def test_op_prepares_each_layer_once_and_tells_same_shaped_layers_apart(monkeypatch):
+    """Layers are cached by their bits, not by the (fresh every call) array address."""
+    monkeypatch.setattr(custom_ops, "_prepared", {})
+    rng = np.random.default_rng(5)
+    attrs = {ops.ATTR_MODE: "xnor",
+             ops.CONV_ATTRS: ops.encode_conv_attrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))}
+    x = rng.standard_normal((1, 70, 9, 9)).astype(np.float32)
+    layers = [pack_weights(rng.standard_normal((8, 70, 3, 3))) for _ in range(2)]
+    bias = np.zeros(8, np.float32)
+    for _ in range(3):
+        for bits, alpha in layers:
+            got = custom_ops._xnor_conv_op(x, bits.copy(), alpha, bias, **attrs)
+            want = xnor_conv_ref(x, bits, alpha, bias, kernel_shape=(3, 3), pads=(1, 1, 1, 1))
+            np.testing.assert_array_equal(got, want)
+    (bucket,) = custom_ops._prepared.values()
+    assert len(bucket) == 2
+
+
+def test_op_threads_setting(monkeypatch):
+    monkeypatch.setattr(custom_ops, "_threads", custom_ops._threads)
+    custom_ops.set_threads(2)
+    assert custom_ops._threads == 2
+    onnxcompress.runtime.session_options(threads=1)
+    assert custom_ops._threads == 1
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        custom_ops.set_threads(0)
