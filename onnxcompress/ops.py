@@ -20,19 +20,21 @@ Attributes (as for ONNX Conv): ``kernel_shape`` [KH, KW] (required: C is not rec
 padded bits alone, KH and KW are), ``strides`` (default [1, 1]), ``pads`` [top, left, bottom,
 right] (default zeros; ``auto_pad`` is not supported, the converter writes explicit pads),
 ``dilations`` (default [1, 1]), ``group`` (only 1 is supported; anything else is an error), and
-``mode``: ``"xnor"`` or ``"bwn"``.
+``mode``: ``"xnor"``, ``"bwn"`` or ``"sign"`` (``OP_MODES``).
 
 Output float32 [N, M, OH, OW], OH = floor((H + top + bottom - (dilation_h * (KH - 1) + 1)) /
 stride_h) + 1 (and likewise OW):
 
     sgn(v)   = +1 if v >= 0 else -1             (so sgn(0) = +1 and sgn(NaN) = -1)
-    Xb       = sgn(X) in mode "xnor", X in mode "bwn"
+    Xb       = sgn(X) in mode "xnor", X in mode "bwn", Sign(X) in mode "sign"
+               (ONNX Sign: -1, 0 or +1, so an input of exactly 0 contributes 0; NaN also 0)
     D[n,m,p] = sum over taps t inside the image and c < C of Xb[n,c,tap(p,t)] * sgn(W[m,c,t])
     Y[n,m,p] = float32(D[n,m,p]) * alpha[m]  (+ B[m])
 
 Taps that fall into the zero padding contribute exactly 0 (Conv zero padding), even though a
 padded 0 is neither +1 nor -1.  In mode "xnor" D is an exact integer, so Y is fixed to the bit:
-one float32 multiply, then one float32 add (never fused).  In mode "bwn" D is a float32 sum whose
+one float32 multiply, then one float32 add (never fused); likewise in mode "sign", which the
+converter uses for layers trained with ONNX ``Sign`` in front of their Conv.  In mode "bwn" D is a float32 sum whose
 rounding depends on summation order.
 
 Portable standard-ONNX form (what the binarize pass emits beside the custom op; tests check that
@@ -81,6 +83,20 @@ class Mode(str, Enum):
 
     XNOR = "xnor"
     BWN = "bwn"
+
+
+# The op's ``mode`` values: a user picks a Mode; "sign" is the op's exact form of a layer whose
+# input comes from ONNX Sign (Sign(0) = 0), chosen by the converter.  Index = the C enum.
+MODE_SIGN = "sign"
+OP_MODES = (Mode.XNOR.value, Mode.BWN.value, MODE_SIGN)
+
+
+def check_op_mode(mode: str) -> str:
+    """`mode` if XnorConv knows it, else a ValueError that lists the modes."""
+    mode = getattr(mode, "value", mode)
+    if mode not in OP_MODES:
+        raise ValueError(f"XnorConv: unknown mode {mode!r}; expected one of {list(OP_MODES)}")
+    return mode
 
 
 def words_per_tap(channels: int) -> int:

@@ -7,6 +7,10 @@
  *              zero padding contribute 0.  D is an exact integer; the output is computed as
  *              (float)D * alpha[m] then + bias[m], two float32 roundings, no FMA.
  *   mode BWN:  same with x used as is (float), weights still sgn(w) = +-1.
+ *   mode SIGN: as XNOR with ONNX Sign(x) in {-1, 0, +1} for sgn(x) (NaN counts 0), D exact.  Computed
+ *              as XNOR over 2C channels [x, -x] with weights [w, -w]: sgn(x) - sgn(-x) = 2 Sign(x),
+ *              so D2 = 2 D, and y = (float)D2 * (alpha / 2) is the same float as (float)D * alpha;
+ *              a padded tap adds -S(w) - S(-w) = 0, so no border correction is needed.
  *
  * Weight bits: uint64 words wbits[m][t][j], t = kh_i * KW + kw_i, j < CW = ceil(C / 64); bit b of
  * word j is 1 when channel 64*j + b has weight +1, 0 for -1; bits for channels >= C are ignored.
@@ -24,7 +28,7 @@ extern "C" {
 
 enum xnor_path { XNOR_PATH_AUTO = -1, XNOR_PATH_PORTABLE = 0, XNOR_PATH_AVX2 = 1,
                  XNOR_PATH_AVX512 = 2, XNOR_PATH_COUNT = 3 };
-enum xnor_mode { XNOR_MODE_XNOR = 0, XNOR_MODE_BWN = 1 };
+enum xnor_mode { XNOR_MODE_XNOR = 0, XNOR_MODE_BWN = 1, XNOR_MODE_SIGN = 2 };
 enum xnor_status { XNOR_OK = 0, XNOR_EARG = -1, XNOR_EPATH = -2, XNOR_ENOMEM = -3,
                    XNOR_ETHREAD = -4, XNOR_EMODE = -5 };
 

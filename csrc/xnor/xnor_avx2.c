@@ -84,7 +84,7 @@ static void bwn_kernel(const bwn_tile *t) {
 }
 
 /* Byte masks of 8 positions per compare into rows[channel], then the portable bit transpose. */
-static void pack_block(const float *src, int64_t plane, int32_t nch, int32_t npos,
+static void pack_block(const float *src, int64_t plane, int32_t nch, int32_t npos, int negate,
                        uint64_t *out) {
     uint8_t *rows = (uint8_t *)out;
     const __m256 zero = _mm256_setzero_ps();
@@ -96,7 +96,8 @@ static void pack_block(const float *src, int64_t plane, int32_t nch, int32_t npo
             if (npos - 8 * g >= 8) v = _mm256_loadu_ps(src + 8 * g);
             else v = _mm256_maskload_ps(src + 8 * g,
                                         _mm256_cmpgt_epi32(_mm256_set1_epi32(npos - 8 * g), idx));
-            int bits = _mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_GE_OQ));
+            int bits = _mm256_movemask_ps(negate ? _mm256_cmp_ps(v, zero, _CMP_LE_OQ)
+                                                 : _mm256_cmp_ps(v, zero, _CMP_GE_OQ));
             rows[8 * b + g] = (uint8_t)(bits & ((1 << (npos - 8 * g < 8 ? npos - 8 * g : 8)) - 1));
         }
     xnor_transpose64(out);

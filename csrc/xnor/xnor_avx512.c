@@ -143,8 +143,15 @@ static void transpose64_gfni(const uint64_t *rows, uint64_t *out) {
     }
 }
 
+/* Lanes (under k) where v >= 0, or -v >= 0 (that is 0 >= v) when negate; NaN gives 0. */
+static inline __mmask16 ge_mask(__m512 v, int negate, __mmask16 k) {
+    const __m512 zero = _mm512_setzero_ps();
+    return negate ? _mm512_mask_cmp_ps_mask(k, zero, v, _CMP_GE_OQ)
+                  : _mm512_mask_cmp_ps_mask(k, v, zero, _CMP_GE_OQ);
+}
+
 /* One compare per 16 positions into a 16-bit mask, stored as rows[channel], then transpose. */
-static void pack_block(const float *src, int64_t plane, int32_t nch, int32_t npos,
+static void pack_block(const float *src, int64_t plane, int32_t nch, int32_t npos, int negate,
                        uint64_t *out) {
     uint16_t rows[256] __attribute__((aligned(64)));
     __mmask16 lm[4];
@@ -152,19 +159,17 @@ static void pack_block(const float *src, int64_t plane, int32_t nch, int32_t npo
         int32_t n = npos - 16 * s;
         lm[s] = n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
     }
-    const __m512 zero = _mm512_setzero_ps();
     int32_t b = 0;
     if (npos == 64)   /* one stream per channel is too many for the prefetchers: help them */
         for (; b < nch; ++b, src += plane)
             for (int s = 0; s < 4; ++s) {
                 _mm_prefetch((const char *)(src + PF_AHEAD + 16 * s), _MM_HINT_T0);
-                rows[4 * b + s] = _mm512_cmp_ps_mask(_mm512_loadu_ps(src + 16 * s), zero, _CMP_GE_OQ);
+                rows[4 * b + s] = ge_mask(_mm512_loadu_ps(src + 16 * s), negate, (__mmask16)0xFFFF);
             }
     else
         for (; b < nch; ++b, src += plane)
             for (int s = 0; s < 4; ++s)
-                rows[4 * b + s] = _mm512_mask_cmp_ps_mask(
-                    lm[s], _mm512_maskz_loadu_ps(lm[s], src + 16 * s), zero, _CMP_GE_OQ);
+                rows[4 * b + s] = ge_mask(_mm512_maskz_loadu_ps(lm[s], src + 16 * s), negate, lm[s]);
     if (nch < 64) memset(rows + 4 * nch, 0, sizeof(uint16_t) * 4 * (size_t)(64 - nch));
     transpose64_gfni((const uint64_t *)rows, out);
 }

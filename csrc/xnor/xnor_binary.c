@@ -27,7 +27,11 @@ typedef struct {
 
 typedef struct {
     const xnor_call *k;
-    int32_t upw, units, kunits;     /* units per 64-bit word, per position, per output */
+    int32_t upw, units, kunits;     /* units per 64-bit word, per position (all planes), per
+                                       output */
+    int32_t pu;                     /* units per position in one sign plane */
+    const float *alpha;             /* the caller's alpha, or alpha / 2 in mode SIGN */
+    float *alpha_half;
     int32_t esz;                    /* bytes per unit */
     int32_t mr, np, mblocks, mpad;  /* from the prepared weights */
     int32_t hp, wp;
@@ -46,10 +50,10 @@ typedef struct {
 
 /* ---- weight preparation ------------------------------------------------------------------ */
 
-/* Channel word j of tap t as K unit(s) of row r in a [kunits][mr] panel. */
-static void put_units(const xnor_weights *w, char *panel, int32_t t, int32_t j, int32_t r,
-                      uint64_t v) {
-    int64_t k = (int64_t)t * w->units;
+/* Channel word j of tap t, sign plane `plane`, as K unit(s) of row r in a [kunits][mr] panel. */
+static void put_units(const xnor_weights *w, char *panel, int32_t t, int32_t plane, int32_t j,
+                      int32_t r, uint64_t v) {
+    int64_t k = ((int64_t)t * w->planes + plane) * w->units;
     if (w->esz == 8) {
         ((uint64_t *)panel)[(k + j) * w->mr + r] = v;
     } else {
@@ -84,10 +88,13 @@ static void prepare_blocks(void *arg, int tid, int n) {
                     if (m < w->m)
                         v = xnor_weight_word(p->wbits, ((int64_t)m * w->taps + t) * w->cw + j) &
                             tail_mask(w->c, j);
-                    put_units(w, dst, t, j, r, v);
+                    put_units(w, dst, t, 0, j, r, v);
+                    if (w->planes == 2)   /* weights -w for the -x plane */
+                        put_units(w, dst, t, 1, j, r, m < w->m ? ~v & tail_mask(w->c, j) : 0);
                     ones += xnor_popcount64(v);
                 }
-                w->tapsum[(int64_t)t * w->mpad + m] = m < w->m ? 2 * ones - w->c : 0;
+                w->tapsum[(int64_t)t * w->mpad + m] =
+                    m < w->m && w->planes == 1 ? 2 * ones - w->c : 0;
             }
         }
     }
@@ -105,13 +112,15 @@ static void pack_positions(bin_ctx *c, int64_t b, int64_t q0, int32_t nq) {
     const xnor_geom *g = c->k->g;
     int64_t in_plane = (int64_t)g->h * g->w;
     uint64_t tmp[64] __attribute__((aligned(64)));
+    for (int32_t s = 0; s < c->units / c->pu; ++s)   /* sign plane: x, then -x in mode SIGN */
     for (int32_t j = 0; j < c->k->cw; ++j) {
         int32_t nch = g->c - 64 * j < 64 ? g->c - 64 * j : 64;
         c->k->im->pack(c->k->x + (b * g->c + 64 * (int64_t)j) * in_plane + q0, in_plane, nch, nq,
-                       tmp);
+                       s, tmp);
         int64_t h = q0 / g->w, w = q0 % g->w;
-        int64_t at = ((b * c->units + (int64_t)j * c->upw) * c->hp + h + g->pt) * c->wp + g->pl;
-        int high = c->upw == 2 && 2 * j + 1 < c->units;   /* else the high half is padding */
+        int64_t unit = (int64_t)s * c->pu + (int64_t)j * c->upw;
+        int64_t at = ((b * c->units + unit) * c->hp + h + g->pt) * c->wp + g->pl;
+        int high = c->upw == 2 && 2 * j + 1 < c->pu;   /* else the high half is padding */
         for (int32_t i = 0; i < nq; ++i) {
             if (c->upw == 1) {
                 ((uint64_t *)c->act)[at + w] = tmp[i];
@@ -312,7 +321,7 @@ static void gemm_phase(void *arg, int tid, int n) {
     t.a = pan;
     t.kunits = c->kunits;
     t.ldy = k->p;
-    t.base = k->g->c * k->taps;
+    t.base = k->g->c * k->taps * (c->units / c->pu);
     for (int64_t pi = lo; pi < hi; ++pi) {
         int64_t b = pi / c->panels_per_img, q0 = (pi % c->panels_per_img) * c->np;
         int32_t cols = (int32_t)(k->p - q0 < c->np ? k->p - q0 : c->np);
@@ -327,7 +336,7 @@ static void gemm_phase(void *arg, int tid, int n) {
             t.b = c->wpan + (int64_t)mb * c->kunits * c->mr * c->esz;
             t.rows = k->g->m - m0 < c->mr ? k->g->m - m0 : c->mr;
             t.y = k->y + (b * k->g->m + m0) * k->p + q0;
-            t.alpha = k->alpha + m0;
+            t.alpha = c->alpha + m0;
             t.bias = k->bias ? k->bias + m0 : NULL;
             t.corr = NULL;
             if (nb) {
@@ -347,6 +356,12 @@ static int setup(bin_ctx *c, int threads) {
     c->act = (char *)xnor_alloc((size_t)g->n * c->units * c->plane * c->esz);
     c->scratch = (void **)calloc((size_t)threads, sizeof(void *));
     if (!c->act || !c->scratch) return XNOR_ENOMEM;
+    c->alpha = k->alpha;
+    if (k->w->planes == 2) {   /* D comes out doubled: halve alpha (exact, see xnor.h) */
+        if (!(c->alpha_half = (float *)malloc(sizeof(float) * (size_t)g->m))) return XNOR_ENOMEM;
+        for (int32_t m = 0; m < g->m; ++m) c->alpha_half[m] = k->alpha[m] * 0.5f;
+        c->alpha = c->alpha_half;
+    }
     size_t per = (size_t)c->kunits * c->np * c->esz + sizeof(int32_t) * ((size_t)c->mr + 2) * c->np +
                  sizeof(run) * ((size_t)c->np + 1);
     for (int i = 0; i < threads; ++i)
@@ -359,6 +374,7 @@ static void teardown(bin_ctx *c, int threads) {
         for (int i = 0; i < threads; ++i) free(c->scratch[i]);
     free(c->scratch);
     free(c->act);
+    free(c->alpha_half);
     free(c->rowkind);
     free(c->colkind);
     free(c->corrkind);
@@ -371,7 +387,8 @@ int xnor_run_binary(const xnor_call *k, int threads, xnor_timing *tm) {
     c.k = k;
     c.upw = 64 / k->im->lane_bits;
     c.esz = k->im->lane_bits / 8;
-    c.units = k->w->units;
+    c.pu = k->w->units;
+    c.units = k->w->units * k->w->planes;
     c.kunits = (int32_t)k->w->kunits;
     c.mr = k->w->mr;
     c.np = k->im->np;

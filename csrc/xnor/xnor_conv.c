@@ -96,7 +96,8 @@ int xnor_weights_create(int mode, int path, int32_t m, int32_t c, int32_t kh, in
     if (!out || !wbits || m < 1 || c < 1 || kh < 1 || kw < 1 || threads < 1 ||
         (int64_t)c * kh * kw > (1 << 24) || m > INT32_MAX / 64)
         return XNOR_EARG;
-    if (mode != XNOR_MODE_XNOR && mode != XNOR_MODE_BWN) return XNOR_EMODE;
+    if (mode != XNOR_MODE_XNOR && mode != XNOR_MODE_BWN && mode != XNOR_MODE_SIGN)
+        return XNOR_EMODE;
     const xnor_impl *im = xnor_impl_for(path == XNOR_PATH_AUTO ? xnor_best_path() : path);
     if (!im) return XNOR_EPATH;
     xnor_weights *w = (xnor_weights *)calloc(1, sizeof *w);
@@ -109,12 +110,13 @@ int xnor_weights_create(int mode, int path, int32_t m, int32_t c, int32_t kh, in
     w->kw = kw;
     w->cw = (c + 63) / 64;
     w->taps = kh * kw;
-    int binary = mode == XNOR_MODE_XNOR;
+    int binary = mode != XNOR_MODE_BWN;
     w->mr = binary ? im->mr : im->bmr;
     w->mblocks = (m + w->mr - 1) / w->mr;
     w->mpad = w->mblocks * w->mr;
     w->units = (c + im->lane_bits - 1) / im->lane_bits;
-    w->kunits = binary ? (int64_t)w->taps * w->units : (int64_t)w->taps * c;
+    w->planes = mode == XNOR_MODE_SIGN ? 2 : 1;
+    w->kunits = binary ? (int64_t)w->taps * w->planes * w->units : (int64_t)w->taps * c;
     w->esz = binary ? im->lane_bits / 8 : (int32_t)sizeof(float);
     w->panel = xnor_alloc((size_t)w->mpad * w->kunits * w->esz);
     if (binary) w->tapsum = (int32_t *)xnor_alloc(sizeof(int32_t) * (size_t)w->mpad * w->taps);
@@ -164,8 +166,8 @@ int xnor_conv2d_prepared(const xnor_weights *w, const xnor_geom *g, const float 
     k.taps = w->taps;
     k.p = (int64_t)k.oh * k.ow;
     if (threads > 64) threads = 64;
-    int rc = w->mode == XNOR_MODE_XNOR ? xnor_run_binary(&k, threads, timing)
-                                       : xnor_run_bwn(&k, threads, timing);
+    int rc = w->mode != XNOR_MODE_BWN ? xnor_run_binary(&k, threads, timing)
+                                      : xnor_run_bwn(&k, threads, timing);
     if (timing) {
         timing->total = xnor_now() - start;
         timing->total_cpu = xnor_cpu_now() - start_cpu;

@@ -48,9 +48,10 @@ typedef void (*bwn_kernel_fn)(const bwn_tile *t);
 
 /* Sign-pack a block of up to 64 flattened positions x up to 64 channels: src points at
  * channel 0, position 0 of the block, channels `plane` floats apart; out[i] (i < npos) gets bit b
- * = (src[b * plane + i] >= 0) for b < nch, 0 above.  out[npos..63] are scratch. */
+ * = (v >= 0) with v = src[b * plane + i], or -v when `negate`, for b < nch, 0 above (NaN: 0).
+ * out[npos..63] are scratch. */
 typedef void (*xnor_pack_fn)(const float *src, int64_t plane, int32_t nch, int32_t npos,
-                             uint64_t *out);
+                             int negate, uint64_t *out);
 
 /* In place: bit p of a[r] <-> bit r of a[p] (portable; used by the paths without GFNI). */
 void xnor_transpose64(uint64_t *a);
@@ -83,12 +84,15 @@ struct xnor_weights {
     const xnor_impl *im;
     int32_t m, c, kh, kw, cw, taps;
     int32_t mr, mblocks, mpad;
-    int32_t units;        /* XNOR: K units per tap = ceil(C / lane_bits) (a 64-bit word's high
-                             half is skipped when it holds only padding) */
-    int64_t kunits;       /* K units per output channel (XNOR: taps * units; BWN: taps * C) */
+    int32_t units;        /* XNOR: K units per tap and plane = ceil(C / lane_bits) (a 64-bit
+                             word's high half is skipped when it holds only padding) */
+    int32_t planes;       /* sign planes: 1, or 2 in mode SIGN ([x, -x]) */
+    int64_t kunits;       /* K units per output channel (XNOR: taps * planes * units;
+                             BWN: taps * C) */
     int32_t esz;          /* bytes per K unit */
     void *panel;          /* [mblocks][kunits][mr] */
-    int32_t *tapsum;      /* XNOR: S[t][mpad] = 2 * popcount(w bits of tap t) - C; BWN: NULL */
+    int32_t *tapsum;      /* XNOR: S[t][mpad] = 2 * popcount(w bits of tap t) - C (mode SIGN:
+                             0, the two planes cancel); BWN: NULL */
 };
 
 /* Fill w->panel (and w->tapsum) from the caller's bits; w's sizes are already set. */

@@ -60,11 +60,12 @@ void xnor_transpose64(uint64_t *a) {
         }
 }
 
-static void pack_block(const float *src, int64_t plane, int32_t nch, int32_t npos,
+static void pack_block(const float *src, int64_t plane, int32_t nch, int32_t npos, int negate,
                        uint64_t *out) {
     memset(out, 0, sizeof(uint64_t) * 64);
     for (int32_t b = 0; b < nch; ++b, src += plane)
-        for (int32_t i = 0; i < npos; ++i) out[i] |= (uint64_t)(src[i] >= 0.0f) << b;
+        for (int32_t i = 0; i < npos; ++i)
+            out[i] |= (uint64_t)(negate ? src[i] <= 0.0f : src[i] >= 0.0f) << b;
 }
 
 static const xnor_impl IMPL = {"portable", 64, P_MR, P_NP, xnor_kernel, P_BMR, P_BNP, bwn_kernel,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ops import Mode, conv_output_hw, words_per_tap
+from ..ops import OP_MODES, check_op_mode, conv_output_hw, words_per_tap
 from .xnor_ref import check_packed, pack_weights, unpack_weights, xnor_conv_ref
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
 
 PATHS = ("portable", "avx2", "avx512")  # index = the C enum value
 REFERENCE = "reference"
-_MODES = ("xnor", "bwn")
 _LANE_BITS = {"portable": 64, "avx2": 64, "avx512": 32}  # K unit of each path's GEMM
 _ERRORS = {
     -1: "invalid geometry",
@@ -219,7 +218,7 @@ class XnorWeights:
     ):
         self.kernel_shape = _pair(kernel_shape, "kernel_shape")
         self.channels = int(channels)
-        self.mode = Mode(mode).value
+        self.mode = check_op_mode(mode)
         self.packed = check_packed(packed, self.channels, self.kernel_shape)
         self.m = self.packed.shape[0]
         self.path = _resolve(path)
@@ -227,7 +226,7 @@ class XnorWeights:
         if self.path != REFERENCE:
             h = _vp()
             rc = library().xnor_weights_create(
-                0 if self.mode == "xnor" else 1,
+                OP_MODES.index(self.mode),
                 PATHS.index(self.path),
                 self.m,
                 self.channels,
@@ -287,7 +286,7 @@ def _conv(
             f"XnorConv supports group=1 only, got group={group}; grouped and "
             "depthwise convolutions are left in float"
         )
-    mode = mode if mode in _MODES else Mode(mode).value  # Mode() raises the clear error
+    mode = check_op_mode(mode)
     ks, st, dl = (
         _pair(kernel_shape, "kernel_shape"),
         _pair(strides, "strides"),
@@ -342,7 +341,7 @@ def _conv(
     else:
         rc = library().xnor_conv2d(
             ctypes.byref(geom),
-            0 if mode == "xnor" else 1,
+            OP_MODES.index(mode),
             _addr(x),
             _addr(wb),
             _addr(al),

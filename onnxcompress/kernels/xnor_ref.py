@@ -11,12 +11,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..ops import Mode, conv_output_hw, packed_row_bytes, words_per_tap
+from ..ops import MODE_SIGN, check_op_mode, conv_output_hw, packed_row_bytes, words_per_tap
 
 
 def sign_pm1(x: np.ndarray) -> np.ndarray:
     """+1 where x >= 0 (zeros included), -1 elsewhere (NaN included), as float32."""
     return np.where(x >= 0, np.float32(1), np.float32(-1))
+
+
+def sign_or_zero(x: np.ndarray) -> np.ndarray:
+    """ONNX Sign (+1, 0, -1) with NaN counted as 0, as float32 (the op's mode "sign")."""
+    return (np.greater(x, 0).astype(np.float32) - np.less(x, 0)).astype(np.float32)
 
 
 def pack_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +99,8 @@ def xnor_conv_ref(
     n, c, h, w = x.shape
     wpm1 = unpack_weights(packed_w, c, (kh, kw)).astype(np.float64)
     oh, ow = conv_output_hw((h, w), (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw))
-    xs = sign_pm1(x) if Mode(mode) is Mode.XNOR else x
+    mode = check_op_mode(mode)
+    xs = {"xnor": sign_pm1, "bwn": lambda v: v, MODE_SIGN: sign_or_zero}[mode](x)
     xp = np.pad(xs.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     acc = np.zeros((n, wpm1.shape[0], oh, ow), dtype=np.float64)
     for i in range(kh):

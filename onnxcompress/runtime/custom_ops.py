@@ -100,7 +100,7 @@ def _xnor_conv_op(
     kernel_shape = geo[ops.ATTR_KERNEL_SHAPE]
     group = int(geo[ops.ATTR_GROUP])
     weights = w_bits
-    if group == 1 and x.ndim == 4 and mode in ("xnor", "bwn"):   # else xnor_conv explains
+    if group == 1 and x.ndim == 4 and mode in ops.OP_MODES:   # else xnor_conv explains
         weights = _prepared_weights(w_bits, int(x.shape[1]), tuple(kernel_shape), mode)
     return xnor_conv(
         x,

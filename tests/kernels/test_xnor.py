@@ -60,6 +60,37 @@ def test_xnor_mode_is_bit_exact(path: str, name: str, threads: int):
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("threads", [1, 3])
+def test_sign_mode_is_bit_exact_with_many_zeros(path: str, name: str, threads: int):
+    """Mode "sign" (ONNX Sign, 0 counts 0): inputs of -1/0/+1 as a Sign output gives them."""
+    x, packed, alpha, bias, attrs = make_case(name)
+    x = np.sign(np.round(x)).astype(np.float32)  # about a third exact zeros
+    x[..., :1, :] = -0.0
+    want = xnor_conv_ref(x, packed, alpha, bias, mode="sign", **attrs)
+    got = xn.xnor_conv(x, packed, alpha, bias, mode="sign", threads=threads, path=path, **attrs)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_sign_mode_equals_float_conv_of_onnx_sign():
+    """What the converter relies on: XnorConv(sign) = Conv(Sign(x), +-1) * alpha + B, and it
+    differs from mode "xnor" exactly where an input is 0."""
+    x, packed, alpha, bias, attrs = make_case("3x3-c3-pad1")
+    x[0, 1, 2, :] = 0.0
+    wpm1 = unpack_weights(packed, x.shape[1], attrs["kernel_shape"])
+    conv = xnor_conv_ref(np.sign(x), pack_weights(wpm1)[0], np.ones_like(alpha), None,
+                         mode="bwn", **attrs)
+    want = conv * alpha.reshape(1, -1, 1, 1) + bias.reshape(1, -1, 1, 1)
+    for path in PATHS:
+        got = xn.xnor_conv(x, packed, alpha, bias, mode="sign", path=path, **attrs)
+        np.testing.assert_array_equal(got, want)
+    plus_one = xn.xnor_conv(x, packed, alpha, bias, mode="xnor", **attrs)
+    assert not np.array_equal(plus_one, want)
+    with pytest.raises(ValueError, match="unknown mode 'ternary'"):
+        xn.xnor_conv(x, packed, alpha, bias, mode="ternary", **attrs)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", list(CASES))
 def test_bwn_mode_matches_reference(path: str, name: str):
     x, packed, alpha, bias, attrs = make_case(name)
     want = xnor_conv_ref(x, packed, alpha, bias, mode="bwn", **attrs)
@@ -91,7 +122,7 @@ def test_reference_counts_zero_as_plus_one_and_padding_as_nothing():
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("mode", ["xnor", "bwn"])
+@pytest.mark.parametrize("mode", ["xnor", "bwn", "sign"])
 def test_prepared_weights_are_reusable(path: str, mode: str):
     x, packed, alpha, bias, attrs = make_case("3x3-c130-odd-m")
     prepared = xn.prepare_weights(packed, x.shape[1], attrs["kernel_shape"], mode=mode, path=path)

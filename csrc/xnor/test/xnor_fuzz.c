@@ -52,7 +52,7 @@ static int run_all(const xnor_geom *g, int32_t oh, int32_t ow, int variant) {
     for (int i = 0; i < g->m; ++i) alpha[i] = bias[i] = 0.5f;
     for (int path = 0; path < XNOR_PATH_COUNT && calls >= 0; ++path) {
         if (!xnor_path_supported(path)) continue;
-        for (int mode = 0; mode < 2; ++mode) {
+        for (int mode = 0; mode < 3; ++mode) {   /* xnor, bwn, sign */
             xnor_timing tm;
             int rc = xnor_conv2d(g, mode, x, w, alpha, (variant & 1) ? bias : NULL, y,
                                  between(1, 3), path, (variant & 2) ? &tm : NULL);
