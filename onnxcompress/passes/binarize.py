@@ -37,14 +37,15 @@ Models trained binary. A layer whose weights take exactly the values +-a[m] per 
 is binarized without approximation (alpha = a, the same bits). In mode xnor, a layer whose
 input is the output of ONNX ``Sign`` also has binary inputs already; such a layer, trained
 binary, is lowered with no change to its outputs beyond float rounding. ONNX Sign(0) = 0 while
-the op's sgn(0) = +1, so with ``exact_zero`` (the default) an input that is exactly 0 still
-contributes 0: the portable form keeps the Sign node, and the native form uses the identity
+mode xnor's sgn(0) = +1, so with ``exact_zero`` (the default) an input that is exactly 0 still
+contributes 0: the portable form keeps the Sign node, and the native form is one XnorConv in the
+op's mode "sign" (ONNX Sign inputs), bit-identical to the portable form. The kernel computes it
+through the identity
 
     conv(Sign(x), B) = (conv(sgn(x), B) - conv(sgn(-x), B)) / 2
 
-with two XnorConv (alpha 1, bias 0) whose exact integer outputs are subtracted and scaled by
-alpha / 2 (exact: a power of two), which is bit-identical to the portable form. Twice the binary
-work; ``exact_zero=False`` uses one XnorConv on x and differs only where a Sign input is 0.0.
+as one XOR/popcount GEMM over the channels [x, -x]: twice the binary work of mode xnor.
+``exact_zero=False`` uses mode xnor on x and differs only where a Sign input is 0.0.
 
 Which layers (``layers``):
 - ``all``: every Conv that can be binarized (others are listed in the notes);

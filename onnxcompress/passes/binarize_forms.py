@@ -143,11 +143,11 @@ def _input_scale(graph: gs.Graph, layer: Layer) -> gs.Variable:
 
 
 def _xnor_node(graph: gs.Graph, layer: Layer, name: str, x: gs.Tensor, bits: gs.Constant,
-               alpha: gs.Constant, bias: gs.Constant, out: gs.Tensor, mode: Mode) -> gs.Node:
+               alpha: gs.Constant, bias: gs.Constant, out: gs.Tensor, mode: str) -> gs.Node:
     attrs = {
         ops.ATTR_KERNEL_SHAPE: list(layer.kernel), ops.ATTR_STRIDES: list(layer.strides),
         ops.ATTR_PADS: list(layer.pads), ops.ATTR_DILATIONS: list(layer.dilations),
-        ops.ATTR_GROUP: 1, ops.ATTR_MODE: mode.value,
+        ops.ATTR_GROUP: 1, ops.ATTR_MODE: ops.check_op_mode(mode),
         CONV_ATTRS: encode_conv_attrs(layer.kernel, layer.strides, layer.pads, layer.dilations),
     }
     node = gs.Node(ops.XNOR_CONV, C.fresh_name(graph, name), attrs=attrs,
@@ -157,7 +157,7 @@ def _xnor_node(graph: gs.Graph, layer: Layer, name: str, x: gs.Tensor, bits: gs.
 
 
 def lower_native(graph: gs.Graph, layer: Layer, mode: Mode, exact_zero: bool) -> None:
-    """Replace a lowered portable block by XnorConv (two of them for an exact Sign(0) = 0)."""
+    """Replace a lowered portable block by one XnorConv (mode "sign" for an exact Sign(0) = 0)."""
     built, base = layer.built, layer.name
     m = layer.weight.shape[0]
     alpha = np.asarray(built["alpha"].values, np.float32).reshape(m)
@@ -169,25 +169,17 @@ def lower_native(graph: gs.Graph, layer: Layer, mode: Mode, exact_zero: bool) ->
         _detach(n)
         graph.nodes.remove(n)
     if mode is Mode.XNOR and layer.from_sign and exact_zero:
-        ones = _const_t(graph, base + "_ones", np.ones(m, np.float32))
-        zeros = _const_t(graph, base + "_zeros", np.zeros(m, np.float32))
-        neg, d_pos, d_neg = (_var(graph, base + s) for s in ("_neg", "_count_pos", "_count_neg"))
-        _add(graph, "Neg", base + "_neg", [layer.source], [neg])
-        node = _xnor_node(graph, layer, base, layer.source, bits, ones, zeros, d_pos, mode)
-        _xnor_node(graph, layer, base + "_negated", neg, bits, ones, zeros, d_neg, mode)
-        diff, scaled = _var(graph, base + "_twice"), _var(graph, base + "_scaled")
-        _add(graph, "Sub", base + "_twice", [d_pos, d_neg], [diff])
-        half = _const_t(graph, base + "_half_alpha", (alpha * np.float32(0.5)).reshape(1, m, 1, 1))
-        _add(graph, "Mul", base + "_scale", [diff, half], [scaled])
-        _add(graph, "Add", base + "_bias", [scaled, _const_t(graph, base + "_B",
-             bias.reshape(1, m, 1, 1))], [out])
+        node = _xnor_node(graph, layer, base, layer.source, bits,
+                          _const_t(graph, base + "_alpha", alpha),
+                          _const_t(graph, base + "_B", bias), out, ops.MODE_SIGN)
     elif built["k"]:  # XnorConv then the kept Mul(K) and Add(B)
         zeros = _const_t(graph, base + "_zeros", np.zeros(m, np.float32))
         node = _xnor_node(graph, layer, base, layer.source, bits,
-                          _const_t(graph, base + "_alpha", alpha), zeros, built["scaled"], mode)
+                          _const_t(graph, base + "_alpha", alpha), zeros, built["scaled"],
+                          mode.value)
     else:
         x = layer.source if mode is Mode.XNOR else built["xs"]
         node = _xnor_node(graph, layer, base, x, bits, _const_t(graph, base + "_alpha", alpha),
-                          _const_t(graph, base + "_B", bias), out, mode)
+                          _const_t(graph, base + "_B", bias), out, mode.value)
     node.name = base
     layer.node = node
