@@ -12,8 +12,9 @@ batch-1 latency over interleaved rounds (the order rotates each round, so no for
 first), and batch-64 throughput.  Then what the native form pays per XnorConv call: each
 XnorConv node alone in ORT (with its batch-1 input from the net), a one-node Neg in ORT on the
 same input (the cost of any ORT run), and the same kernel call made directly from Python, with
-the packed bits as the op passes them and with weights prepared once; plus an "empty" call
-(a 1x1 input) that is nearly all overhead.  The markdown goes to --out
+the packed bits (weights laid out inside the call) and with weights prepared once (what the op
+does since it caches each layer's layout); plus an "empty" call (a 1x1 input) that is nearly
+all overhead.  The markdown goes to --out
 (default benchmarks/results/binary_net.md).
 
     python benchmarks/binary_net.py [--runs 200] [--threads 1|2] [--limit N] [--out FILE]
@@ -250,14 +251,15 @@ def results_table(acc: dict, lat: dict, tput: dict, threads: int) -> list[str]:
 def cost_table(rows: list[dict]) -> list[str]:
     head = (
         "| XnorConv node | input | op alone in ORT ms | one-node Neg in ORT ms | "
-        "kernel as the op calls it ms | kernel, prepared weights ms | extensions overhead ms |"
+        "kernel, packed bits ms | kernel, prepared weights (as the op) ms | "
+        "extensions overhead ms |"
     )
     out = [head, "|---|---|---|---|---|---|---|"]
     for r in rows:
         name = f"{r['node']} (empty call)" if r["empty"] else r["node"]
         shape = "x".join(str(d) for d in r["shape"])
         ms = [r[k] * 1e3 for k in ("op", "floor", "kernel", "prepared")]
-        extra = ms[0] - ms[1] - ms[2]
+        extra = ms[0] - ms[1] - ms[3]
         out.append(f"| {name} | {shape} | " + " | ".join(f"{v:.3f}" for v in [*ms, extra]) + " |")
     return out
 
@@ -266,30 +268,28 @@ def limits_text(rows: list[dict], native_ms: float) -> list[str]:
     """What limits the native form, from the measured per-call costs."""
     layers = [r for r in rows if not r["empty"]]
     empty = next(r for r in rows if r["empty"])
-    per_call = float(np.median([r["op"] - r["floor"] - r["kernel"] for r in rows]))
-    kernels = sum(r["kernel"] for r in layers)
+    per_call = float(np.median([r["op"] - r["floor"] - r["prepared"] for r in rows]))
+    packed = sum(r["kernel"] for r in layers)
     prepared = sum(r["prepared"] for r in layers)
-    fixed = len(layers) * (per_call + empty["kernel"])
+    fixed = len(layers) * (per_call + empty["prepared"])
     shapes = ", ".join(dict.fromkeys("x".join(map(str, r["shape"][1:])) for r in layers))
     text = (
-        f"What limits the native form: each image makes {len(layers)} XnorConv calls (the "
-        "pass's `exact_zero` default computes a layer trained with ONNX `Sign` as "
-        "(XnorConv(x) - XnorConv(-x)) / 2: two calls per binarized layer). Each call is an "
-        "onnxruntime-extensions Python op: ORT calls back into Python (GIL), the string "
-        "attributes are decoded, the weights arrive as packed bits and are laid out again on "
-        "every call, and the kernel runs on one thread whatever `--threads` says. Measured at "
-        f"batch 1 (medians, table below): the extensions' callback adds {per_call * 1e3:.3f} ms "
+        f"What limits the native form: each image makes {len(layers)} XnorConv calls (one per "
+        "binarized layer; layers trained with ONNX `Sign` use the op's mode \"sign\", which "
+        "keeps Sign(0) = 0 exact in the same call). Each call is an onnxruntime-extensions "
+        "Python op: ORT calls back into Python (GIL) and hands it fresh copies of the inputs; "
+        "the op finds the layer's prepared weights by comparing the bits (no per-call layout). "
+        f"Measured at batch 1 (medians, table below): the callback costs {per_call * 1e3:.3f} ms "
         "per call (the median over the rows of: node alone in ORT minus a one-node Neg run "
-        "minus its kernel), "
-        f"about {len(layers) * per_call * 1e3:.2f} ms of the native form's "
-        f"{native_ms * 1e3:.3f} ms; its {len(layers)} kernel calls take {kernels * 1e3:.3f} ms "
-        f"as the op makes them, {prepared * 1e3:.3f} ms with weights prepared once (the "
-        f"difference is the per-call weight layout), and an empty kernel call alone "
-        f"{empty['kernel'] * 1e3:.3f} ms. The layers are small (inputs CxHxW {shapes}): "
-        f"fixed costs (callback + empty kernel call) x {len(layers)} = "
-        f"{fixed * 1e3:.3f} ms, {100 * fixed / native_ms:.0f}% of the native form's time, "
-        "whatever the XOR/popcount GEMM does; the rest is the float first layer, pooling, the "
-        "Neg/Sub/Mul/Add around each pair and the classifier."
+        f"minus its kernel with prepared weights), about {len(layers) * per_call * 1e3:.2f} ms "
+        f"of the native form's {native_ms * 1e3:.3f} ms; its {len(layers)} kernel calls take "
+        f"{prepared * 1e3:.3f} ms with prepared weights ({packed * 1e3:.3f} ms if the bits were "
+        f"laid out on every call), and an empty kernel call alone {empty['prepared'] * 1e3:.3f} ms. "
+        f"The layers are small (inputs CxHxW {shapes}): fixed costs (callback + empty kernel "
+        f"call) x {len(layers)} = {fixed * 1e3:.3f} ms, {100 * fixed / native_ms:.0f}% of the "
+        "native form's time, whatever the XOR/popcount GEMM does; the rest is the float first "
+        "layer, pooling and the classifier. A native custom-op library (the ONNX Runtime C API "
+        "headers, not available from the package registries here) would remove the callback."
     )
     return [text]
 
