@@ -10,6 +10,10 @@
   A gap too long for `gap_bits` is bridged with filler entries (gap = 2^gap_bits - 1, value = the
   reserved symbol K, where K is the codebook size), which occupy a fill element. The gap and value
   streams are Huffman-coded separately.
+- bitgroups: bit-packed data made of equal groups whose high bits are all 0, as XnorConv's weight
+  bits are (each tap's channel bits padded to whole 64-bit words): only the low `keep` bits of
+  each group are stored, so a binarized layer costs 1 bit per weight whatever its channel count.
+  Offered only for tensors the writer names with their group size, and only when exact.
 
 The writer computes the exact size of each candidate from histograms (no trial encoding of the
 Huffman codecs) and keeps the smallest; docs/FORMAT.md gives the byte layouts.
@@ -60,15 +64,18 @@ class _Candidate:
 # ----------------------------------------------------------------------------- encoding
 
 
-def encode(data: bytes, elem_size: int, gap_bits: int = 8) -> Encoded:
+def encode(data: bytes, elem_size: int, gap_bits: int = 8, group_bits: int | None = None) -> Encoded:
     """Encode raw little-endian tensor bytes with the smallest applicable codec.
 
     elem_size is the element width in bytes; codebook codecs need 1, 2, 4 or 8 and a whole number
-    of elements, anything else is stored raw.
+    of elements, anything else is stored raw.  group_bits, when given, offers the bitgroups codec
+    (the data is groups of that many bits, padding in the high bits).
     """
     if not 1 <= gap_bits <= 8:
         raise ValueError(f"gap_bits must be within 1..8, got {gap_bits}")
     candidates: list[_Candidate] = []
+    if group_bits:
+        candidates += _bitgroup_candidates(data, group_bits)
     if elem_size in ELEMENT_SIZES and len(data) % elem_size == 0 and data:
         elements = np.frombuffer(data, dtype=_UNSIGNED[elem_size])
         candidates += _codebook_candidates(elements, gap_bits)
@@ -188,6 +195,30 @@ def _encode_sparse(
     )
 
 
+BITGROUPS_HEAD = struct.Struct("<IIQ")  # keep, group_bits, groups
+
+
+def _bitgroup_candidates(data: bytes, group_bits: int) -> list[_Candidate]:
+    """The bitgroups form when `data` is whole groups; keep = 1 + the highest bit set in any
+    group, so the bits left out are all 0 and decoding restores the bytes exactly."""
+    if group_bits < 1 or group_bits >= 1 << 32 or not data or (8 * len(data)) % group_bits:
+        return []
+    groups = 8 * len(data) // group_bits
+    bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
+    bits = bits.reshape(groups, group_bits)
+    used = np.flatnonzero(bits.any(axis=0))
+    keep = int(used[-1]) + 1 if used.size else 0
+    if keep == group_bits:
+        return []
+    size = BITGROUPS_HEAD.size + (keep * groups + 7) // 8
+
+    def build() -> Encoded:
+        kept = np.packbits(bits[:, :keep].reshape(-1), bitorder="little")
+        return Encoded(Codec.BITGROUPS, BITGROUPS_HEAD.pack(keep, group_bits, groups) + kept.tobytes())
+
+    return [_Candidate(Codec.BITGROUPS, size, build)]
+
+
 def _le_bytes(a: np.ndarray) -> bytes:
     return a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
 
@@ -204,6 +235,8 @@ def decode(codec: Codec, buf: memoryview) -> np.ndarray:
         return _decode_codebook(cur)
     if codec == Codec.SPARSE:
         return _decode_sparse(cur)
+    if codec == Codec.BITGROUPS:
+        return _decode_bitgroups(cur)
     raise PayloadError(f"unknown tensor codec {int(codec)}")
 
 
@@ -266,6 +299,17 @@ def _decode_sparse(cur: Cursor) -> np.ndarray:
     out = np.zeros(n, dtype=book.dtype) if fill == 0 else np.full(n, fill, dtype=book.dtype)
     _native_call(_cnative.sparse_scatter, gaps, vals, book.size, book, out)
     return out
+
+
+def _decode_bitgroups(cur: Cursor) -> np.ndarray:
+    keep, group_bits, groups = cur.u32(), cur.u32(), cur.u64()
+    if not 0 <= keep <= group_bits or group_bits == 0 or (groups * group_bits) % 8:
+        raise PayloadError(f"bitgroups of {groups} x {group_bits} bits keeping {keep}: invalid")
+    kept = np.frombuffer(cur.take((keep * groups + 7) // 8), np.uint8)
+    cur.done()
+    bits = np.zeros((groups, group_bits), np.uint8)
+    bits[:, :keep] = np.unpackbits(kept, count=keep * groups, bitorder="little").reshape(groups, keep)
+    return np.packbits(bits.reshape(-1), bitorder="little")
 
 
 def _native_call(fn, *args) -> None:

@@ -41,6 +41,7 @@ class Codec(enum.IntEnum):
     LZMA = 2
     CODEBOOK = 3
     SPARSE = 4
+    BITGROUPS = 5
 
 
 class PayloadError(ValueError):
@@ -104,6 +105,9 @@ class Cursor:
 
     def u16(self) -> int:
         return struct.unpack("<H", self.take(2))[0]
+
+    def u32(self) -> int:
+        return struct.unpack("<I", self.take(4))[0]
 
     def u64(self) -> int:
         return struct.unpack("<Q", self.take(8))[0]

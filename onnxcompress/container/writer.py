@@ -21,6 +21,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
+from .. import ops
 from ..errors import BadInputError
 from . import codecs
 from .format import Codec, Entry, SectionKind, crc32, pack_header, prefix_size
@@ -93,6 +94,7 @@ def encode_container(
 ) -> tuple[list[bytes], list[TensorRow], int]:
     """(file chunks in order, per-tensor rows, graph section size)."""
     gap_bits = _gap_bits_by_name(model, tensor_kinds or {})
+    groups = bit_groups_by_name(model)
     stripped, extracted = strip_initializers(model)
     graph_codec, graph = _compress_graph(stripped.SerializeToString())
     payloads: list[tuple[SectionKind, Codec, int, bytes]] = [
@@ -100,7 +102,8 @@ def encode_container(
     ]
     rows = []
     for index, tensor, raw, elem_size in extracted:
-        enc = codecs.encode(raw, elem_size, gap_bits.get(tensor.name, DEFAULT_GAP_BITS))
+        enc = codecs.encode(raw, elem_size, gap_bits.get(tensor.name, DEFAULT_GAP_BITS),
+                            groups.get(tensor.name))
         payloads.append((SectionKind.TENSOR, enc.codec, index, enc.payload))
         rows.append(_row(tensor.name, raw, enc))
         log.debug("%s: %s, %d -> %d bytes", tensor.name, enc.codec.name, len(raw), len(enc.payload))
@@ -139,6 +142,25 @@ def _gap_bits_by_name(model: onnx.ModelProto, kinds: dict[str, str]) -> dict[str
             )
         out[name] = GAP_BITS[kind]
     return out
+
+
+def bit_groups_by_name(model: onnx.ModelProto) -> dict[str, int]:
+    """XnorConv weight bits: initializer name -> bits per tap (whole 64-bit channel words, the
+    top ones padding when C is not a multiple of 64; see ops.py)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    groups = {}
+    for node in model.graph.node:
+        if node.op_type != ops.XNOR_CONV or node.domain != ops.DOMAIN or len(node.input) < 2:
+            continue
+        t = inits.get(node.input[ops.IN_WEIGHT_BITS])
+        ks = next((list(a.ints) for a in node.attribute if a.name == ops.ATTR_KERNEL_SHAPE), [])
+        width = element_width(t.data_type) if t is not None else None
+        if len(ks) != 2 or min(ks) < 1 or width is None or len(t.dims) != 2:
+            continue
+        row_bits, taps = t.dims[1] * 8 * width, ks[0] * ks[1]
+        if row_bits % taps == 0:
+            groups[t.name] = row_bits // taps
+    return groups
 
 
 def strip_initializers(

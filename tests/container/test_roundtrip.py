@@ -217,3 +217,42 @@ def test_fast_path_session_outlives_its_locals(tmp_path: Path) -> None:
     gc.collect()
     np.zeros(2_000_000, np.float32).fill(7)  # reuse freed memory, if any was freed
     assert np.array_equal(sess.run(None, {"x": x})[0], want)
+
+
+@pytest.mark.parametrize("group_bits, keep", [(64, 32), (128, 65), (64, 1), (192, 130)])
+def test_bitgroups_codec_is_exact_and_stores_only_the_live_bits(group_bits: int, keep: int):
+    from onnxcompress.container import codecs
+    from onnxcompress.container.format import Codec
+
+    rng = np.random.default_rng(keep)
+    bits = np.zeros((90, group_bits), np.uint8)
+    bits[:, :keep] = rng.integers(0, 2, size=(90, keep))
+    bits[0, keep - 1] = 1  # the highest live bit is set somewhere
+    data = np.packbits(bits.reshape(-1), bitorder="little").tobytes()
+    enc = codecs.encode(data, 1, group_bits=group_bits)
+    assert enc.codec == Codec.BITGROUPS
+    assert len(enc.payload) == codecs.BITGROUPS_HEAD.size + (90 * keep + 7) // 8
+    assert codecs.decode(enc.codec, memoryview(enc.payload)).tobytes() == data
+
+
+def test_bitgroups_codec_is_not_offered_when_every_bit_is_live():
+    from onnxcompress.container import codecs
+    from onnxcompress.container.format import Codec
+
+    data = np.full(64, 0xFF, np.uint8).tobytes()
+    assert codecs.encode(data, 1, group_bits=64).codec != Codec.BITGROUPS
+    assert codecs.encode(data[:-1], 1, group_bits=64).codec != Codec.BITGROUPS  # not whole groups
+
+
+def test_bitgroups_payload_errors_are_specific():
+    import struct
+
+    from onnxcompress.container import codecs
+    from onnxcompress.container.format import Codec, PayloadError
+
+    bad = struct.pack("<IIQ", 65, 64, 2) + bytes(17)
+    with pytest.raises(PayloadError, match="keeping 65: invalid"):
+        codecs.decode(Codec.BITGROUPS, memoryview(bad))
+    short = struct.pack("<IIQ", 32, 64, 4) + bytes(15)
+    with pytest.raises(PayloadError, match="needs 16 bytes"):
+        codecs.decode(Codec.BITGROUPS, memoryview(short))

@@ -295,6 +295,22 @@ def test_container_stores_one_bit_per_weight(tmp_path, target: str):
     assert 64 * 128 * 9 * 4 / row.stored_bytes >= 31
 
 
+def test_container_drops_the_padding_bits_of_narrow_layers(tmp_path):
+    """C = 32 fills half of each tap's 64-bit word: the bitgroups codec stores the live half."""
+    from onnxcompress.container import write_container
+    from onnxcompress.runtime import Session
+
+    model = one_conv(32, 64, (3, 3), GEOMETRIES["pad1"])
+    lowered, _ = binarize(model, mode="xnor", target="native", layers="Conv_0")
+    creport = write_container(lowered, tmp_path / "m.onnxc")
+    row = next(t for t in creport.tensors if t.name.endswith("_bits"))
+    assert row.codec == "bitgroups"
+    assert 64 * 32 * 9 * 4 / row.stored_bytes >= 31
+    x = images((32, 9, 11), n=2)
+    np.testing.assert_array_equal(Session(str(tmp_path / "m.onnxc")).run(None, {"x": x})[0],
+                                  run_ort(lowered, x, optimize=True))
+
+
 def test_refit_with_input_scaling():
     model = float_net()
     x = images((3, 10, 10), n=32, seed=7)
