@@ -9,7 +9,10 @@ One-thread times are the calling thread's CPU time, so other processes sharing t
 not inflate them; two-thread times are wall clock.  The machine's peaks are measured first:
 clock from a dependent add chain, float32 FMA and XOR+popcount+add throughput from register-only
 loops.  Efficiencies ("% peak") are against those register-only loops re-run in the same rounds
-as each layer, so they do not depend on the clock, which moves under load.
+as each layer, so they do not depend on the clock, which moves under load.  With two threads
+each timed call starts after a 10 ms pause: ORT's idle workers spin for a while after a run,
+and so do XnorConv's (100 us), so without it each side would be measured against the other's
+spinning thread on the second vCPU.
 
     python benchmarks/xnor_conv.py [--reps 5] [--nets alexnet,vgg16,resnet18] [--out FILE]
 """
@@ -177,12 +180,17 @@ def bench_layer(layer: Layer, threads: int, reps: int, rng: np.random.Generator)
     run_ort = lambda: sess.run(None, {"X": x})
     run_xnor = lambda: xn.xnor_conv(x, prepared, alpha, b, threads=threads, out=out, **attrs)
     run_ort(), run_xnor()
+    settle = (lambda: None) if cpu else (lambda: time.sleep(0.01))
     rounds = []
     for _ in range(reps):
+        settle()
         phases = xn.xnor_conv_timed(x, prepared, alpha, b, threads=threads, out=out, **attrs)[1]
+        settle()
+        t_ort = timed(run_ort, cpu)
+        settle()
         rounds.append(
             {
-                "ort": timed(run_ort, cpu),
+                "ort": t_ort,
                 "whole": timed(run_xnor, cpu),
                 "pack": phases["pack_cpu" if cpu else "pack"],
                 "bin_peak": peak_binary(xn.best_path(), 1_000_000),  # bit-MACs per ns
