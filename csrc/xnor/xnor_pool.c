@@ -6,8 +6,14 @@
  * condition variable.  One job runs at a time: a caller that finds the pool busy (another thread
  * of the process is inside a kernel) runs every share itself, which is correct, only slower.
  * After fork() the child starts with no workers (they do not exist there).
+ *
+ * Placement: Linux wakes a sleeping thread on the waker's CPU when the others look idle, so after
+ * a pause a woken worker often shares the caller's CPU and, spinning there, keeps it: two threads
+ * then ran slower than one (measured: 2.5 ms instead of 1.2 ms on a 512x512x28x28 layer after a
+ * 50 ms pause).  A worker that finds itself on the caller's CPU moves off it (its affinity becomes
+ * the process's CPUs minus that one).
  */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -37,6 +43,9 @@ static pool_job job;                       /* written before the bump, read afte
 static _Atomic int arrived;                /* phase barrier */
 static _Atomic int finished;               /* workers done with the current generation */
 static unsigned long born[MAX_WORKERS + 1];   /* generation current when worker tid started */
+static _Atomic int caller_cpu = -1;        /* CPU of the thread that published the job */
+static cpu_set_t allowed;                  /* the caller's CPUs when the pool was created */
+static int allowed_ok;
 
 static inline void cpu_relax(void) {
 #if XNOR_X86
@@ -71,6 +80,16 @@ static unsigned long wait_for_job(unsigned long seen) {
     return g;
 }
 
+/* Move the calling worker off `cpu` when it runs there (see the placement note above). */
+static void leave_cpu(int cpu) {
+    if (!allowed_ok || cpu < 0 || sched_getcpu() != cpu || !CPU_ISSET(cpu, &allowed) ||
+        CPU_COUNT(&allowed) < 2)
+        return;
+    cpu_set_t set = allowed;
+    CPU_CLR(cpu, &set);
+    sched_setaffinity(0, sizeof set, &set);   /* best effort: a failure only costs speed */
+}
+
 static void *worker_main(void *arg) {
     int tid = (int)(intptr_t)arg;
     unsigned long seen = born[tid];   /* not the live value: the job may already be out */
@@ -78,6 +97,7 @@ static void *worker_main(void *arg) {
         seen = wait_for_job(seen);
         pool_job j = job;
         if (tid <= j.active) {
+            leave_cpu(atomic_load_explicit(&caller_cpu, memory_order_relaxed));
             j.fn1(j.ctx, tid, j.n);
             if (j.fn2) {
                 atomic_fetch_add_explicit(&arrived, 1, memory_order_acq_rel);
@@ -102,6 +122,7 @@ static void install_atfork(void) { pthread_atfork(NULL, NULL, forget_workers_in_
 /* Start workers up to `want` (caller holds submit_mu); returns how many exist. */
 static int grow_pool(int want) {
     pthread_once(&atfork_once, install_atfork);
+    if (!workers) allowed_ok = sched_getaffinity(0, sizeof allowed, &allowed) == 0;
     if (want > MAX_WORKERS) want = MAX_WORKERS;
     while (workers < want) {
         pthread_t th;
@@ -126,6 +147,7 @@ void xnor_parallel2(int n, phase_fn fn1, phase_fn fn2, void *ctx, double *mid_wa
         active = grow_pool(n - 1);
         if (active > n - 1) active = n - 1;
         job = (pool_job){fn1, fn2, ctx, n, active};
+        atomic_store_explicit(&caller_cpu, sched_getcpu(), memory_order_relaxed);
         atomic_store(&arrived, 0);
         atomic_store(&finished, 0);
         pthread_mutex_lock(&wake_mu);
