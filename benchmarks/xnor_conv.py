@@ -10,9 +10,10 @@ not inflate them; two-thread times are wall clock.  The machine's peaks are meas
 clock from a dependent add chain, float32 FMA and XOR+popcount+add throughput from register-only
 loops.  Efficiencies ("% peak") are against those register-only loops re-run in the same rounds
 as each layer, so they do not depend on the clock, which moves under load.  With two threads
-each timed call starts after a 10 ms pause: ORT's idle workers spin for a while after a run,
-and so do XnorConv's (100 us), so without it each side would be measured against the other's
-spinning thread on the second vCPU.
+each XnorConv timing starts 100 ms after ORT's last run and each ORT timing 10 ms after
+XnorConv's: ORT's idle workers keep spinning for tens of ms after a run, on the vCPU XnorConv's
+worker needs (measured: 512x512x28x28 two-thread XnorConv 1.2 ms, but 4-6 ms within 30 ms of
+an ORT run), and ORT needs its spinning (without it its two-thread small layers do not scale).
 
     python benchmarks/xnor_conv.py [--reps 5] [--nets alexnet,vgg16,resnet18] [--out FILE]
 """
@@ -180,14 +181,13 @@ def bench_layer(layer: Layer, threads: int, reps: int, rng: np.random.Generator)
     run_ort = lambda: sess.run(None, {"X": x})
     run_xnor = lambda: xn.xnor_conv(x, prepared, alpha, b, threads=threads, out=out, **attrs)
     run_ort(), run_xnor()
-    settle = (lambda: None) if cpu else (lambda: time.sleep(0.01))
+    settle = (lambda s: None) if cpu else time.sleep
     rounds = []
     for _ in range(reps):
-        settle()
-        phases = xn.xnor_conv_timed(x, prepared, alpha, b, threads=threads, out=out, **attrs)[1]
-        settle()
+        settle(0.01)
         t_ort = timed(run_ort, cpu)
-        settle()
+        settle(0.1)
+        phases = xn.xnor_conv_timed(x, prepared, alpha, b, threads=threads, out=out, **attrs)[1]
         rounds.append(
             {
                 "ort": t_ort,
