@@ -197,6 +197,16 @@ def _output(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=4096)
+def _geometry(
+    x_shape: tuple[int, ...], m: int, ks: tuple, st: tuple, pd: tuple, dl: tuple
+) -> tuple[_Geom, tuple[int, int, int, int]]:
+    """The C geometry and output shape of one call (a runtime repeats the same few)."""
+    n, c, h, w = x_shape
+    oh, ow = conv_output_hw((h, w), ks, st, pd, dl)
+    return _Geom(n, c, h, w, m, *ks, *st, *dl, *pd), (n, m, oh, ow)
+
+
 def _fail(rc: int, what: str) -> None:
     detail = _ERRORS.get(rc, f"error {rc}")
     raise (MemoryError if rc == -3 else ValueError)(
@@ -321,9 +331,8 @@ def _conv(
             _output(out, ref.shape)[...] = ref
             ref = out
         return ref, {}
-    oh, ow = conv_output_hw((h, w), ks, st, pd, dl)
-    y = _output(out, (n, m, oh, ow))
-    geom = _Geom(n, c, h, w, m, *ks, *st, *dl, *pd)
+    geom, y_shape = _geometry(x.shape, m, ks, st, pd, dl)
+    y = _output(out, y_shape)
     tm = _Timing() if timed else None
     tm_ref = ctypes.byref(tm) if timed else None
     bias_ptr = None if bi is None else _addr(bi)
