@@ -7,6 +7,8 @@ compared with a tolerance.  The portable ONNX form run by ONNX Runtime is checke
 
 from __future__ import annotations
 
+import os
+import time
 import warnings
 
 import numpy as np
@@ -377,3 +379,61 @@ def test_kernels_are_memory_safe_under_sanitizers(tmp_path):
     )
     assert ran.returncode == 0, ran.stdout + ran.stderr[-2000:]
     assert ran.stdout.startswith("ok ")
+
+
+def _big_case():
+    """Enough work (> 20 M bit-MACs) that two threads really use the worker pool."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(1, 128, 40, 40)).astype(np.float32)
+    packed, alpha = pack_weights(rng.normal(size=(64, 128, 3, 3)))
+    attrs = {"kernel_shape": (3, 3), "pads": (1, 1, 1, 1)}
+    return x, packed, alpha, attrs
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_worker_pool_survives_fork():
+    """A child forked after the pool started must not wait for workers it does not have."""
+    x, packed, alpha, attrs = _big_case()
+    want = xnor_conv_ref(x, packed, alpha, None, **attrs)
+    np.testing.assert_array_equal(xn.xnor_conv(x, packed, alpha, None, threads=2, **attrs), want)
+    pid = os.fork()
+    if pid == 0:  # child: any failure or hang becomes a non-zero status
+        try:
+            got = xn.xnor_conv(x, packed, alpha, None, threads=2, **attrs)
+            os._exit(0 if np.array_equal(got, want) else 3)
+        except BaseException:
+            os._exit(4)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            pytest.fail("the forked child hung in the worker pool")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_many_threads_share_the_pool_and_agree():
+    """Calls from several Python threads at once (ctypes drops the GIL): one uses the pool,
+    the others run their shares themselves; every result is exact."""
+    import threading
+
+    x, packed, alpha, attrs = _big_case()
+    want = xnor_conv_ref(x, packed, alpha, None, **attrs)
+    prepared = xn.prepare_weights(packed, x.shape[1], attrs["kernel_shape"])
+    bad = []
+
+    def work():
+        for _ in range(5):
+            got = xn.xnor_conv(x, prepared, alpha, None, threads=3, **attrs)
+            if not np.array_equal(got, want):
+                bad.append(True)
+
+    ts = [threading.Thread(target=work) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not bad
