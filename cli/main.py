@@ -315,7 +315,9 @@ def unpack(container, output):
               help=".npy (one-input models) or .npz keyed by input name.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Save all outputs to this .npz.")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads for ONNX Runtime (intra-op) and for the XnorConv kernel "
+                   "(default: all CPUs).")
 def run(model, input_path, output, threads):
     """Run a .onnx or .onnxc model on ONNX Runtime and print (or save) its outputs.
 
