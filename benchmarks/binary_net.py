@@ -38,8 +38,8 @@ from onnx import helper, numpy_helper
 
 from onnxcompress import ops
 from onnxcompress.kernels import xnor_native as xn
-from onnxcompress.runtime import Session, session_options
 from onnxcompress.ops import CONV_ATTRS, decode_conv_attrs
+from onnxcompress.runtime import Session, session_options
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # models/ (the zoo and its data loader) is not an installed package

@@ -73,22 +73,22 @@ def bench_model(name: str, work: Path, test_npz: Path, test: dict, budget: float
             src, work / f"{name}.onnxsim.onnx", lambda p: top1_of(p, test), target)
         row["onnxsim"] = {"bytes": path.stat().st_size, "settings": settings.label(), "top1": acc,
                           "xz_bytes": peers.xz_size(path)}
-    except Exception as e:  # a peer failing is a finding, not a crash of the benchmark
+    except Exception as e:  # noqa: BLE001 (a peer failing is a finding, not a crash)
         row["onnxsim"] = {"error": f"{type(e).__name__}: {e}"}
     return row
 
 
 def markdown(rows: list[dict]) -> str:
-    out = ["| model | original | pruned | clustered | packed | ratio | top-1 orig → pruned → "
-           "clustered → packed | target | int8 (top-1) | xz -9 orig | xz -9 clustered | onnxsim "
-           "0.8.1 at matched acc | bits/sym vs entropy |",
+    out = [("| model | original | pruned | clustered | packed | ratio | top-1 orig → pruned → "
+            "clustered → packed | target | int8 (top-1) | xz -9 orig | xz -9 clustered | onnxsim "
+            "0.8.1 at matched acc | bits/sym vs entropy |"),
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         st = {s["stage"]: s for s in r["stages"]}
         orig, packed = st["original"]["bytes"], st["packed"]["bytes"]
         accs = " → ".join(f"{st[k]['accuracy']:.2f}" for k in
                           ("original", "pruned", "clustered", "packed") if k in st)
-        kb = lambda n: f"{n / 1024:.1f} KB"  # noqa: E731
+        kb = lambda n: f"{n / 1024:.1f} KB"
         tgt = TARGETS.get(r["model"])
         ratio = orig / packed
         verdict = "-" if tgt is None else (

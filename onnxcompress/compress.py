@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -20,8 +20,16 @@ from .passes.base import Context
 from .pipeline import Step, run
 from .recipe import load_recipe
 from .report import bench
-from .report.stats import (Report, StageRow, coding_summary, layer_rows, original_weights,
-                           unknown_op_types, weight_index, weight_sources)
+from .report.stats import (
+    Report,
+    StageRow,
+    coding_summary,
+    layer_rows,
+    original_weights,
+    unknown_op_types,
+    weight_index,
+    weight_sources,
+)
 from .runtime import Session
 
 log = logging.getLogger(__name__)
@@ -175,7 +183,7 @@ def _context(calib_ds: D.Dataset | None, base_run: Callable, progress) -> Contex
 def _with_budget(step: Step, budget: float | None) -> Step:
     """Hand the accuracy budget to passes that can plan against it (prune's max_drop)."""
     cfg = step.config
-    if budget is not None and hasattr(cfg, "max_drop") and getattr(cfg, "max_drop") is None:
+    if budget is not None and hasattr(cfg, "max_drop") and cfg.max_drop is None:
         return Step(step.name, dataclasses.replace(cfg, max_drop=budget))
     return step
 

@@ -7,9 +7,9 @@ optionally `labels` (top-1 class ids). `.npy` is accepted for single-input model
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -46,7 +46,7 @@ class Dataset:
     def __len__(self) -> int:
         return len(next(iter(self.feeds.values())))
 
-    def head(self, n: int) -> "Dataset":
+    def head(self, n: int) -> Dataset:
         return Dataset({k: v[:n] for k, v in self.feeds.items()},
                        None if self.labels is None else self.labels[:n])
 

@@ -7,8 +7,8 @@ data table, not scattered `if op_type == ...`).
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 import onnx
@@ -135,7 +135,7 @@ class Scope:
 
     def select(self, weights: Iterable[Weight]) -> list[Weight]:
         weights = list(weights)
-        names = lambda w: (w.layer, w.tensor.name)  # noqa: E731
+        names = lambda w: (w.layer, w.tensor.name)
         for pat in (*self.include, *self.exclude):
             if not any(fnmatch.fnmatchcase(n, pat) for w in weights for n in names(w)):
                 valid = ", ".join(w.layer for w in weights) or "(none)"

@@ -135,9 +135,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 # ----------------------------------------------------------------------------- normalization

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import tomllib
 import typing
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import yaml
 
 from .errors import RecipeError

@@ -8,7 +8,6 @@ from onnx import helper, numpy_helper
 
 from onnxcompress.errors import BadInputError
 from onnxcompress.model import input_specs, load_model, normalize, save_model
-
 from tests.conftest import tiny_cnn, tiny_data
 
 
@@ -50,7 +49,7 @@ def test_gemm_batchnorm_is_folded():
     norm = normalize(model)
     assert [n.op_type for n in norm.graph.node] == ["Gemm"]
     x = rng.normal(size=(7, 5)).astype(np.float32)
-    sess = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])  # noqa: E731
+    sess = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess(norm).run(None, {"input": x})[0],
                                sess(model).run(None, {"input": x})[0], rtol=1e-5, atol=1e-5)
 

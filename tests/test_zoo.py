@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `import models.…` from the repo root, however pytest was started
     sys.path.insert(0, str(ROOT))
 
-from models import fashion_mnist, materialize  # noqa: E402
+from models import fashion_mnist, materialize
 
 ZOO_DIR = ROOT / "models"
 ZOO = ("lenet300", "lenet5", "vgg", "resnet", "squeezenet")

@@ -308,7 +308,7 @@ def _conv(
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 4:
         raise ValueError(f"XnorConv expects a 4-D NCHW float32 input, got shape {x.shape}")
-    n, c, h, w = x.shape
+    c = x.shape[1]
     prepared = packed_w if isinstance(packed_w, XnorWeights) else None
     if prepared is not None:
         if (prepared.channels, prepared.kernel_shape, prepared.mode) != (c, ks, mode):

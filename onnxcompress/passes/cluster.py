@@ -51,8 +51,8 @@ from ..graph import Scope, Weight, iter_weights
 from ..kernels.kmeans import share_weights
 from ..kernels.masks import sparsity_of
 from . import calibrate as C
-from .compensate import Compensator
 from .base import Context, PassReport
+from .compensate import Compensator
 from .prune import resolve_per_layer
 
 log = logging.getLogger(__name__)

@@ -79,9 +79,8 @@ from ..kernels.masks import (
     sparsity_of,
 )
 from . import calibrate as C
-from .compensate import Compensator
 from .base import Context, PassReport
-
+from .compensate import Compensator
 from .prune_plan import global_search, sensitivity_search, uniform_masks
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,6 @@ from ..kernels.masks import (
     threshold_mask,
 )
 
-
 EPS = 1e-9  # points; scores are ratios of counts, so 100 * (a - b) carries rounding noise
 DEFAULT_MAX_DROP = 0.5  # points on the calibration data, when sensitivity has no max_drop
 

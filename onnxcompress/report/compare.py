@@ -11,8 +11,7 @@ from ..container.writer import encode_container
 from ..model import input_specs
 from ..runtime import Session
 from . import bench
-from .stats import (Report, StageRow, coding_summary, layer_rows, original_weights,
-                    unknown_op_types)
+from .stats import Report, StageRow, coding_summary, layer_rows, original_weights, unknown_op_types
 
 
 def compare(model_path: str | Path, baseline: str | Path | None = None,

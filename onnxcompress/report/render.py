@@ -34,22 +34,22 @@ def render(report: Report) -> str:
                      "latency ms"), srows)
     if report.container:
         c = report.container
-        lines += ["", f"Huffman: {c['n_symbols']:,} symbols at {c['bits_per_symbol']:.3f} bits each; "
-                      f"entropy bound {c['entropy_bits_per_symbol']:.3f} "
-                      f"({c['over_entropy']:+.1%})"]
+        lines += ["", (f"Huffman: {c['n_symbols']:,} symbols at {c['bits_per_symbol']:.3f} bits "
+                       f"each; entropy bound {c['entropy_bits_per_symbol']:.3f} "
+                       f"({c['over_entropy']:+.1%})")]
     if report.unknown_ops:
         lines += ["", "left untouched (no pass knows these ops): " + ", ".join(report.unknown_ops)]
     lines += [f"note: {n}" for n in report.notes]
     if report.budget is not None and report.accuracy_drop is not None:
         verdict = "within" if report.within_budget else "EXCEEDS"
-        lines += ["", f"accuracy drop {report.accuracy_drop:.2f} points: {verdict} the budget of "
-                      f"{report.budget:.2f}"]
+        lines += ["", (f"accuracy drop {report.accuracy_drop:.2f} points: {verdict} the budget "
+                       f"of {report.budget:.2f}")]
     return "\n".join(lines)
 
 
 def _table(header: tuple, rows: list[tuple]) -> list[str]:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    fmt = lambda r: "  ".join(  # noqa: E731
+    fmt = lambda r: "  ".join(
         str(x).ljust(w) if i == 0 or i == len(r) - 1 and not str(x)[:1].isdigit() else str(x).rjust(w)
         for i, (x, w) in enumerate(zip(r, widths)))
     return [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]

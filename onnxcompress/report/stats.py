@@ -158,7 +158,7 @@ def _is_const_chain(node: gs.Node, index: int) -> bool:
 def _row(node, dense, stored, stored_bytes, stored_codec, original) -> LayerRow:
     flat = dense.reshape(-1)
     nonzero = flat[flat != 0]
-    distinct = int(len(np.unique(nonzero))) if nonzero.size else 0
+    distinct = len(np.unique(nonzero)) if nonzero.size else 0
     has_zero = nonzero.size < flat.size
     bits = (max(1, math.ceil(math.log2(distinct + has_zero))) if 0 < distinct <= 256 else None)
     after = sum((stored_bytes or {}).get(c.name, np.asarray(c.values).nbytes) for c in stored)

@@ -7,8 +7,9 @@ ONNX Runtime only, never the passes (a test enforces that direction).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort

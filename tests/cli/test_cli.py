@@ -11,8 +11,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-
 from onnxcompress.cli.main import main
+
 from onnxcompress.runtime import Session
 from tests.conftest import tiny_data
 
@@ -32,7 +32,7 @@ def test_every_command_has_help_with_an_example(command):
 
 def test_python_dash_m_works():
     r = subprocess.run([sys.executable, "-m", "onnxcompress", "--help"], capture_output=True,
-                       text=True)
+                       text=True, check=False)
     assert r.returncode == 0 and "compress" in r.stdout
 
 
@@ -62,8 +62,8 @@ def test_prune_cluster_pack_run_unpack(tmp_path, tiny_model_path):
     ia = {t.name: onnx.numpy_helper.to_array(t) for t in a.graph.initializer}
     ib = {t.name: onnx.numpy_helper.to_array(t) for t in b.graph.initializer}
     assert ia.keys() == ib.keys()
-    for k in ia:
-        assert ia[k].tobytes() == ib[k].tobytes(), k
+    for k, v in ia.items():
+        assert v.tobytes() == ib[k].tobytes(), k
 
 
 def test_compress_writes_container_report_and_json(tmp_path, tiny_model_path, tiny_data_path):

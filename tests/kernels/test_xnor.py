@@ -401,7 +401,7 @@ def test_worker_pool_survives_fork():
         try:
             got = xn.xnor_conv(x, packed, alpha, None, threads=2, **attrs)
             os._exit(0 if np.array_equal(got, want) else 3)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 (the child must exit, whatever happened)
             os._exit(4)
     deadline = time.monotonic() + 60
     while True:
