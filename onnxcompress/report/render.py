@@ -32,7 +32,7 @@ def render(report: Report) -> str:
              for s in report.stages]
     lines += _table(("stage", "size", "ratio", "top-1 %", "agree %", "max |d|", "mean |d|",
                      "latency ms"), srows)
-    if report.container:
+    if report.container and report.container["n_symbols"]:  # no line when nothing is Huffman-coded
         c = report.container
         lines += ["", (f"Huffman: {c['n_symbols']:,} symbols at {c['bits_per_symbol']:.3f} bits "
                        f"each; entropy bound {c['entropy_bits_per_symbol']:.3f} "

@@ -211,6 +211,15 @@ def test_report_against_baseline(tmp_path, tiny_model_path, tiny_data_path):
     assert model["bytes"] == packed.stat().st_size
     assert set(rep["latency_ms"]) == {"baseline", "model"}
     assert rep["container"]["n_symbols"] > 0
+    assert "Huffman:" in r.output
     sparsity = {row["layer"]: row["sparsity"] for row in rep["layers"]}
     assert sparsity and all(abs(s - 0.7) < 0.05 for s in sparsity.values())
     assert all(row["bytes_after"] < row["bytes_before"] for row in rep["layers"])
+
+
+def test_report_has_no_huffman_line_when_nothing_is_huffman_coded(tmp_path, tiny_model_path):
+    packed = tmp_path / "raw.onnxc"
+    assert cli("pack", tiny_model_path, "-o", packed).exit_code == 0  # dense floats: raw codecs
+    r = cli("report", packed, "--no-latency")
+    assert r.exit_code == 0, r.output
+    assert "Huffman:" not in r.output
