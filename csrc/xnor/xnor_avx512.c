@@ -12,7 +12,7 @@
 #include <immintrin.h>
 #include <string.h>
 
-enum { Z_MR = 8, Z_NP = 32, Z_BMR = 6, Z_BNP = 32, PF_AHEAD = 64 };
+enum { Z_MR = 8, Z_NP = 32, Z_BMR = 6, Z_BNP = 32, PF_AHEAD = 256 };
 
 #define STEP(r)                                                                      \
     do {                                                                             \
