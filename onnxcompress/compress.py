@@ -14,8 +14,16 @@ import onnx_graphsurgeon as gs
 from . import data as D
 from .container import is_container, read_container, write_container
 from .errors import UnsupportedModelError
-from .graph import WEIGHT_INPUTS, iter_weights, to_graph, to_model
-from .model import input_specs, load_model, normalize, refuse_overwrite, save_model
+from .wire import external_locations
+from .graph import WEIGHT_INPUTS, exported_size, iter_weights, to_graph, to_light_model
+from .model import (
+    input_specs,
+    load_model,
+    normalize_file,
+    refuse_overwrite,
+    save_model,
+    with_arrays,
+)
 from .passes.base import Context
 from .pipeline import Step, run
 from .recipe import load_recipe
@@ -41,11 +49,8 @@ def file_size(path: str | Path) -> int:
     """Bytes of a model file plus its external data files, if any."""
     path = Path(path)
     size = path.stat().st_size
-    if not is_container(path):
-        m = onnx.load(str(path), load_external_data=False)
-        locations = {kv.value for t in m.graph.initializer for kv in t.external_data
-                     if kv.key == "location"}
-        size += sum((path.parent / loc).stat().st_size for loc in locations)
+    if not is_container(path):  # the locations are read without parsing the (maybe GB) model
+        size += sum((path.parent / loc).stat().st_size for loc in external_locations(path))
     return size
 
 
@@ -75,12 +80,15 @@ def load_any(path: str | Path) -> onnx.ModelProto:
     return read_container(path) if Path(path).is_file() and is_container(path) else load_model(path)
 
 
-def write_output(model: onnx.ModelProto, path: Path, inputs: tuple = ()):
-    """Write ONNX or, for a .onnxc path, a container; return the container report (or None)."""
+def write_output(model: onnx.ModelProto, path: Path, inputs: tuple = (),
+                 arrays: dict[str, np.ndarray] | None = None):
+    """Write ONNX or, for a .onnxc path, a container; return the container report (or None).
+
+    `arrays` holds the data of the model's IN_MEMORY initializers (graph.to_light_model)."""
     refuse_overwrite(path, inputs)
     if path.suffix == ".onnxc":
-        return write_container(model, path, tensor_kinds=tensor_kinds(model))
-    save_model(model, path, inputs=inputs)
+        return write_container(model, path, tensor_kinds=tensor_kinds(model), arrays=arrays)
+    save_model(with_arrays(model, arrays) if arrays else model, path, inputs=inputs)
     return None
 
 
@@ -107,17 +115,17 @@ def compress(input_path: str | Path, output_path: str | Path, *,
     refuse_overwrite(output_path, (input_path,))
     steps = recipe if isinstance(recipe, list) else load_recipe(recipe)
     progress(f"loading {input_path}")
-    original = load_model(input_path)
-    model = normalize(original)
+    # the weights come as numpy arrays beside a proto without them: one copy of the model
+    model, arrays = normalize_file(input_path)
     specs = input_specs(model)
     sizes_before = original_weights(model)
     calib_ds = D.load_dataset(calib, specs, what="calibration") if calib else None
     eval_ds = D.load_dataset(eval_data, specs, what="evaluation") if eval_data else None
-    graph = to_graph(model)
+    graph = to_graph(model, arrays)
+    del arrays  # the graph holds them now
     if not iter_weights(graph):
         raise UnsupportedModelError(f"{input_path}: no prunable layer (Conv, Gemm or MatMul with a "
                                     "constant weight); nothing to compress")
-    del original  # ONNX Runtime reads the input file itself; a second in-memory copy costs GBs
     # one session per file serves scoring and the latency measurement
     base_sess = Session(input_path, threads=1) if (calib_ds or eval_ds or measure_latency) else None
     base_run = first_output(base_sess) if base_sess else None
@@ -136,17 +144,20 @@ def compress(input_path: str | Path, output_path: str | Path, *,
 
     def after_step(step: Step, pass_report) -> None:
         report.notes.extend(f"{step.name}: {n}" for n in pass_report.notes)
-        m = gs.export_onnx(graph, do_type_check=False)
-        size = m.ByteSize()
         name = STAGE_NAMES.get(step.name, step.name)
-        report.stages.append(evaluator.stage(name, size, base_size, model_runner(m))
-                             if evaluator else StageRow(name, size, base_size / size))
+        if evaluator:
+            m = gs.export_onnx(graph, do_type_check=False)
+            report.stages.append(evaluator.stage(name, m.ByteSize(), base_size, model_runner(m)))
+        else:  # the size alone: no copy of the weights
+            size = exported_size(graph)
+            report.stages.append(StageRow(name, size, base_size / size))
 
     run(graph, steps, ctx, after_step)
-    final = to_model(graph, like=model)
-    graph = model = None  # the exported proto is all that is needed from here on
     progress(f"writing {output_path}")
-    creport = write_output(final, output_path, (input_path,))
+    # the weights stay the graph's arrays (no proto copy of them) until they are written
+    final, arrays = to_light_model(graph, like=model)
+    graph = model = None
+    creport = write_output(final, output_path, (input_path,), arrays)
     out_size = file_size(output_path)
     out_sess = Session(output_path, threads=1) if (evaluator or measure_latency) else None
     if creport is not None:
@@ -156,7 +167,7 @@ def compress(input_path: str | Path, output_path: str | Path, *,
             if evaluator else StageRow("packed", out_size, base_size / out_size))
     stored = {t.name: t.stored_bytes for t in creport.tensors} if creport else None
     codecs = {t.name: t.codec for t in creport.tensors} if creport else None
-    report.layers = layer_rows(final, stored, codecs, sizes_before)
+    report.layers = layer_rows(final, stored, codecs, sizes_before, arrays=arrays)
     if measure_latency:
         feeds = (calib_ds or eval_ds).feeds if (calib_ds or eval_ds) else zero_feeds(specs)
         progress("timing batch-1 latency")

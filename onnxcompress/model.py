@@ -18,7 +18,9 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
+from .container.protos import mark_in_memory
 from .errors import BadInputError, UnsupportedModelError
+from .wire import split_weights
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +30,23 @@ MIN_OPSET = 13  # Gather/Reshape/Squeeze forms the passes emit assume opset >= 1
 
 def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
     """Read an ONNX file (external data included), check it fully and infer shapes."""
-    path = Path(path)
+    model = _parse(Path(path), load_external_data=True)
+    if check:
+        check_file(path)
+    return model
+
+
+def check_file(path: str | os.PathLike) -> None:
+    """Full onnx.checker pass on a file (the checker reads it itself: no in-memory copy of a
+    large model is serialized for it); raises BadInputError with the checker's words."""
+    _check(str(path), where=str(path))
+
+
+def _parse(path: Path, *, load_external_data: bool) -> onnx.ModelProto:
     if not path.is_file():
         raise BadInputError(f"{path}: no such file")
     try:
-        model = onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=load_external_data)
     except DecodeError as e:
         raise BadInputError(
             f"{path}: not an ONNX model (protobuf parse failed: {e}); "
@@ -42,21 +56,23 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProt
         raise BadInputError(f"{path}: cannot read the model or its external data: {e}") from e
     if not model.graph.node:
         raise BadInputError(f"{path}: not an ONNX model (no graph nodes found); is the file truncated?")
-    if check:
-        check_model(model, where=str(path))
     return model
 
 
 def check_model(model: onnx.ModelProto, where: str = "model") -> None:
     """Full onnx.checker pass (with shape inference); raises BadInputError with the checker's words."""
+    if model.ByteSize() < TWO_GB:
+        _check(model, where)
+    else:  # the checker needs a path for models over 2 GB
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / "m.onnx"
+            onnx.save(model, str(p), save_as_external_data=True, location="m.data")
+            _check(str(p), where)
+
+
+def _check(model: onnx.ModelProto | str, where: str) -> None:
     try:
-        if model.ByteSize() < TWO_GB:
-            onnx.checker.check_model(model, full_check=True)
-        else:  # the checker needs a path for models over 2 GB
-            with tempfile.TemporaryDirectory() as tmp:
-                p = Path(tmp) / "m.onnx"
-                onnx.save(model, str(p), save_as_external_data=True, location="m.data")
-                onnx.checker.check_model(str(p), full_check=True)
+        onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BadInputError(f"{where}: invalid ONNX model: {first}") from e
@@ -152,17 +168,99 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     3. old opsets are upgraded to MIN_OPSET;
     4. BatchNormalization left after a Gemm/MatMul is folded by us.
     """
-    model = _drop_initializer_inputs(model)
-    model = _ort_basic_optimize(model)
-    model = _upgrade_opset(model)
-    model = fold_batchnorm_after_gemm(model)
-    name_nodes(model)
-    for node in model.graph.node:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # saving with external data rewrites the proto it is given
+    with tempfile.TemporaryDirectory(prefix="onnxcompress-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save(copy, str(path), save_as_external_data=True, location="model.data",
+                  size_threshold=1024)
+        del copy
+        light, arrays = normalize_file(path, check=False)
+    return with_arrays(light, arrays)
+
+
+def normalize_file(path: str | os.PathLike, *, check: bool = True
+                   ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """`normalize` for a model file, without ever holding the whole model as one proto.
+
+    Returns the normalized graph whose large initializers carry no data (their external-data
+    location is IN_MEMORY) and those initializers as numpy arrays by name: at VGG-19 scale a
+    proto of the weights beside their numpy arrays would double the memory, and protobuf frees a
+    message's bytes only with the whole message. `to_graph(model, arrays)` joins them.
+    With `check`, the file first goes through the full onnx.checker (as in load_model).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such file")
+    with tempfile.TemporaryDirectory(prefix="onnxcompress-") as tmp:
+        tmp = Path(tmp)
+        # weights to a data file first, streamed: the checker and ONNX Runtime then load the
+        # model at a fraction of the memory an inline file costs them (wire.py)
+        src = tmp / "in.onnx"
+        if split_weights(path, src, "in.data")[1]:
+            src = path  # it keeps (some) weights apart already, relative to its own folder
+        head = _parse(src, load_external_data=False)
+        if check:
+            _check(str(src), where=str(path))
+        meta = (head.producer_name, head.producer_version, head.ir_version)
+        if _initializer_inputs(head):
+            head = _drop_initializer_inputs(head)
+            if src == path:  # its data files sit beside it: take them along into tmp
+                full = _drop_initializer_inputs(_parse(src, load_external_data=True))
+                onnx.save(full, str(tmp / "in.onnx"), save_as_external_data=True,
+                          location="in.data", size_threshold=1024)
+                del full
+            else:  # weights-free: its tensors point at in.data, which stays beside it
+                onnx.save(head, str(tmp / "in.onnx"))
+            src = tmp / "in.onnx"
+        del head
+        light = _ort_basic_optimize(src, tmp, meta)
+        arrays = _take_external_data(light, tmp)
+    light = _upgrade_opset(light)
+    fold_batchnorm_after_gemm(light, arrays)
+    name_nodes(light)
+    for node in light.graph.node:
         if node.domain not in ("", "ai.onnx"):
             raise UnsupportedModelError(
                 f"normalization produced non-standard op {node.domain}::{node.op_type} "
                 f"('{node.name}'); please report this model")
+    return light, arrays
+
+
+def in_memory_tensor(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    """An initializer with `arr`'s type and shape whose data is held beside the proto."""
+    t = onnx.TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(arr.dtype),
+                         dims=list(arr.shape))
+    mark_in_memory(t)
+    return t
+
+
+def with_arrays(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """`model` with the data of its IN_MEMORY initializers put back inline (in place)."""
+    for t in model.graph.initializer:
+        if t.name in arrays:
+            t.CopyFrom(numpy_helper.from_array(arrays[t.name], t.name))
     return model
+
+
+def _take_external_data(model: onnx.ModelProto, base: Path) -> dict[str, np.ndarray]:
+    """Read every external initializer of `model` (files under `base`) into a numpy array and
+    mark it IN_MEMORY."""
+    arrays = {}
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {kv.key: kv.value for kv in t.external_data}
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+        count = int(np.prod(t.dims, dtype=np.int64))
+        arr = np.fromfile(base / info["location"], dtype=dtype.newbyteorder("<"), count=count,
+                          offset=int(info.get("offset", 0)))
+        if arr.size != count:
+            raise UnsupportedModelError(f"initializer '{t.name}': ONNX Runtime's optimized "
+                                        f"model holds {arr.size} of its {count} values")
+        arrays[t.name] = arr.astype(dtype, copy=False).reshape(tuple(t.dims))
+        mark_in_memory(t)
+    return arrays
 
 
 def name_nodes(model: onnx.ModelProto) -> None:
@@ -174,9 +272,14 @@ def name_nodes(model: onnx.ModelProto) -> None:
         seen.add(node.name)
 
 
+def _initializer_inputs(model: onnx.ModelProto) -> bool:
+    init_names = {t.name for t in model.graph.initializer}
+    return any(i.name in init_names for i in model.graph.input)
+
+
 def _drop_initializer_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     init_names = {t.name for t in model.graph.initializer}
-    if not any(i.name in init_names for i in model.graph.input):
+    if not _initializer_inputs(model):
         return model
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -224,34 +327,28 @@ def _without_large_data(model: onnx.ModelProto, min_bytes: int = 4096
     return light, set_aside
 
 
-def _ort_basic_optimize(model: onnx.ModelProto) -> onnx.ModelProto:
+def _ort_basic_optimize(src: Path, tmp: Path, meta: tuple) -> onnx.ModelProto:
+    """ONNX Runtime's basic offline optimization of the model file `src`; the result is loaded
+    without its large initializers (they stay in tmp/out.data)."""
     import onnxruntime as ort
 
-    with tempfile.TemporaryDirectory(prefix="onnxcompress-") as tmp:
-        src = Path(tmp) / "in.onnx"
-        dst = Path(tmp) / "out.onnx"
-        big = model.ByteSize() >= TWO_GB or not _all_data_inline(model)
-        if big:
-            onnx.save(model, str(src), save_as_external_data=True, location="in.data")
-        else:
-            onnx.save(model, str(src))
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        so.optimized_model_filepath = str(dst)
-        so.log_severity_level = 3
-        if big:
-            so.add_session_config_entry(
-                "session.optimized_model_external_initializers_file_name", "out.data")
-            so.add_session_config_entry(
-                "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-        try:
-            ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise UnsupportedModelError(f"ONNX Runtime cannot load this model: {e}") from e
-        out = onnx.load(str(dst), load_external_data=True)
+    dst = tmp / "out.onnx"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(dst)
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                "out.data")
+    so.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    try:
+        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise UnsupportedModelError(f"ONNX Runtime cannot load this model: {e}") from e
+    out = onnx.load(str(dst), load_external_data=False)
     # ORT stamps its own producer; keep the user's metadata
-    out.producer_name, out.producer_version = model.producer_name, model.producer_version
-    out.ir_version = max(out.ir_version, model.ir_version)
+    out.producer_name, out.producer_version = meta[0], meta[1]
+    out.ir_version = max(out.ir_version, meta[2])
     used = {n.domain or "" for n in out.graph.node} | {""}
     keep = [o for o in out.opset_import if (o.domain or "") in used]
     del out.opset_import[:]
@@ -259,11 +356,24 @@ def _ort_basic_optimize(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def fold_batchnorm_after_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold BatchNormalization(Gemm(x, W, b)) into the Gemm (transB-aware).
+def fold_batchnorm_after_gemm(model: onnx.ModelProto,
+                              arrays: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """Fold BatchNormalization(Gemm(x, W, b)) into the Gemm (transB-aware), in place.
 
-    ORT's basic level folds Conv+BN but leaves BN after a fully connected layer.
+    ORT's basic level folds Conv+BN but leaves BN after a fully connected layer. Initializers
+    named in `arrays` (see normalize_file) are read from there, and new ones go there too.
     """
+    arrays = {} if arrays is None else arrays
+
+    def value(name: str) -> np.ndarray:
+        return arrays[name] if name in arrays else numpy_helper.to_array(inits[name])
+
+    def initializer(name: str, arr: np.ndarray) -> onnx.TensorProto:
+        if name in arrays or arr.nbytes >= 1024:
+            arrays[name] = arr
+            return in_memory_tensor(name, arr)
+        return numpy_helper.from_array(arr, name)
+
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     consumers: dict[str, list] = {}
@@ -282,18 +392,17 @@ def fold_batchnorm_after_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         if not all(x in inits for x in bn.input[1:5]) or gemm.input[1] not in inits:
             continue
-        scale, bias, mean, var = (numpy_helper.to_array(inits[x]).astype(np.float64)
-                                  for x in bn.input[1:5])
+        scale, bias, mean, var = (value(x).astype(np.float64) for x in bn.input[1:5])
         eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
         k = scale / np.sqrt(var + eps)
-        w = numpy_helper.to_array(inits[gemm.input[1]]).astype(np.float64)
+        w = value(gemm.input[1]).astype(np.float64)
         trans_b = next((a.i for a in gemm.attribute if a.name == "transB"), 0)
         w = w * k[:, None] if trans_b else w * k[None, :]
-        b = (numpy_helper.to_array(inits[gemm.input[2]]).astype(np.float64)
+        b = (value(gemm.input[2]).astype(np.float64)
              if len(gemm.input) > 2 and gemm.input[2] in inits else np.zeros_like(k))
         b = (b - mean) * k + bias
-        wt = numpy_helper.from_array(w.astype(np.float32), gemm.input[1] + "_bnfold")
-        bt = numpy_helper.from_array(b.astype(np.float32), gemm.output[0] + "_bias_bnfold")
+        wt = initializer(gemm.input[1] + "_bnfold", w.astype(np.float32))
+        bt = initializer(gemm.output[0] + "_bias_bnfold", b.astype(np.float32))
         g.initializer.extend([wt, bt])
         del gemm.input[1:]
         gemm.input.extend([wt.name, bt.name])
@@ -306,6 +415,8 @@ def fold_batchnorm_after_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
         keep = [t for t in g.initializer if t.name in used]
         del g.initializer[:]
         g.initializer.extend(keep)
+        for name in set(arrays) - used:
+            del arrays[name]
     return model
 
 

@@ -115,3 +115,55 @@ def test_external_data_round_trip(tmp_path):
 
 def test_input_specs_dynamic_batch():
     assert input_specs(tiny_cnn()) == [("input", [None, 1, 8, 8], np.dtype("float32"))]
+
+
+def _gemm_bn_model(n: int = 64) -> onnx.ModelProto:
+    rng = np.random.default_rng(1)
+    model = onnx.parser.parse_model(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, {n}] input) => (float[N, {n}] y) {{
+        h = Gemm <transB = 1> (input, w, b)
+        y = BatchNormalization (h, s, bb, m, v)
+    }}""")
+    vals = {"w": rng.normal(size=(n, n)), "b": rng.normal(size=n), "s": rng.uniform(.5, 2, n),
+            "bb": rng.normal(size=n), "m": rng.normal(size=n), "v": rng.uniform(.5, 2, n)}
+    model.graph.initializer.extend(numpy_helper.from_array(v.astype(np.float32), k)
+                                   for k, v in vals.items())
+    return model
+
+
+def test_normalize_file_keeps_weights_out_of_the_proto(tmp_path):
+    """Large initializers come back as arrays (one copy of the model in memory), the proto
+    only names them; joined by to_graph they give the same model as normalize()."""
+    from onnxcompress.graph import to_graph, to_model
+    from onnxcompress.container.protos import IN_MEMORY
+    from onnxcompress.model import normalize_file
+
+    model = _gemm_bn_model()
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    before = path.read_bytes()
+    light, arrays = normalize_file(path)
+    assert path.read_bytes() == before
+    big = [t for t in light.graph.initializer if t.name in arrays]
+    assert big and all(not t.raw_data and t.external_data[0].value == IN_MEMORY for t in big)
+    assert light.ByteSize() < 4096 and sum(a.nbytes for a in arrays.values()) >= 64 * 64 * 4
+    joined = to_model(to_graph(light, arrays), like=light)
+    assert all(t.data_location == onnx.TensorProto.DEFAULT for t in joined.graph.initializer)
+    x = np.random.default_rng(2).normal(size=(5, 64)).astype(np.float32)
+    sess = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess(joined).run(None, {"input": x})[0],
+                               sess(model).run(None, {"input": x})[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(sess(joined).run(None, {"input": x})[0],
+                                  sess(normalize(model)).run(None, {"input": x})[0])
+
+
+def test_normalize_file_rejects_bad_files(tmp_path):
+    from onnxcompress.model import normalize_file
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"this is not a protobuf at all \xff\xfe")
+    with pytest.raises(BadInputError, match="not an ONNX model"):
+        normalize_file(junk)
+    with pytest.raises(BadInputError, match="no such file"):
+        normalize_file(tmp_path / "missing.onnx")

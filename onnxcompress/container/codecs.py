@@ -64,8 +64,10 @@ class _Candidate:
 # ----------------------------------------------------------------------------- encoding
 
 
-def encode(data: bytes, elem_size: int, gap_bits: int = 8, group_bits: int | None = None) -> Encoded:
-    """Encode raw little-endian tensor bytes with the smallest applicable codec.
+def encode(data: bytes | memoryview, elem_size: int, gap_bits: int = 8,
+           group_bits: int | None = None) -> Encoded:
+    """Encode raw little-endian tensor bytes (or a byte memoryview of an array: no copy) with
+    the smallest applicable codec.
 
     elem_size is the element width in bytes; codebook codecs need 1, 2, 4 or 8 and a whole number
     of elements, anything else is stored raw.  group_bits, when given, offers the bitgroups codec
@@ -90,10 +92,10 @@ def encode(data: bytes, elem_size: int, gap_bits: int = 8, group_bits: int | Non
     return out
 
 
-def _raw_candidates(data: bytes, best_coded: int | None) -> list[_Candidate]:
+def _raw_candidates(data: bytes | memoryview, best_coded: int | None) -> list[_Candidate]:
     """Stored always; zlib unless a sample shows a codebook codec wins clearly; small LZMA."""
     size = struct.pack("<Q", len(data))
-    out = [_Candidate(Codec.STORED, 8 + len(data), lambda: Encoded(Codec.STORED, size + data))]
+    out = [_Candidate(Codec.STORED, 8 + len(data), lambda: Encoded(Codec.STORED, size + bytes(data)))]
     if not data:
         return out
     if best_coded is not None and len(data) > FULL_RAW_MAX_BYTES:
@@ -115,7 +117,7 @@ def _codebook_candidates(elements: np.ndarray, gap_bits: int) -> list[_Candidate
     if found is None:
         return []
     book, idx = found
-    counts = np.bincount(idx, minlength=book.size)
+    counts = huffman.histogram(idx, minlength=book.size)
     dense = huffman.plan(counts)
     head = 1 + 2 + book.nbytes
     out = [
@@ -146,19 +148,27 @@ def sparse_entries(
     Value symbols index the codebook without the fill; symbol K = len(that codebook) marks a
     filler entry, inserted wherever a gap exceeds 2^gap_bits - 1.
     """
+    # int32 positions and in-place steps: on a 100 M-element layer each int64 temporary of
+    # the entries is 80 MB
     max_gap = (1 << gap_bits) - 1
     pos = np.flatnonzero(idx != fill)
+    if idx.size < 2**31 - 1:
+        pos = pos.astype(np.int32)
     sym = idx[pos]
     sym = (sym - (sym > fill)).astype(np.uint8)  # drop the fill from the codebook
     nz_book = np.delete(book, fill)
-    gap = np.diff(pos, prepend=-1) - 1
-    fillers = gap // (max_gap + 1)
+    gap = np.diff(pos, prepend=pos.dtype.type(-1))
+    del pos
+    gap -= 1
+    fillers = gap >> gap_bits  # filler entries before each real one: gap // (max_gap + 1)
     if not fillers.any():
         return gap.astype(np.uint8), sym, nz_book
-    last = np.cumsum(fillers + 1) - 1  # where each real entry lands after its fillers
+    fillers += 1
+    last = np.cumsum(fillers, out=fillers)  # where each real entry lands after its fillers
+    last -= 1
     gaps = np.full(int(last[-1]) + 1, max_gap, dtype=np.uint8)
     vals = np.full(gaps.size, nz_book.size, dtype=np.uint8)
-    gaps[last] = gap % (max_gap + 1)
+    gaps[last] = gap & max_gap
     vals[last] = sym
     return gaps, vals, nz_book
 
@@ -198,7 +208,7 @@ def _encode_sparse(
 BITGROUPS_HEAD = struct.Struct("<IIQ")  # keep, group_bits, groups
 
 
-def _bitgroup_candidates(data: bytes, group_bits: int) -> list[_Candidate]:
+def _bitgroup_candidates(data: bytes | memoryview, group_bits: int) -> list[_Candidate]:
     """The bitgroups form when `data` is whole groups; keep = 1 + the highest bit set in any
     group, so the bits left out are all 0 and decoding restores the bytes exactly."""
     if group_bits < 1 or group_bits >= 1 << 32 or not data or (8 * len(data)) % group_bits:

@@ -14,10 +14,45 @@ PACKED_4BIT = frozenset(
 )
 
 
+# External-data location of an initializer whose data is held beside the proto as a numpy array
+# (model.normalize_file, graph.to_light_model): one copy of a large model in memory, not two.
+IN_MEMORY = "onnxcompress:in-memory"
+
+
+def mark_in_memory(t: TensorProto) -> None:
+    """Drop `t`'s data and mark it IN_MEMORY."""
+    clear_data(t)
+    del t.external_data[:]
+    t.data_location = TensorProto.EXTERNAL
+    entry = t.external_data.add()
+    entry.key, entry.value = "location", IN_MEMORY
+
+
+def is_in_memory(t: TensorProto) -> bool:
+    return t.data_location == TensorProto.EXTERNAL and any(
+        kv.key == "location" and kv.value == IN_MEMORY for kv in t.external_data)
+
+
+def unmark(t: TensorProto) -> None:
+    """An IN_MEMORY initializer as a plain one without data (dims and type kept)."""
+    del t.external_data[:]
+    t.ClearField("data_location")
+
+
 def clear_data(t: TensorProto) -> None:
     """Drop every numeric data field, keeping name, type, dims and metadata."""
     for f in DATA_FIELDS:
         t.ClearField(f)
+
+
+def stored_apart(t: TensorProto) -> bool:
+    """Whether `tensor_bytes(t)` returns bytes (its data gets a section of its own), decided
+    without copying the data."""
+    if t.data_location == TensorProto.EXTERNAL:
+        return True  # tensor_bytes raises the clear error
+    if t.data_type in (TensorProto.UNDEFINED, TensorProto.STRING):
+        return False
+    return t.HasField("raw_data") or t.data_type not in PACKED_4BIT
 
 
 def tensor_bytes(t: TensorProto) -> bytes | None:

@@ -15,9 +15,11 @@ import lzma
 import os
 import tempfile
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import TensorProto
 
@@ -25,7 +27,15 @@ from .. import ops
 from ..errors import BadInputError
 from . import codecs
 from .format import Codec, Entry, SectionKind, crc32, pack_header, prefix_size
-from .protos import clear_data, element_width, tensor_bytes
+from .protos import (
+    clear_data,
+    element_width,
+    expected_nbytes,
+    is_in_memory,
+    stored_apart,
+    tensor_bytes,
+    unmark,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +82,14 @@ class ContainerReport:
 
 
 def write_container(
-    model: onnx.ModelProto, path: str | os.PathLike, *, tensor_kinds: dict[str, str] | None = None
+    model: onnx.ModelProto, path: str | os.PathLike, *, tensor_kinds: dict[str, str] | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
 ) -> ContainerReport:
-    """Encode `model` and write it atomically to `path`; returns the sizes per tensor."""
+    """Encode `model` and write it atomically to `path`; returns the sizes per tensor.
+
+    `arrays` holds the data of the model's IN_MEMORY initializers (graph.to_light_model)."""
     path = Path(path)
-    chunks, rows, graph_bytes = encode_container(model, tensor_kinds=tensor_kinds)
+    chunks, rows, graph_bytes = encode_container(model, tensor_kinds=tensor_kinds, arrays=arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(path, chunks)
     total = sum(len(c) for c in chunks)
@@ -84,24 +97,26 @@ def write_container(
     return ContainerReport(str(path), total, graph_bytes, rows)
 
 
-def container_bytes(model: onnx.ModelProto, *, tensor_kinds: dict[str, str] | None = None) -> bytes:
+def container_bytes(model: onnx.ModelProto, *, tensor_kinds: dict[str, str] | None = None,
+                    arrays: Mapping[str, np.ndarray] | None = None) -> bytes:
     """The container as one bytes object (what write_container would write)."""
-    return b"".join(encode_container(model, tensor_kinds=tensor_kinds)[0])
+    return b"".join(encode_container(model, tensor_kinds=tensor_kinds, arrays=arrays)[0])
 
 
 def encode_container(
-    model: onnx.ModelProto, *, tensor_kinds: dict[str, str] | None = None
+    model: onnx.ModelProto, *, tensor_kinds: dict[str, str] | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[list[bytes], list[TensorRow], int]:
     """(file chunks in order, per-tensor rows, graph section size)."""
     gap_bits = _gap_bits_by_name(model, tensor_kinds or {})
     groups = bit_groups_by_name(model)
-    stripped, extracted = strip_initializers(model)
-    graph_codec, graph = _compress_graph(stripped.SerializeToString())
+    graph_codec, graph = _compress_graph(stripped_graph_bytes(model))
     payloads: list[tuple[SectionKind, Codec, int, bytes]] = [
         (SectionKind.GRAPH, graph_codec, 0, graph)
     ]
     rows = []
-    for index, tensor, raw, elem_size in extracted:
+    # one tensor's raw bytes at a time: at VGG-19 scale all of them at once are another 575 MB
+    for index, tensor, raw, elem_size in _data_tensors(model, arrays or {}):
         enc = codecs.encode(raw, elem_size, gap_bits.get(tensor.name, DEFAULT_GAP_BITS),
                             groups.get(tensor.name))
         payloads.append((SectionKind.TENSOR, enc.codec, index, enc.payload))
@@ -163,22 +178,40 @@ def bit_groups_by_name(model: onnx.ModelProto) -> dict[str, int]:
     return groups
 
 
-def strip_initializers(
-    model: onnx.ModelProto,
-) -> tuple[onnx.ModelProto, list[tuple[int, TensorProto, bytes, int]]]:
-    """A copy of the model whose initializers have no data, and (index, tensor, bytes, width)
-    of each one taken out. Strings and typed-field 4-bit tensors stay in the graph."""
+def stripped_graph_bytes(model: onnx.ModelProto) -> bytes:
+    """The serialized model with its initializers' data left out (kept: strings and typed-field
+    4-bit tensors, which stay in the graph). The full copy this takes is freed on return."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    extracted = []
-    for i, (src, dst) in enumerate(zip(model.graph.initializer, out.graph.initializer)):
-        raw = tensor_bytes(src)
+    for src, dst in zip(model.graph.initializer, out.graph.initializer):
+        if is_in_memory(src):
+            unmark(dst)
+        elif stored_apart(src):
+            clear_data(dst)
+    return out.SerializeToString()
+
+
+def _data_tensors(model: onnx.ModelProto, arrays: Mapping[str, np.ndarray]):
+    """(index, tensor, raw bytes, element width) of each initializer with data, one at a time;
+    IN_MEMORY initializers give a byte view of their array (no copy)."""
+    for i, src in enumerate(model.graph.initializer):
+        raw = _array_bytes(src, arrays) if is_in_memory(src) else tensor_bytes(src)
         if raw is None:
             continue
-        clear_data(dst)
         width = element_width(src.data_type)
-        extracted.append((i, src, raw, width if width in codecs.ELEMENT_SIZES else 0))
-    return out, extracted
+        yield i, src, raw, width if width in codecs.ELEMENT_SIZES else 0
+
+
+def _array_bytes(t: TensorProto, arrays: Mapping[str, np.ndarray]) -> memoryview:
+    if t.name not in arrays:
+        raise BadInputError(f"initializer '{t.name}' is held in memory, but no array was given")
+    arr = np.ascontiguousarray(arrays[t.name])
+    arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+    want = expected_nbytes(t)
+    if want != arr.nbytes:
+        raise BadInputError(f"initializer '{t.name}': its array has {arr.nbytes} bytes, its dims "
+                            f"{list(t.dims)} need {want}")
+    return memoryview(arr.reshape(-1).view(np.uint8))
 
 
 def _compress_graph(data: bytes) -> tuple[Codec, bytes]:

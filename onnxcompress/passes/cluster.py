@@ -112,7 +112,7 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
         report.notes.append("no Conv/Gemm/MatMul weight to cluster")
         return report
     bits = layer_bits(weights, cfg)
-    before = {w.tensor.name: w.values.copy() for w in weights}
+    before = {w.tensor.name: w.frozen_values() for w in weights}
     comp = None
     if cfg.bias_correction and ctx.calib is not None:
         comp = Compensator(
@@ -134,7 +134,8 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
             w.values, bits[name], iters=cfg.iterations, fit_samples=cfg.fit_samples, seed=cfg.seed
         )
         w.set_values(codebook[indices])
-        codes[name] = (codebook, indices)
+        if cfg.form is Form.GATHER:
+            codes[name] = (codebook, indices)
         report.per_tensor[name] = _facts(w, before[name], codebook, bits[name], cfg.form)
     if comp is not None:
         for name, shift in comp.sweep(weights).items():
@@ -154,8 +155,9 @@ def _facts(
     w: Weight, before: np.ndarray, codebook: np.ndarray, bits: int, form: Form
 ) -> dict[str, Any]:
     after = w.values
-    err = after.astype(np.float64) - before
-    norm = float(np.sqrt(np.mean(before.astype(np.float64) ** 2))) or 1.0
+    err2, ref2 = _sums_of_squares(after, before)
+    rmse = float(np.sqrt(err2 / max(after.size, 1)))
+    norm = float(np.sqrt(ref2 / max(after.size, 1))) or 1.0
     return {
         "layer": w.layer,
         "op": w.node.op,
@@ -166,11 +168,25 @@ def _facts(
         "bits": bits,
         "codebook_size": int(codebook.size),
         "distinct_nonzero": int(np.count_nonzero(codebook)),
-        "rmse": float(np.sqrt(np.mean(err**2))),
-        "relative_rmse": float(np.sqrt(np.mean(err**2)) / norm),
+        "rmse": rmse,
+        "relative_rmse": rmse / norm,
         "form": form.value,
         "bias_corrected": False,
     }
+
+
+def _sums_of_squares(after: np.ndarray, before: np.ndarray, chunk: int = 1 << 22
+                     ) -> tuple[float, float]:
+    """sum((after - before)^2) and sum(before^2) in float64, a chunk at a time (float64
+    temporaries of a whole 100 M-parameter layer would take GBs)."""
+    a, b = after.reshape(-1), before.reshape(-1)
+    err2 = ref2 = 0.0
+    for i in range(0, a.size, chunk):
+        bb = b[i : i + chunk].astype(np.float64)
+        d = a[i : i + chunk] - bb
+        err2 += float(np.dot(d, d))
+        ref2 += float(np.dot(bb, bb))
+    return err2, ref2
 
 
 def to_gather(graph: gs.Graph, w: Weight, codebook: np.ndarray, indices: np.ndarray) -> None:

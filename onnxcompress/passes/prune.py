@@ -212,7 +212,7 @@ class _Pruner:
         self, graph: gs.Graph, weights: list[Weight], cfg: Config, ctx: Context, notes: list[str]
     ):
         self.graph, self.weights, self.ctx, self.cfg = graph, weights, ctx, cfg
-        self.originals = {w.tensor.name: w.values.copy() for w in weights}
+        self.originals = {w.tensor.name: w.frozen_values() for w in weights}
         self.comp = None
         if cfg.bias_correction and ctx.calib is not None:
             self.comp = self._compensator(ctx.calib, notes)

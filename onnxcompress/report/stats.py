@@ -125,14 +125,16 @@ def _eval_decoder(node: gs.Node, vals: list[np.ndarray]) -> np.ndarray:
 
 def layer_rows(model: onnx.ModelProto, stored_bytes: dict[str, int] | None = None,
                stored_codec: dict[str, str] | None = None,
-               original: dict[str, int] | None = None) -> list[LayerRow]:
+               original: dict[str, int] | None = None,
+               arrays: dict[str, np.ndarray] | None = None) -> list[LayerRow]:
     """One row per weight-bearing layer of `model`.
 
     `stored_bytes`/`stored_codec` (from a container report) give each initializer's stored size;
     otherwise the in-file size is used. `original` maps layer name -> element count of the
     uncompressed weight, for bytes_before (default: the dense float32 size of the current weight).
+    `arrays` holds the data of IN_MEMORY initializers (graph.to_light_model).
     """
-    graph = to_graph(model)
+    graph = to_graph(model, arrays)
     rows, seen = [], set()
     for node in graph.nodes:
         if node.op == XNOR_CONV and isinstance(node.inputs[IN_WEIGHT_BITS], gs.Constant):
