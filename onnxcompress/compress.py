@@ -14,7 +14,6 @@ import onnx_graphsurgeon as gs
 from . import data as D
 from .container import is_container, read_container, write_container
 from .errors import UnsupportedModelError
-from .wire import external_locations
 from .graph import WEIGHT_INPUTS, exported_size, iter_weights, to_graph, to_light_model
 from .model import (
     input_specs,
@@ -39,6 +38,7 @@ from .report.stats import (
     weight_sources,
 )
 from .runtime import Session
+from .wire import external_locations
 
 log = logging.getLogger(__name__)
 

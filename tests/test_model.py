@@ -135,8 +135,8 @@ def _gemm_bn_model(n: int = 64) -> onnx.ModelProto:
 def test_normalize_file_keeps_weights_out_of_the_proto(tmp_path):
     """Large initializers come back as arrays (one copy of the model in memory), the proto
     only names them; joined by to_graph they give the same model as normalize()."""
-    from onnxcompress.graph import to_graph, to_model
     from onnxcompress.container.protos import IN_MEMORY
+    from onnxcompress.graph import to_graph, to_model
     from onnxcompress.model import normalize_file
 
     model = _gemm_bn_model()
