@@ -256,3 +256,20 @@ def test_bitgroups_payload_errors_are_specific():
     short = struct.pack("<IIQ", 32, 64, 4) + bytes(15)
     with pytest.raises(PayloadError, match="needs 16 bytes"):
         codecs.decode(Codec.BITGROUPS, memoryview(short))
+
+
+def test_container_from_arrays_equals_container_from_the_full_proto(tmp_path: Path) -> None:
+    """compress writes from a weights-free proto plus the graph's arrays (no second copy of the
+    weights); the bytes must be those written from the full model."""
+    from onnxcompress.container import container_bytes
+    from onnxcompress.graph import exported_size, to_graph, to_light_model, to_model
+
+    model = net()
+    graph = to_graph(model)
+    full = to_model(graph, like=model)
+    light, arrays = to_light_model(graph, like=model)
+    assert arrays and light.ByteSize() < full.ByteSize() // 4
+    assert exported_size(graph, like=model) == full.ByteSize()
+    assert container_bytes(light, arrays=arrays) == container_bytes(full)
+    with pytest.raises(BadInputError, match="held in memory, but no array was given"):
+        container_bytes(light)
