@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
+from .container.huffman import varint as _varint  # protobuf varints are LEB128 too
 from .errors import BadInputError
 
 # field numbers (onnx.proto)
@@ -193,12 +194,3 @@ def _tag(number: int, wtype: int) -> bytes:
 def _string(number: int, text: str) -> bytes:
     b = text.encode()
     return _tag(number, LEN) + _varint(len(b)) + b
-
-
-def _varint(x: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, x = x & 0x7F, x >> 7
-        out.append(byte | (0x80 if x else 0))
-        if not x:
-            return bytes(out)
