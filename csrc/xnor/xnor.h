@@ -11,6 +11,8 @@
  *              as XNOR over 2C channels [x, -x] with weights [w, -w]: sgn(x) - sgn(-x) = 2 Sign(x),
  *              so D2 = 2 D, and y = (float)D2 * (alpha / 2) is the same float as (float)D * alpha;
  *              a padded tap adds -S(w) - S(-w) = 0, so no border correction is needed.
+ *              When no input is 0 or NaN, Sign(x) = sgn(x) and the call runs as mode XNOR
+ *              (half the work; the result is the same to the bit).
  *
  * Weight bits: uint64 words wbits[m][t][j], t = kh_i * KW + kw_i, j < CW = ceil(C / 64); bit b of
  * word j is 1 when channel 64*j + b has weight +1, 0 for -1; bits for channels >= C are ignored.

@@ -128,12 +128,20 @@ int xnor_weights_create(int mode, int path, int32_t m, int32_t c, int32_t kh, in
     if (threads > 64) threads = 64;
     if (binary) xnor_prepare_binary(w, wbits, threads);
     else xnor_prepare_bwn(w, wbits, threads);
+    if (mode == XNOR_MODE_SIGN) {
+        int rc = xnor_weights_create(XNOR_MODE_XNOR, path, m, c, kh, kw, wbits, threads, &w->plain);
+        if (rc != XNOR_OK) {
+            xnor_weights_free(w);
+            return rc;
+        }
+    }
     *out = w;
     return XNOR_OK;
 }
 
 void xnor_weights_free(xnor_weights *w) {
     if (!w) return;
+    xnor_weights_free(w->plain);
     free(w->panel);
     free(w->tapsum);
     free(w);
@@ -141,7 +149,19 @@ void xnor_weights_free(xnor_weights *w) {
 
 int64_t xnor_weights_bytes(const xnor_weights *w) {
     if (!w) return 0;
-    return (int64_t)w->mpad * w->kunits * w->esz + (w->tapsum ? 4 * (int64_t)w->mpad * w->taps : 0);
+    return (int64_t)w->mpad * w->kunits * w->esz + (w->tapsum ? 4 * (int64_t)w->mpad * w->taps : 0) +
+           xnor_weights_bytes(w->plain);
+}
+
+/* 1 when some x[i] is 0 (either sign) or NaN: where ONNX Sign and sgn differ. */
+static int has_zero_or_nan(const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i += 4096) {
+        int64_t end = n - i < 4096 ? n : i + 4096;
+        int z = 0;
+        for (int64_t j = i; j < end; ++j) z |= !(x[j] > 0.0f) & !(x[j] < 0.0f);   /* vectorizes */
+        if (z) return 1;
+    }
+    return 0;
 }
 
 /* ---- entry points ------------------------------------------------------------------------ */
@@ -166,6 +186,10 @@ int xnor_conv2d_prepared(const xnor_weights *w, const xnor_geom *g, const float 
     k.taps = w->taps;
     k.p = (int64_t)k.oh * k.ow;
     if (threads > 64) threads = 64;
+    if (w->plain && !has_zero_or_nan(x, (int64_t)g->n * g->c * g->h * g->w)) {
+        k.w = w = w->plain;   /* Sign(x) = sgn(x) everywhere: mode XNOR gives the same bits */
+        k.im = w->im;
+    }
     int rc = w->mode != XNOR_MODE_BWN ? xnor_run_binary(&k, threads, timing)
                                       : xnor_run_bwn(&k, threads, timing);
     if (timing) {

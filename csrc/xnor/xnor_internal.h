@@ -93,6 +93,8 @@ struct xnor_weights {
     void *panel;          /* [mblocks][kunits][mr] */
     int32_t *tapsum;      /* XNOR: S[t][mpad] = 2 * popcount(w bits of tap t) - C (mode SIGN:
                              0, the two planes cancel); BWN: NULL */
+    struct xnor_weights *plain;   /* mode SIGN: the same bits laid out for mode XNOR, used when
+                                     no input is 0 or NaN (then Sign(x) = sgn(x)): half the work */
 };
 
 /* Fill w->panel (and w->tapsum) from the caller's bits; w's sizes are already set. */

@@ -73,6 +73,24 @@ def test_sign_mode_is_bit_exact_with_many_zeros(path: str, name: str, threads: i
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", ["3x3-c65-stride2-asym", "5x5-dil2", "1x3-stride3-batch3"])
+def test_sign_mode_without_zeros_runs_as_xnor_and_nan_counts_zero(path: str, name: str):
+    """No input is 0 or NaN: Sign = sgn, so mode "sign" takes mode xnor's half-work path and
+    must give its bits. One NaN (Sign counts it 0) sends it back to the exact two-plane path."""
+    x, packed, alpha, bias, attrs = make_case(name)
+    x[x == 0] = 0.25
+    got = xn.xnor_conv(x, packed, alpha, bias, mode="sign", path=path, **attrs)
+    np.testing.assert_array_equal(got, xn.xnor_conv(x, packed, alpha, bias, mode="xnor",
+                                                    path=path, **attrs))
+    np.testing.assert_array_equal(got, xnor_conv_ref(x, packed, alpha, bias, mode="sign", **attrs))
+    x[0, 0, 1, 1] = np.nan  # inside some window for every geometry here
+    got = xn.xnor_conv(x, packed, alpha, bias, mode="sign", path=path, **attrs)
+    np.testing.assert_array_equal(got, xnor_conv_ref(x, packed, alpha, bias, mode="sign", **attrs))
+    assert not np.array_equal(got, xn.xnor_conv(x, packed, alpha, bias, mode="xnor", path=path,
+                                                **attrs))
+
+
 def test_sign_mode_equals_float_conv_of_onnx_sign():
     """What the converter relies on: XnorConv(sign) = Conv(Sign(x), +-1) * alpha + B, and it
     differs from mode "xnor" exactly where an input is 0."""
