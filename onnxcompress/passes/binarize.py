@@ -44,7 +44,8 @@ through the identity
 
     conv(Sign(x), B) = (conv(sgn(x), B) - conv(sgn(-x), B)) / 2
 
-as one XOR/popcount GEMM over the channels [x, -x]: twice the binary work of mode xnor.
+as one XOR/popcount GEMM over the channels [x, -x] (twice the binary work of mode xnor),
+or as mode xnor itself when the call's input has no exact 0 or NaN (the same bits).
 ``exact_zero=False`` uses mode xnor on x and differs only where a Sign input is 0.0.
 
 Which layers (``layers``):
