@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from .container.protos import mark_in_memory
-from .errors import BadInputError, UnsupportedModelError
+from .errors import BadInputError, OnnxCompressError, UnsupportedModelError
 from .wire import split_weights
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,18 @@ def normalize_file(path: str | os.PathLike, *, check: bool = True
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"{path}: no such file")
+    if not os.access(path, os.R_OK):
+        raise BadInputError(f"{path}: not readable (permission denied)")
+    try:
+        return _normalize_file(path, check)
+    except OSError as e:  # the temporary copies of the weights (2x the model) did not fit
+        raise OnnxCompressError(
+            f"{path}: cannot write the temporary files normalization needs in "
+            f"{tempfile.gettempdir()} ({e}); point TMPDIR at a folder with free space for twice "
+            "the model's weights") from e
+
+
+def _normalize_file(path: Path, check: bool) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     with tempfile.TemporaryDirectory(prefix="onnxcompress-") as tmp:
         tmp = Path(tmp)
         # weights to a data file first, streamed: the checker and ONNX Runtime then load the

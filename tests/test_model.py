@@ -167,3 +167,14 @@ def test_normalize_file_rejects_bad_files(tmp_path):
         normalize_file(junk)
     with pytest.raises(BadInputError, match="no such file"):
         normalize_file(tmp_path / "missing.onnx")
+
+
+def test_normalize_file_says_when_the_temporary_files_do_not_fit(tmp_path, monkeypatch):
+    from onnxcompress.errors import OnnxCompressError
+    from onnxcompress.model import normalize_file
+
+    path = tmp_path / "m.onnx"
+    onnx.save(tiny_cnn(), str(path))
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "no-such-dir"))
+    with pytest.raises(OnnxCompressError, match="point TMPDIR at a folder"):
+        normalize_file(path)
