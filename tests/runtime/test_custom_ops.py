@@ -126,15 +126,17 @@ def test_other_python_ops_keep_the_stock_result_path():
                                   [0, 2, 4])
 
 
-def test_op_prepares_each_layer_once_and_tells_same_shaped_layers_apart(monkeypatch):
+@pytest.mark.parametrize("m", [8, 512])  # 2.3 KB of bits: bytes comparison; 74 KB: numpy's
+def test_op_prepares_each_layer_once_and_tells_same_shaped_layers_apart(monkeypatch, m: int):
     """Layers are cached by their bits, not by the (fresh every call) array address."""
     monkeypatch.setattr(custom_ops, "_prepared", {})
     rng = np.random.default_rng(5)
     attrs = {ops.ATTR_MODE: "xnor",
              ops.CONV_ATTRS: ops.encode_conv_attrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))}
     x = rng.standard_normal((1, 70, 9, 9)).astype(np.float32)
-    layers = [pack_weights(rng.standard_normal((8, 70, 3, 3))) for _ in range(2)]
-    bias = np.zeros(8, np.float32)
+    layers = [pack_weights(rng.standard_normal((m, 70, 3, 3))) for _ in range(2)]
+    layers[1][0][:, :64] = layers[0][0][:, :64]  # same first bytes: the full comparison decides
+    bias = np.zeros(m, np.float32)
     for _ in range(3):
         for bits, alpha in layers:
             got = custom_ops._xnor_conv_op(x, bits.copy(), alpha, bias, **attrs)
