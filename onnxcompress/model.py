@@ -59,20 +59,10 @@ def _parse(path: Path, *, load_external_data: bool) -> onnx.ModelProto:
     return model
 
 
-def check_model(model: onnx.ModelProto, where: str = "model") -> None:
-    """Full onnx.checker pass (with shape inference); raises BadInputError with the checker's words."""
-    if model.ByteSize() < TWO_GB:
-        _check(model, where)
-    else:  # the checker needs a path for models over 2 GB
-        with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / "m.onnx"
-            onnx.save(model, str(p), save_as_external_data=True, location="m.data")
-            _check(str(p), where)
-
-
-def _check(model: onnx.ModelProto | str, where: str) -> None:
+def _check(path: str, where: str) -> None:
+    """Full onnx.checker pass (with shape inference) on a file; BadInputError with its words."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(path, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BadInputError(f"{where}: invalid ONNX model: {first}") from e

@@ -67,11 +67,6 @@ static uint64_t tail_mask(int32_t channels, int32_t j) {
     return left >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << left) - 1);
 }
 
-typedef struct {
-    xnor_weights *w;
-    const uint64_t *wbits;
-} prep_ctx;
-
 static void prepare_blocks(void *arg, int tid, int n) {
     prep_ctx *p = (prep_ctx *)arg;
     xnor_weights *w = p->w;

@@ -16,11 +16,6 @@ typedef struct {
     void **scratch;       /* per thread: panel [kdim][np] */
 } bwn_ctx;
 
-typedef struct {
-    xnor_weights *w;
-    const uint64_t *wbits;
-} prep_ctx;
-
 static void prepare_blocks(void *arg, int tid, int n) {
     prep_ctx *p = (prep_ctx *)arg;
     xnor_weights *w = p->w;

@@ -97,6 +97,12 @@ struct xnor_weights {
                                      no input is 0 or NaN (then Sign(x) = sgn(x)): half the work */
 };
 
+/* What a weight-preparation worker reads (xnor_binary.c, xnor_bwn.c). */
+typedef struct {
+    xnor_weights *w;
+    const uint64_t *wbits;
+} prep_ctx;
+
 /* Fill w->panel (and w->tapsum) from the caller's bits; w's sizes are already set. */
 void xnor_prepare_binary(xnor_weights *w, const uint64_t *wbits, int threads);  /* xnor_binary.c */
 void xnor_prepare_bwn(xnor_weights *w, const uint64_t *wbits, int threads);     /* xnor_bwn.c */

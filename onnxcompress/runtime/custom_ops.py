@@ -80,14 +80,12 @@ def _prepared_weights(w_bits: np.ndarray, channels: int, kernel_shape: tuple, mo
     bucket = _prepared.setdefault(key, [])
     # small layers: one bytes comparison (0.4 us for 9 KB); large ones: numpy's (no copy)
     small = w_bits.nbytes <= SMALL_WEIGHTS
-    seen = w_bits.tobytes() if small else w_bits.reshape(-1)[:64].tobytes()
+    seen = w_bits.tobytes() if small else w_bits.reshape(-1)[:64].tobytes()  # all, or a head
     for bits, prepared in bucket:
-        if small and bits == seen:
-            return prepared
-        if not small and bits[:64] == seen and np.array_equal(prepared.packed, w_bits):
+        if bits == seen and (small or np.array_equal(prepared.packed, w_bits)):
             return prepared
     prepared = prepare_weights(np.array(w_bits, copy=True), channels, kernel_shape, mode=mode)
-    bucket.append((seen if small else prepared.packed.reshape(-1)[:64].tobytes(), prepared))
+    bucket.append((seen, prepared))
     if len(bucket) > _PREPARED_PER_GEOMETRY:
         del bucket[0]
     return prepared
