@@ -48,7 +48,7 @@ def bench_model(name: str, work: Path, test_npz: Path, test: dict, budget: float
 
     from onnxcompress.compress import compress
     from onnxcompress.container import read_container
-    from onnxcompress.model import save_model
+    from onnxcompress.io import save_model
 
     src = REPO / "models" / f"{name}.onnx"
     packed = work / f"{name}.onnxc"

@@ -15,9 +15,7 @@ import click
 import numpy as np
 
 from onnxcompress import __version__
-from onnxcompress.errors import OnnxCompressError
-
-EXIT_OK, EXIT_BAD_INPUT, EXIT_BUDGET, EXIT_FAILURE = 0, 2, 3, 4
+from onnxcompress.errors import AccuracyBudgetExceeded, OnnxCompressError
 
 EPILOG = """\b
 Exit codes: 0 success; 2 bad input (file, data, option, recipe); 3 the accuracy drop exceeds
@@ -76,18 +74,16 @@ def _default_out(model: str, suffix: str) -> Path:
 
 
 def _finish(report, json_path: str | None, quiet: bool = False) -> None:
+    from onnxcompress.files import write_text
     from onnxcompress.report.render import render
 
     if json_path:
-        from onnxcompress.model import atomic_write_text
-
-        atomic_write_text(Path(json_path), json.dumps(report.to_dict(), indent=2))
+        write_text(json_path, json.dumps(report.to_dict(), indent=2))
     if not quiet:
         click.echo(render(report))
     if report.within_budget is False:
-        click.echo(f"error: accuracy drop {report.accuracy_drop:.2f} points exceeds "
-                   f"--max-accuracy-drop {report.budget}", err=True)
-        sys.exit(EXIT_BUDGET)
+        raise AccuracyBudgetExceeded(f"accuracy drop {report.accuracy_drop:.2f} points exceeds "
+                                     f"--max-accuracy-drop {report.budget}")
 
 
 _data_opts = [
@@ -129,7 +125,9 @@ def compress(model, output, recipe, max_accuracy_drop, calib, eval_data, json_pa
     """
     from onnxcompress.compress import compress as run_compress
 
-    report = run_compress(model, output or _default_out(model, "onnxc"), recipe=recipe,
+    output = output or _default_out(model, "onnxc")
+    _check_paths(model, output, json_path, calib, eval_data)
+    report = run_compress(model, output, recipe=recipe,
                           calib=calib, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop,
                           measure_latency=not no_latency, progress=_progress)
     _finish(report, json_path)
@@ -142,10 +140,21 @@ def _run_one_pass(name, model, output, settings, suffix, calib, eval_data, json_
 
     settings = {k: v for k, v in settings.items() if v is not None}
     step = Step(name, make_config(name, settings, where=f"onnxcompress {name}"))
-    report = run_compress(model, output or _default_out(model, suffix), recipe=[step],
+    output = output or _default_out(model, suffix)
+    _check_paths(model, output, json_path, calib, eval_data)
+    report = run_compress(model, output, recipe=[step],
                           calib=calib, eval_data=eval_data, measure_latency=not no_latency,
                           progress=_progress)
     _finish(report, json_path)
+
+
+def _check_paths(model, output, json_path, calib=None, eval_data=None, baseline=None) -> None:
+    """Refuse, before any work, outputs that would overwrite an input or each other."""
+    from onnxcompress.files import check_outputs
+
+    check_outputs([("-o", output), ("--json", json_path)],
+                  [("model", model), ("--calib", calib), ("--eval", eval_data),
+                   ("--baseline", baseline)])
 
 
 def _parse_layers(values: tuple[str, ...]) -> dict[str, float] | None:
@@ -272,14 +281,15 @@ def pack(model, output):
     Example:
       onnxcompress pack clustered.onnx -o clustered.onnxc
     """
-    from onnxcompress.compress import file_size, write_output
-    from onnxcompress.model import load_model
+    from onnxcompress.files import check_outputs
+    from onnxcompress.io import file_size, load_model, write_output
 
     out = Path(output) if output else _default_out(model, "onnxc")
     if out.suffix != ".onnxc":
         raise click.BadParameter("the container's name must end in .onnxc", param_hint="-o")
+    check_outputs([("-o", out)], [("model", model)])
     m = load_model(model)
-    write_output(m, out, (model,))
+    write_output(m, out)
     before, after = file_size(model), file_size(out)
     click.echo(f"{model}: {before:,} B -> {out}: {after:,} B ({before / after:.1f}x)")
 
@@ -297,7 +307,8 @@ def unpack(container, output):
     """
     from onnxcompress.container import is_container, read_container
     from onnxcompress.errors import BadInputError
-    from onnxcompress.model import save_model
+    from onnxcompress.files import check_outputs
+    from onnxcompress.io import save_model
 
     if not Path(container).is_file():
         raise BadInputError(f"{container}: no such file")
@@ -305,7 +316,8 @@ def unpack(container, output):
         raise BadInputError(f"{container}: not an onnxcompress container (bad magic); "
                             "plain .onnx files need no unpacking")
     out = Path(output) if output else _default_out(container, "onnx")
-    save_model(read_container(container), out, inputs=(container,))
+    check_outputs([("-o", out)], [("container", container)])
+    save_model(read_container(container), out)
     click.echo(f"wrote {out}")
 
 
@@ -326,9 +338,10 @@ def run(model, input_path, output, threads):
       onnxcompress run small.onnxc --input x.npy -o outputs.npz
     """
     from onnxcompress.data import load_dataset, session_specs
-    from onnxcompress.model import atomic_write_npz
+    from onnxcompress.files import atomic_output, check_outputs
     from onnxcompress.runtime import Session
 
+    check_outputs([("-o", output)], [("model", model), ("--input", input_path)])
     sess = Session(model, threads=threads)
     ds = load_dataset(input_path, session_specs(sess), what="input")
     names = [o.name for o in sess.get_outputs()]
@@ -341,7 +354,8 @@ def run(model, input_path, output, threads):
         with np.printoptions(precision=4, suppress=True, threshold=40, edgeitems=3):
             click.echo(f"  {arr}")
     if output:
-        atomic_write_npz(Path(output), dict(zip(names, outs)))
+        with atomic_output(output) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **dict(zip(names, outs)))
         click.echo(f"wrote {output}")
 
 
@@ -362,6 +376,7 @@ def report(model, baseline, eval_data, json_path, no_latency):
     """
     from onnxcompress.report.compare import compare
 
+    _check_paths(model, None, json_path, eval_data=eval_data, baseline=baseline)
     _finish(compare(model, baseline, eval_data, measure_latency=not no_latency), json_path)
 
 

@@ -177,14 +177,18 @@ def _ort_logits(model: onnx.ModelProto | Path, x: np.ndarray, batch: int = 1000)
 
 def _binarized(path: Path, calib: dict[str, np.ndarray] | None, **cfg) -> tuple[onnx.ModelProto, list[str]]:
     """The model at `path` through normalization and the binarize pass."""
+    from onnxcompress.calibration import Calibration
+    from onnxcompress.data import Dataset
     from onnxcompress.graph import to_graph, to_model
-    from onnxcompress.model import load_model, normalize
+    from onnxcompress.io import load_model
+    from onnxcompress.normalize import normalize
     from onnxcompress.passes import binarize
     from onnxcompress.passes.base import Context
 
     model = normalize(load_model(path))
     graph = to_graph(model)
-    report = binarize.run(graph, binarize.Config(**cfg), Context(calib=calib))
+    calibration = Calibration(Dataset(calib, None), graph.outputs[0].name) if calib else None
+    report = binarize.run(graph, binarize.Config(**cfg), Context(calibration))
     return to_model(graph, like=model), report.notes
 
 

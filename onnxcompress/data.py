@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from .errors import BadInputError
 
@@ -24,6 +25,19 @@ InputSpec = tuple[str, list, np.dtype]  # (name, shape with None for symbolic di
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
               "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """(name, shape with None for symbolic dims, numpy dtype) for each real graph input."""
+    init_names = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in init_names:
+            continue
+        tt = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        specs.append((vi.name, shape, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))))
+    return specs
 
 
 def session_specs(sess) -> list[InputSpec]:
@@ -40,15 +54,22 @@ def session_specs(sess) -> list[InputSpec]:
 
 @dataclass
 class Dataset:
+    """Feeds keyed by input name (first axis = samples), optional labels, and a key naming
+    this set of samples within a run ("all", "fit", "held" …) for caches."""
+
     feeds: dict[str, np.ndarray]
     labels: np.ndarray | None
+    key: str = "all"
 
     def __len__(self) -> int:
         return len(next(iter(self.feeds.values())))
 
+    def subset(self, index: slice | np.ndarray, key: str) -> Dataset:
+        return Dataset({k: v[index] for k, v in self.feeds.items()},
+                       None if self.labels is None else self.labels[index], key)
+
     def head(self, n: int) -> Dataset:
-        return Dataset({k: v[:n] for k, v in self.feeds.items()},
-                       None if self.labels is None else self.labels[:n])
+        return self.subset(slice(0, n), f"{self.key}[:{n}]")
 
 
 def load_dataset(path: str | Path, specs: list[InputSpec], *, what: str = "data") -> Dataset:
@@ -126,6 +147,16 @@ def predict(run: RunFn, data: Dataset, batch: int = 256) -> np.ndarray:
     for start in range(0, len(data), batch):
         outs.append(np.asarray(run({k: v[start:start + batch] for k, v in data.feeds.items()})))
     return np.concatenate(outs)
+
+
+def first_output(sess) -> RunFn:
+    """feeds -> the first output of a session (onnxruntime's or runtime.Session)."""
+    return lambda feeds: sess.run(None, feeds)[0]
+
+
+def zero_feeds(specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    """One all-zero sample for each input (symbolic dims as 1): enough to time a model."""
+    return {n: np.zeros([1] + [d or 1 for d in shape[1:]], dtype) for n, shape, dtype in specs}
 
 
 def top1(outputs: np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,29 +10,30 @@ from typing import Any
 
 import onnx_graphsurgeon as gs
 
+from . import registry
 from .errors import BadInputError, OnnxCompressError, PassError
 from .passes.base import Context, PassReport
 
 log = logging.getLogger(__name__)
 
-# pass name -> module implementing `Config` and `run(graph, cfg, ctx)`
-PASS_MODULES: dict[str, str] = {
-    "prune": "onnxcompress.passes.prune",
-    "cluster": "onnxcompress.passes.cluster",
-    "binarize": "onnxcompress.passes.binarize",
-}
-
-
-def pass_module(name: str):
-    if name not in PASS_MODULES:
-        raise BadInputError(f"unknown pass '{name}'; valid passes: {', '.join(PASS_MODULES)}")
-    return importlib.import_module(PASS_MODULES[name])
-
 
 @dataclass(frozen=True)
 class Step:
-    name: str  # a key of PASS_MODULES
-    config: Any  # the pass module's Config
+    name: str  # a registered pass
+    config: Any  # that pass's Config
+
+    @property
+    def stage(self) -> str:
+        return registry.get(self.name).STAGE
+
+
+def with_budget(step: Step, budget: float | None) -> Step:
+    """Hand the run's accuracy budget to a pass that plans against it (its BUDGET_KEY), unless
+    the recipe set that key itself."""
+    key = registry.get(step.name).BUDGET_KEY
+    if budget is None or key is None or getattr(step.config, key) is not None:
+        return step
+    return Step(step.name, dataclasses.replace(step.config, **{key: budget}))
 
 
 def run(graph: gs.Graph, steps: list[Step], ctx: Context,
@@ -43,7 +44,7 @@ def run(graph: gs.Graph, steps: list[Step], ctx: Context,
     for step in steps:
         ctx.progress(f"{step.name}: running")
         try:
-            report = pass_module(step.name).run(graph, step.config, ctx)
+            report = registry.get(step.name).run(graph, step.config, ctx)
         except BadInputError as e:
             before = ", ".join(history) or "none"
             raise type(e)(f"step '{step.name}': {e} (steps run before it: {before})") from e

@@ -23,8 +23,9 @@ from typing import Any
 import tomllib
 import yaml
 
+from . import registry
 from .errors import RecipeError
-from .pipeline import PASS_MODULES, Step, pass_module
+from .pipeline import Step
 
 BUILTIN: dict[str, list[dict[str, Any]]] = {
     # Deep Compression without retraining: sensitivity-allocated pruning, then k-means sharing
@@ -59,19 +60,19 @@ def steps_from_dicts(entries: list[dict[str, Any]], where: str) -> list[Step]:
     for i, entry in enumerate(entries, 1):
         if not isinstance(entry, dict) or "pass" not in entry:
             raise RecipeError(f"{where}, step {i}: each step needs a 'pass' key "
-                              f"(one of {', '.join(PASS_MODULES)})")
+                              f"(one of {', '.join(registry.names())})")
         settings = dict(entry)
         name = settings.pop("pass")
-        if name not in PASS_MODULES:
+        if name not in registry.names():
             raise RecipeError(f"{where}, step {i}: unknown pass '{name}'; valid passes: "
-                              f"{', '.join(PASS_MODULES)}")
+                              f"{', '.join(registry.names())}")
         steps.append(Step(name, make_config(name, settings, where=f"{where}, step {i} ({name})")))
     return steps
 
 
 def make_config(name: str, settings: dict[str, Any], where: str = "") -> Any:
     """Build the pass's frozen Config from plain values; str values become the field's enum."""
-    cls = pass_module(name).Config
+    cls = registry.get(name).Config
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(settings) - set(fields))
     if unknown:

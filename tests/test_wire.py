@@ -10,7 +10,7 @@ import pytest
 from onnx import numpy_helper
 
 from onnxcompress.errors import BadInputError
-from onnxcompress.model import normalize_file
+from onnxcompress.normalize import normalize_file
 from onnxcompress.wire import external_locations, split_weights
 from tests.conftest import tiny_cnn
 

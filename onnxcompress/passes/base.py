@@ -1,18 +1,25 @@
-"""What every pass shares: its report, and the calibration context it may use."""
+"""The contract every pass keeps: the `Pass` protocol, its report, and its context.
+
+A pass is one module in `onnxcompress/passes/` that defines the names of `Pass`; the registry
+(`onnxcompress.registry`) finds it there, and the pipeline, recipes, the CLI's stage names,
+budget handling and the report all follow from it. Nothing else needs editing to add one.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
 import onnx_graphsurgeon as gs
+
+from ..calibration import Calibration
 
 
 @dataclass
 class PassReport:
-    """What a pass did. `per_tensor` maps a weight name to facts about it (sparsity, bits …)."""
+    """What a pass did. `per_tensor` maps a weight (or layer) name to facts about it:
+    sparsity, bits, the sensitivity curve it was chosen from …; they reach the JSON report."""
 
     name: str
     modified: bool
@@ -22,14 +29,22 @@ class PassReport:
 
 @dataclass
 class Context:
-    """Calibration data and helpers a pass may use; every field is optional.
+    """What a run gives every pass: the calibration service (None without calibration data)
+    and a progress callback for long work."""
 
-    `calib` maps input names to arrays (first axis = samples). `labels` are top-1 class ids for
-    `calib`, or None. `score(graph)` runs the graph on `calib` and returns top-1 accuracy
-    (labels) or top-1 agreement with the uncompressed model (no labels), in [0, 1].
-    """
-
-    calib: dict[str, np.ndarray] | None = None
-    labels: np.ndarray | None = None
-    score: Callable[[gs.Graph], float] | None = None
+    calibration: Calibration | None = None
     progress: Callable[[str], None] = lambda msg: None
+
+
+@runtime_checkable
+class Pass(Protocol):
+    """A pass module. `Config` is a frozen dataclass whose fields are the recipe keys (str
+    values become the field's enum); `run` changes the graph in place."""
+
+    NAME: str  # recipe `pass` value and CLI command
+    STAGE: str  # the report's row after this pass ("pruned")
+    BUDGET_KEY: str | None  # Config field that receives --max-accuracy-drop, if any
+    EMITS_OPS: frozenset[str]  # op types it may add, beyond graph.SAFE_OPS
+    Config: type
+
+    def run(self, graph: gs.Graph, cfg: Any, ctx: Context) -> PassReport: ...

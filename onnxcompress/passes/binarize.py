@@ -67,9 +67,7 @@ Targets: the pass always builds the portable standard-ONNX form of ``onnxcompres
 
 from __future__ import annotations
 
-import dataclasses
 import enum
-import fnmatch
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -79,10 +77,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .. import ops
+from ..calibration import GraphSession, Snapshot
+from ..data import Dataset
 from ..errors import BadInputError
-from ..graph import Weight, iter_weights
+from ..graph import GeometryError, Weight, conv_geometry, find_node, iter_weights
 from ..kernels.xnor_ref import pack_weights
-from . import calibrate as C
+from ..scope import Scope
 from .base import Context, PassReport
 from .binarize_forms import Layer, Mode, box_filter, lower_native, lower_portable
 
@@ -91,6 +91,9 @@ __all__ = ["Config", "Layer", "Mode", "Target", "analyze", "run", "select"]
 log = logging.getLogger(__name__)
 
 NAME = "binarize"
+STAGE = "binarized"
+BUDGET_KEY = None
+EMITS_OPS = frozenset({ops.XNOR_CONV, "Sign", "Where", "GreaterOrEqual"})
 AUTO, ALL = "auto", "all"
 EPS = 1e-9
 
@@ -159,11 +162,6 @@ def binary_scale(w: np.ndarray) -> np.ndarray | None:
     return a.astype(np.float32) if np.all(flat == a[:, None]) else None
 
 
-def _ints(node: gs.Node, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
-    v = node.attrs.get(key)
-    return tuple(int(x) for x in v) if v is not None and len(v) else default
-
-
 def analyze(node: gs.Node, mode: Mode) -> tuple[Layer | None, str]:
     """The binarization plan of one node, or None and the reason it cannot be binarized."""
     where = f"{node.op} '{node.name}'"
@@ -191,11 +189,13 @@ def analyze(node: gs.Node, mode: Mode) -> tuple[Layer | None, str]:
         if b is None:
             return None, f"{where}: bias is not a constant"
         bias = np.broadcast_to(np.asarray(b, np.float32).reshape(-1), (w.shape[0],)).copy()
-    kernel = tuple(int(k) for k in w.shape[2:])
-    strides, dilations = _ints(node, "strides", (1, 1)), _ints(node, "dilations", (1, 1))
-    pads = _pads(node, kernel, strides, dilations)
-    if isinstance(pads, str):
-        return None, f"{where}: {pads}"
+    x_shape = node.inputs[0].shape
+    try:
+        geo = conv_geometry(node, x_shape[2:] if x_shape is not None and len(x_shape) == 4
+                            else None)
+    except GeometryError as e:
+        return None, f"{where}: {e}"
+    kernel, strides, pads, dilations = geo.kernel, geo.strides, geo.pads, geo.dilations
     x = node.inputs[0]
     producer = x.inputs[0] if len(x.inputs) == 1 else None
     from_sign = mode is Mode.XNOR and producer is not None and producer.op == "Sign"
@@ -205,22 +205,7 @@ def analyze(node: gs.Node, mode: Mode) -> tuple[Layer | None, str]:
                  dilations=dilations, name=node.name, mode_bwn=mode is Mode.BWN), ""
 
 
-def _pads(node: gs.Node, kernel, strides, dilations) -> tuple[int, int, int, int] | str:
-    auto = node.attrs.get("auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto in ("NOTSET", "", "VALID"):
-        return _ints(node, "pads", (0, 0, 0, 0)) if auto != "VALID" else (0, 0, 0, 0)
-    shape = node.inputs[0].shape
-    if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]):
-        return f"auto_pad={auto} needs a known input height and width to write explicit pads"
-    return tuple(C.conv_pads(node, shape[2:], list(kernel), list(strides), list(dilations)))
-
-
 # ----------------------------------------------------------------------------- selection
-
-
-def _matches(layer: str, pattern: str) -> bool:
-    return layer == pattern or fnmatch.fnmatchcase(layer, pattern)
 
 
 def select(graph: gs.Graph, cfg: Config, notes: list[str]) -> list[Layer]:
@@ -243,43 +228,43 @@ def select(graph: gs.Graph, cfg: Config, notes: list[str]) -> list[Layer]:
         return out
     layers = []
     candidates = [n for n in graph.nodes if n.op in ("Conv", "Gemm", "MatMul")]
-    for pattern in cfg.layers:
-        hits = [n for n in candidates if _matches(n.name, pattern)]
-        if not hits:
-            valid = ", ".join(n.name for n in candidates) or "(none)"
-            raise BadInputError(f"layer '{pattern}' matches no Conv/Gemm/MatMul; layers are: {valid}")
-        for node in hits:
-            if any(layer.node is node for layer in layers):
-                continue
-            layer, why = analyze(node, cfg.mode)
-            if layer is None:
-                raise BadInputError(f"cannot binarize layer '{node.name}': {why}")
-            layers.append(layer)
+    for node in Scope(include=cfg.layers).select(candidates, lambda n: (n.name,), "layer"):
+        layer, why = analyze(node, cfg.mode)
+        if layer is None:
+            raise BadInputError(f"cannot binarize layer '{node.name}': {why}")
+        layers.append(layer)
     return layers
 
 
 # ----------------------------------------------------------------------------- calibration refit
 
 
-def refit(graph: gs.Graph, original: gs.Graph, layers: list[Layer], ctx: Context,
-          mode: Mode, exact_zero: bool) -> dict[str, str]:
+def refit(graph: gs.Graph, reference: Snapshot, data: Dataset, layers: list[Layer],
+          ctx: Context, mode: Mode, exact_zero: bool) -> dict[str, str]:
     """Least-squares (alpha, B) per channel for each lossy portable layer, in topological
-    order, against the float model's layer outputs; returns layer -> what was done."""
+    order, against the float model's layer outputs; returns layer -> what was done. One
+    session over the lowered graph serves the sweep (the output transforms are its inputs)."""
     from ..kernels.xnor_native import xnor_conv
 
+    thresholds = [la.built["threshold"] for la in layers if la.built["threshold"] is not None]
+    variable = [t.name for la in layers for t in (la.built["alpha"], la.built["B"])]
+    captured = [la.source.name for la in layers] + [la.built["raw"].name for la in layers
+                                                     if la.built["threshold"] is not None]
+    sess = GraphSession(graph, captured, variable + [t.name for t in thresholds])
     done: dict[str, str] = {}
     for i, layer in enumerate(layers):
         ctx.progress(f"binarize: refit {i + 1}/{len(layers)} {layer.name}")
         if layer.built["threshold"] is not None:  # t = per-channel mean of the current input
             raw = layer.built["raw"].name
-            mean = C.Probe(graph, [raw]).means(ctx.calib)[raw]
+            mean = sess.means(data.feeds)[raw]
             layer.built["threshold"].values = (
                 mean.reshape(mean.shape[0], -1).mean(axis=1).astype(np.float32).reshape(1, -1, 1, 1))
-        target = Probe1(original, layer.built["out"].name)
-        now = Probe1(graph, layer.source.name)
+        out = layer.built["out"].name
+        targets = (b[out] for b in reference.batches(data, [out]))
+        inputs = (b[layer.source.name] for b in sess.batches(data.feeds))
         m = layer.weight.shape[0]
         s = np.zeros((5, m))  # n, sum d, sum y, sum dd, sum dy
-        for y, x in zip(target.batches(ctx.calib), now.batches(ctx.calib)):
+        for y, x in zip(targets, inputs):
             sign_kept = mode is Mode.XNOR and layer.from_sign and exact_zero
             d = xnor_conv(np.sign(x) if sign_kept else x, layer.built["bits"],
                           np.ones(m, np.float32), None, kernel_shape=layer.kernel,
@@ -318,52 +303,39 @@ def _fit(s: np.ndarray, alpha0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a, (sy - a * sd) / np.maximum(n, 1)
 
 
-class Probe1:
-    """One tensor of a graph over the calibration batches (a thin use of calibrate.Probe)."""
-
-    def __init__(self, graph: gs.Graph, name: str):
-        self.name = name
-        self.probe = C.Probe(graph, [name])
-
-    def batches(self, feeds: Mapping[str, np.ndarray]):
-        for captured in self.probe.batches(feeds):
-            yield captured[self.name]
-
-
 # ----------------------------------------------------------------------------- the pass
 
 
-def _find(graph: gs.Graph, name: str) -> gs.Node:
-    return next(n for n in graph.nodes if n.name == name)
-
-
 def _lower_all(graph: gs.Graph, layers: list[Layer], cfg: Config, ctx: Context,
-               original: gs.Graph | None) -> dict[str, str]:
+               reference: Snapshot | None) -> dict[str, str]:
     """Portable lowering of `layers` in `graph`, then the refit of the lossy ones."""
-    refitting = cfg.refit and original is not None and ctx.calib is not None
+    refitting = cfg.refit and reference is not None and ctx.calibration is not None
     for layer in layers:
         lower_portable(graph, layer, cfg.mode, cfg.exact_zero, cfg.input_scaling,
                        center=refitting and cfg.center_inputs)
     graph.cleanup().toposort()
     lossy = [layer for layer in layers if not layer.exact]
     if refitting and lossy:
-        return refit(graph, original, lossy, ctx, cfg.mode, cfg.exact_zero)
+        return refit(graph, reference, ctx.calibration.data, lossy, ctx, cfg.mode,
+                     cfg.exact_zero)
     return {}
 
 
 def _screen(graph: gs.Graph, layers: list[Layer], cfg: Config, ctx: Context,
             facts: dict[str, dict[str, Any]], notes: list[str]) -> list[Layer]:
     """auto with a score: keep each lossy layer whose drop, binarized alone, fits tolerance."""
-    base = ctx.score(graph)
+    reference = ctx.calibration.snapshot(graph)
+    score = ctx.calibration.scorer(reference)
+    base = score(graph)
     kept = []
     for i, layer in enumerate(layers):
         if layer.exact:
             kept.append(layer)
             continue
         trial = graph.copy()
-        alone, _ = analyze(_find(trial, layer.name), cfg.mode)
-        _lower_all(trial, [alone], cfg, ctx, graph)
-        drop = 100.0 * (base - ctx.score(trial.cleanup().toposort()))
+        alone, _ = analyze(find_node(trial, layer.name), cfg.mode)
+        _lower_all(trial, [alone], cfg, ctx, reference)
+        drop = 100.0 * (base - score(trial.cleanup().toposort()))
         ctx.progress(f"binarize: scan {i + 1}/{len(layers)} {layer.name} drop={drop:+.2f}")
         facts[layer.name] = {"drop_alone": round(drop, 3)}
         if drop <= cfg.tolerance + EPS:
@@ -380,7 +352,7 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
     report = PassReport(NAME, modified=False)
     layers = select(graph, cfg, report.notes)
     facts: dict[str, dict[str, Any]] = {}
-    if cfg.layers == AUTO and layers and ctx.score is not None and ctx.calib is not None:
+    if cfg.layers == AUTO and layers and ctx.calibration is not None:
         layers = _screen(graph, layers, cfg, ctx, facts, report.notes)
     elif cfg.layers == AUTO and any(not layer.exact for layer in layers):
         report.notes.append("auto without calibration data: every eligible layer binarized, "
@@ -388,12 +360,12 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
     if not layers:
         report.notes.append("no layer binarized")
         return report
-    original = graph.copy() if ctx.calib is not None and cfg.refit else None
-    if ctx.calib is None and any(not layer.exact for layer in layers):
+    reference = ctx.calibration.snapshot(graph) if ctx.calibration and cfg.refit else None
+    if ctx.calibration is None and any(not layer.exact for layer in layers):
         report.notes.append("WARNING: no calibration data: post-training layers use alpha = "
                             "mean|W| and the float bias; expect a large accuracy loss, above "
                             "all in mode xnor")
-    refitted = _lower_all(graph, layers, cfg, ctx, original)
+    refitted = _lower_all(graph, layers, cfg, ctx, reference)
     if cfg.target is Target.NATIVE:
         for layer in layers:
             lower_native(graph, layer, cfg.mode, cfg.exact_zero)
@@ -417,5 +389,3 @@ def _facts(layer: Layer, cfg: Config, refitted: Mapping[str, str], extra: dict) 
             "input_scaling": bool(layer.built["k"]),
             "output_transform": how, **extra}
 
-
-CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(Config))

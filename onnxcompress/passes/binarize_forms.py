@@ -16,9 +16,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .. import ops
+from ..graph import fresh_name
 from ..kernels.xnor_ref import pack_weights, unpack_weights
 from ..ops import CONV_ATTRS, encode_conv_attrs
-from . import calibrate as C
 
 
 class Mode(str, enum.Enum):
@@ -54,15 +54,15 @@ class Layer:
 
 
 def _const_t(graph: gs.Graph, base: str, arr: np.ndarray) -> gs.Constant:
-    return gs.Constant(C.fresh_name(graph, base), np.ascontiguousarray(arr))
+    return gs.Constant(fresh_name(graph, base), np.ascontiguousarray(arr))
 
 
 def _var(graph: gs.Graph, base: str) -> gs.Variable:
-    return gs.Variable(C.fresh_name(graph, base))
+    return gs.Variable(fresh_name(graph, base))
 
 
 def _add(graph: gs.Graph, op: str, name: str, inputs: list, outputs: list, **attrs) -> gs.Node:
-    node = gs.Node(op, C.fresh_name(graph, name), attrs=attrs, inputs=inputs, outputs=outputs)
+    node = gs.Node(op, fresh_name(graph, name), attrs=attrs, inputs=inputs, outputs=outputs)
     graph.nodes.append(node)
     return node
 
@@ -150,7 +150,7 @@ def _xnor_node(graph: gs.Graph, layer: Layer, name: str, x: gs.Tensor, bits: gs.
         ops.ATTR_GROUP: 1, ops.ATTR_MODE: ops.check_op_mode(mode),
         CONV_ATTRS: encode_conv_attrs(layer.kernel, layer.strides, layer.pads, layer.dilations),
     }
-    node = gs.Node(ops.XNOR_CONV, C.fresh_name(graph, name), attrs=attrs,
+    node = gs.Node(ops.XNOR_CONV, fresh_name(graph, name), attrs=attrs,
                    inputs=[x, bits, alpha, bias], outputs=[out], domain=ops.DOMAIN)
     graph.nodes.append(node)
     return node

@@ -30,13 +30,12 @@ so the .onnx file itself shrinks and runs on stock ONNX Runtime with outputs ide
 dense form. Gather form should be the last pass that edits weights: later passes see the
 weight as a computed tensor, not a constant.
 
-Bias correction (Nagel et al. 2019; passes/calibrate.py) restores each layer's per-channel
+Bias correction (Nagel et al. 2019; compensate/bias.py) restores each layer's per-channel
 output mean on the calibration data, layer by layer, after clustering.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import logging
 from collections.abc import Mapping
@@ -47,17 +46,19 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..graph import Scope, Weight, iter_weights
+from ..compensate import Compensator
+from ..graph import Weight, fresh_name, iter_weights
 from ..kernels.kmeans import share_weights
 from ..kernels.masks import sparsity_of
-from . import calibrate as C
+from ..scope import Scope, resolve_table
 from .base import Context, PassReport
-from .compensate import Compensator
-from .prune import resolve_per_layer
 
 log = logging.getLogger(__name__)
 
 NAME = "cluster"
+STAGE = "clustered"
+BUDGET_KEY = None
+EMITS_OPS: frozenset[str] = frozenset()
 MAX_BITS = 16
 
 
@@ -92,14 +93,12 @@ class Config:
             raise ValueError("iterations must be >= 1 and fit_samples >= 2")
 
 
-CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(Config))
-
-
 def layer_bits(weights: list[Weight], cfg: Config) -> dict[str, int]:
     """Weight name -> bits: per_layer entry (exact, pattern, '*'), else the kind's default."""
-    table = resolve_per_layer(weights, cfg.per_layer)
+    table = resolve_table(weights, cfg.per_layer)
     default = {"conv": cfg.bits_conv, "fc": cfg.bits_fc}
-    return {w.tensor.name: int(table.get(w.tensor.name, default[w.kind])) for w in weights}
+    return {w.tensor.name: int(table[w.tensor.name].value) if w.tensor.name in table
+            else default[w.kind] for w in weights}
 
 
 def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
@@ -114,11 +113,13 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
     bits = layer_bits(weights, cfg)
     before = {w.tensor.name: w.frozen_values() for w in weights}
     comp = None
-    if cfg.bias_correction and ctx.calib is not None:
+    calibration = ctx.calibration
+    if cfg.bias_correction and calibration is not None:
         comp = Compensator(
             graph,
             weights,
-            ctx.calib,
+            calibration.snapshot(graph),
+            calibration.data,
             refit=False,
             notes=report.notes,
             originals=before,
@@ -193,17 +194,17 @@ def to_gather(graph: gs.Graph, w: Weight, codebook: np.ndarray, indices: np.ndar
     """Replace the constant weight by Gather(codebook, Cast(indices, INT32)) for every consumer."""
     name = w.tensor.name
     consumers = list(w.tensor.outputs)
-    w.tensor.name = C.fresh_name(graph, name + "_dense")  # the old constant goes at cleanup
-    cb = gs.Constant(C.fresh_name(graph, name + "_codebook"), codebook)
-    ix = gs.Constant(C.fresh_name(graph, name + "_indices"), indices)
+    w.tensor.name = fresh_name(graph, name + "_dense")  # the old constant goes at cleanup
+    cb = gs.Constant(fresh_name(graph, name + "_codebook"), codebook)
+    ix = gs.Constant(fresh_name(graph, name + "_indices"), indices)
     ix32 = gs.Variable(
-        C.fresh_name(graph, name + "_indices_i32"), dtype=np.int32, shape=list(indices.shape)
+        fresh_name(graph, name + "_indices_i32"), dtype=np.int32, shape=list(indices.shape)
     )
     decoded = gs.Variable(name, dtype=codebook.dtype, shape=list(indices.shape))
     graph.nodes.append(
         gs.Node(
             "Cast",
-            C.fresh_name(graph, name + "_cast"),
+            fresh_name(graph, name + "_cast"),
             {"to": onnx.TensorProto.INT32},
             inputs=[ix],
             outputs=[ix32],
@@ -212,7 +213,7 @@ def to_gather(graph: gs.Graph, w: Weight, codebook: np.ndarray, indices: np.ndar
     graph.nodes.append(
         gs.Node(
             "Gather",
-            C.fresh_name(graph, name + "_decode"),
+            fresh_name(graph, name + "_decode"),
             {"axis": 0},
             inputs=[cb, ix32],
             outputs=[decoded],

@@ -22,10 +22,9 @@ How s is chosen per layer (`mode`):
   ratio whose joint drop is <= `max_drop` is searched by bisection.
 - ``sensitivity`` (the default when calibration data and a score are available): prune each
   layer ALONE (compensated) at each ratio of `ladder`, ascending, stopping at the first drop
-  of ctx.score over `tolerance` points; the largest ratio within tolerance is the layer's
+  of the calibration score over `tolerance` points; the largest ratio within tolerance is the layer's
   CAP. Then all layers are pruned jointly at their caps. If the joint drop exceeds `max_drop`
-  (None: MIN_HOLDOUT = 100  # samples per half below which the calibration set is not split
-DEFAULT_MAX_DROP = 0.5 points), the allocation backs off along one capped global
+  (None: 0.5 points), the allocation backs off along one capped global
   threshold: ratio_l = min(frac_l(|W| <= t), cap_l), with the pooled sparsity bisected on the
   JOINT drop. So the scan protects fragile layers and the threshold decides between the rest,
   pruning the big, low-magnitude layers hardest; Deep Compression's pattern (FC pruned far
@@ -36,7 +35,7 @@ DEFAULT_MAX_DROP = 0.5 points), the allocation backs off along one capped global
   score is available; else ``uniform`` at FALLBACK_SPARSITY (0.5) with a warning note, because
   without data the only safe choice is a moderate one.
 
-Compensation (`bias_correction`, on when calibration data is available; passes/calibrate.py),
+Compensation (`bias_correction`, on when calibration data is available; compensate/),
 layer by layer in topological order so later layers see corrected inputs:
 
 - `refit` (default): least-squares re-estimate of each pruned layer's KEPT weights and its
@@ -55,14 +54,13 @@ with max_drop) fit on the even calibration samples and score the odd ones with t
 scorer (top-1 accuracy with labels, else agreement with the unpruned model); the chosen
 masks are then refit on all samples.
 
-The mask planning (uniform, global, sensitivity search) lives in passes/prune_plan.py.
+The searches (global, sensitivity) live in passes/prune_search.py as functions from an
+evaluator to masks; this module applies masks, compensates and scores.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
-import fnmatch
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -71,23 +69,23 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ..calibration.service import Scorer
+from ..compensate import Compensator
+from ..data import Dataset
 from ..errors import BadInputError
-from ..graph import Scope, Weight, iter_weights
-from ..kernels.masks import (
-    apply_mask,
-    check_ratio,
-    sparsity_of,
-)
-from . import calibrate as C
+from ..graph import Weight, iter_weights
+from ..kernels.masks import apply_mask, check_ratio, sparsity_of
+from ..scope import Scope, resolve_table
+from . import prune_search as S
 from .base import Context, PassReport
-from .compensate import Compensator
-from .prune_plan import global_search, sensitivity_search, uniform_masks
 
 log = logging.getLogger(__name__)
 
 NAME = "prune"
+STAGE = "pruned"
+BUDGET_KEY = "max_drop"
+EMITS_OPS: frozenset[str] = frozenset()
 FALLBACK_SPARSITY = 0.5
-MIN_HOLDOUT = 100  # samples per half below which the calibration set is not split
 DEFAULT_LADDER = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98)
 
 
@@ -138,34 +136,7 @@ class Config:
             )
 
 
-CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(Config))
-
-
-# ----------------------------------------------------------------------------- layer tables
-
-
-def resolve_per_layer(
-    weights: list[Weight], table: Mapping[str, Any] | None, what: str = "per_layer"
-) -> dict[str, Any]:
-    """Weight name -> value from a Distiller-style table; layers matched by nothing are absent.
-
-    Lookup order per layer: exact layer or weight name, then the first fnmatch pattern in the
-    table's order, then '*'. A key other than '*' that matches no layer is an error.
-    """
-    table = dict(table or {})
-    names = {w.tensor.name: (w.layer, w.tensor.name) for w in weights}
-    for key in table:
-        if key != "*" and not any(fnmatch.fnmatchcase(n, key) for ns in names.values() for n in ns):
-            layers = ", ".join(w.layer for w in weights) or "(none)"
-            raise BadInputError(f"{what}: '{key}' matches no layer; layers are: {layers}")
-    out = {}
-    for tensor, ns in names.items():
-        exact = [k for k in table if k in ns]
-        pattern = [k for k in table if k != "*" and any(fnmatch.fnmatchcase(n, k) for n in ns)]
-        key = (exact or pattern or (["*"] if "*" in table else [None]))[0]
-        if key is not None:
-            out[tensor] = table[key]
-    return out
+# ----------------------------------------------------------------------------- choices
 
 
 def _select(graph: gs.Graph, cfg: Config) -> tuple[list[Weight], set[str]]:
@@ -181,7 +152,7 @@ def _select(graph: gs.Graph, cfg: Config) -> tuple[list[Weight], set[str]]:
 
 
 def _resolve_mode(cfg: Config, ctx: Context, notes: list[str]) -> Mode:
-    if cfg.mode is Mode.SENSITIVITY and (ctx.score is None or ctx.calib is None):
+    if cfg.mode is Mode.SENSITIVITY and ctx.calibration is None:
         raise BadInputError(
             "prune mode 'sensitivity' needs calibration data (a score); "
             "pass calibration data or choose mode 'uniform' or 'global'"
@@ -190,7 +161,7 @@ def _resolve_mode(cfg: Config, ctx: Context, notes: list[str]) -> Mode:
         return cfg.mode
     if cfg.sparsity is not None or cfg.per_layer:
         return Mode.UNIFORM
-    if ctx.score is not None and ctx.calib is not None:
+    if ctx.calibration is not None:
         return Mode.SENSITIVITY
     msg = (
         f"no calibration data: pruned every layer uniformly to the fallback sparsity "
@@ -206,43 +177,47 @@ def _resolve_mode(cfg: Config, ctx: Context, notes: list[str]) -> Mode:
 
 
 class _Pruner:
-    """Applies masks from the original weights and compensates them (re-runnable)."""
+    """Applies masks to the original weights, compensates them on `fit` data, and scores the
+    result on `score` data: the evaluator the searches call."""
 
-    def __init__(
-        self, graph: gs.Graph, weights: list[Weight], cfg: Config, ctx: Context, notes: list[str]
-    ):
-        self.graph, self.weights, self.ctx, self.cfg = graph, weights, ctx, cfg
+    def __init__(self, graph: gs.Graph, weights: list[Weight], cfg: Config, ctx: Context,
+                 fit: Dataset | None, notes: list[str]):
+        self.graph, self.weights, self.cfg, self.ctx = graph, weights, cfg, ctx
+        self.by_name = {w.tensor.name: w for w in weights}
         self.originals = {w.tensor.name: w.frozen_values() for w in weights}
-        self.comp = None
-        if cfg.bias_correction and ctx.calib is not None:
-            self.comp = self._compensator(ctx.calib, notes)
+        # the reference the compensation and the scores compare to: the graph before pruning
+        self.snapshot = ctx.calibration.snapshot(graph) if ctx.calibration else None
+        self.comp: Compensator | None = None
+        self.scorer: Scorer | None = None
+        self.base = 0.0
+        self._alone: str | None = None
+        if cfg.bias_correction and fit is not None:
+            self.comp = self._compensator(fit, notes)
         elif cfg.bias_correction:
             notes.append("bias correction skipped: no calibration data")
 
-    def _compensator(self, feeds: Mapping[str, np.ndarray], notes: list[str]) -> Compensator:
+    def _compensator(self, data: Dataset, notes: list[str]) -> Compensator:
         self.ctx.progress("prune: collecting calibration statistics")
-        return Compensator(
-            self.graph,
-            self.weights,
-            feeds,
-            refit=self.cfg.refit,
-            damp=self.cfg.damp,
-            notes=notes,
-            originals=self.originals,
-            progress=lambda m: self.ctx.progress("prune: " + m),
-        )
+        return Compensator(self.graph, self.weights, self.snapshot, data, refit=self.cfg.refit,
+                           damp=self.cfg.damp, notes=notes, originals=self.originals,
+                           progress=lambda m: self.ctx.progress("prune: " + m))
 
-    def refit_on(self, ctx: Context) -> None:
-        """Switch to another calibration set (and scorer): statistics are collected anew."""
+    def fit_on(self, data: Dataset) -> None:
+        """Compensate on `data` from now on (statistics collected anew)."""
         for w in self.weights:
             self.restore(w)
         if self.comp is not None:
             self.comp.finish()
-            self.comp = self._compensator(ctx.calib, [])
-        self.ctx = ctx
+            self.comp = self._compensator(data, [])
+
+    def score_on(self, scorer: Scorer) -> None:
+        """Score with `scorer` from now on; its score of the unpruned graph is the base."""
+        self.scorer = scorer
+        self.base = scorer(self.graph)
 
     def apply(self, masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Prune every weight by its mask (others back to original), then compensate."""
+        self._alone = None
         changed = []
         for w in self.weights:
             if self.comp is not None:
@@ -254,11 +229,35 @@ class _Pruner:
                 changed.append(w)
         return self.comp.sweep(changed, masks) if self.comp is not None else {}
 
-    def alone(self, w: Weight, keep: np.ndarray) -> None:
-        """Prune one layer by `keep`, every other layer original, and compensate it."""
-        w.set_values(apply_mask(self.originals[w.tensor.name], keep))
+    def drop(self) -> float:
+        return 100.0 * (self.base - self.scorer(self.graph))
+
+    def drop_joint(self, masks: S.Masks) -> float:
+        self.apply(masks)
+        drop = self.drop()
+        pooled = sum(m.size - int(m.sum()) for m in masks.values()) / max(
+            sum(m.size for m in masks.values()), 1)
+        self.ctx.progress(f"prune: joint sparsity {pooled:.3f} drop {drop:+.2f} points")
+        return drop
+
+    def drop_alone(self, name: str, keep: np.ndarray) -> float:
+        """Prune one layer by `keep`, every other layer original, compensate and score it."""
+        if self._alone is not None and self._alone != name:
+            self.restore(self.by_name[self._alone])
+        self._alone = name
+        w = self.by_name[name]
+        w.set_values(apply_mask(self.originals[name], keep))
         if self.comp is not None:
             self.comp.alone(w, keep)
+        drop = self.drop()
+        self.ctx.progress(f"prune: scan {w.layer} s={1 - keep.mean():.2f} drop={drop:+.2f}")
+        return drop
+
+    def end_scan(self) -> None:
+        """Put back the layer the last `drop_alone` left pruned."""
+        if self._alone is not None:
+            self.restore(self.by_name[self._alone])
+            self._alone = None
 
     def restore(self, w: Weight) -> None:
         if self.comp is not None:
@@ -285,116 +284,105 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
         report.notes.append("no Conv/Gemm/MatMul weight to prune")
         return report
     mode = _resolve_mode(cfg, ctx, report.notes)
-    ratios = resolve_per_layer(weights, cfg.per_layer)
-    pinned = {k: v for k, v in ratios.items() if _explicit(k, weights, cfg.per_layer)}
+    table = resolve_table(weights, cfg.per_layer)
+    pinned = {k: e.value for k, e in table.items() if e.explicit}
     pinned.update({n: 0.0 for n in protected if any(w.tensor.name == n for w in weights)})
-    facts = {w.tensor.name: _facts(w) for w in weights}
-    searching = mode is Mode.SENSITIVITY or (mode is Mode.GLOBAL and cfg.sparsity is None)
-    search_ctx = _holdout_context(graph, cfg, ctx, report.notes) if searching else ctx
-    pruner = _Pruner(graph, weights, cfg, search_ctx, report.notes)
-    threshold = None
-    if mode is Mode.UNIFORM:
-        default = (
-            cfg.sparsity
-            if cfg.sparsity is not None
-            else (FALLBACK_SPARSITY if cfg.per_layer is None else 0.0)
-        )
-        if cfg.mode is Mode.UNIFORM and cfg.sparsity is None and cfg.per_layer is None:
-            report.notes.append(f"no sparsity given: used the fallback {FALLBACK_SPARSITY:g}")
-        table = {w.tensor.name: ratios.get(w.tensor.name, default) for w in weights}
-        masks = uniform_masks(pruner.originals, {**table, **{n: 0.0 for n in protected}})
-        shifts = pruner.apply(masks)
-    elif mode is Mode.GLOBAL:
-        masks, threshold, shifts = global_search(pruner, cfg, pinned, report.notes)
-    else:
-        masks, shifts = sensitivity_search(pruner, cfg, pinned, report.notes, facts)
-    if pruner.ctx is not ctx:  # decided on held-out data: the final fit uses all of it
-        pruner.refit_on(ctx)
-        shifts = pruner.apply(masks)
+    searching = mode is Mode.SENSITIVITY or (mode is Mode.GLOBAL and cfg.sparsity is None
+                                             and (cfg.per_layer or {}).get("*") is None)
+    if searching and (ctx.calibration is None or (mode is Mode.GLOBAL and cfg.max_drop is None)):
+        raise BadInputError("prune mode 'global' needs 'sparsity' (the pooled ratio), or "
+                            "'max_drop' and calibration data to search for it")
+    holdout = searching and _use_holdout(cfg, ctx, report.notes)
+    calibration = ctx.calibration
+    fit, held = calibration.split() if holdout else (
+        calibration.data if calibration else None, None)
+    pruner = _Pruner(graph, weights, cfg, ctx, fit, report.notes)
+    result = _choose(pruner, cfg, ctx, mode, weights, table, protected, pinned, held)
+    if holdout:  # decided on held-out data: the final fit uses all of it
+        pruner.fit_on(calibration.data)
+    shifts = pruner.apply(result.masks)
     for w in weights:
-        facts[w.tensor.name]["correction"] = pruner.method(w) if w.tensor.name in shifts else "none"
+        w_facts = _facts(w)
+        w_facts["correction"] = pruner.method(w) if w.tensor.name in shifts else "none"
+        report.per_tensor[w.tensor.name] = w_facts
     pruner.finish()
     graph.cleanup().toposort()
-    _fill_report(report, weights, masks, facts, shifts, threshold, pinned, mode)
+    _fill_report(report, weights, result, shifts, pinned, mode)
     return report
 
 
-def _holdout_context(graph: gs.Graph, cfg: Config, ctx: Context, notes: list[str]) -> Context:
+def _choose(pruner: _Pruner, cfg: Config, ctx: Context, mode: Mode, weights: list[Weight],
+            table: Mapping, protected: set[str], pinned: Mapping[str, float],
+            held: Dataset | None) -> S.SearchResult:
+    """The masks of the mode, searched against the calibration score where it searches."""
+    originals = pruner.originals
+    if mode is Mode.UNIFORM:
+        default = (cfg.sparsity if cfg.sparsity is not None
+                   else (FALLBACK_SPARSITY if cfg.per_layer is None else 0.0))
+        ratios = {w.tensor.name: table[w.tensor.name].value if w.tensor.name in table
+                  else default for w in weights}
+        ratios.update({n: 0.0 for n in protected})
+        return S.SearchResult(S.uniform_masks(originals, ratios))
+    pooled = cfg.sparsity if cfg.sparsity is not None else (cfg.per_layer or {}).get("*")
+    if mode is Mode.GLOBAL and pooled is not None:
+        masks, t = S.global_masks(originals, pinned, pooled)
+        return S.SearchResult(masks, threshold=t, note=f"global magnitude threshold {t:.6g}")
+    pruner.score_on(ctx.calibration.scorer(pruner.snapshot, held))
+    base_note = f"base score {100 * pruner.base:.2f}%"
+    if mode is Mode.GLOBAL:
+        result = S.global_search(originals, pinned, cfg.ladder, cfg.max_drop, pruner.drop_joint)
+    else:
+        result = S.sensitivity_search(originals, pinned, cfg.ladder, cfg.tolerance, cfg.max_drop,
+                                      pruner.drop_alone, pruner.drop_joint)
+    pruner.end_scan()
+    result.note = f"{result.note}; {base_note}"
+    return result
+
+
+def _use_holdout(cfg: Config, ctx: Context, notes: list[str]) -> bool:
     """With refit, the fit flatters a score measured on its own data (VGG, 95%: 1.2 points
     lost on the fitted half of the calibration set, 3.8 on the other half, 3.65 on the eval
     set). So searches fit on the even samples and score the odd ones: top-1 accuracy if
     labels are known, else top-1 agreement with the unpruned model."""
-    if not (cfg.holdout and cfg.bias_correction and cfg.refit) or ctx.calib is None:
-        return ctx
-    n = len(next(iter(ctx.calib.values())))
-    if n < 2 * MIN_HOLDOUT:
-        notes.append(
-            f"calibration set too small to hold out ({n} < {2 * MIN_HOLDOUT}): "
-            "decisions are scored on the samples the refit fits"
-        )
-        return ctx
-    fit = {k: v[0::2] for k, v in ctx.calib.items()}
-    held = {k: v[1::2] for k, v in ctx.calib.items()}
-    labels = None if ctx.labels is None else np.asarray(ctx.labels)[1::2]
-    reference = None if labels is not None else C.run_graph(graph, held)
-    score = C.make_scorer(held, labels=labels, reference=reference)
-    notes.append(
-        f"search scored on {n - n // 2} held-out calibration samples, compensation "
-        f"fitted on the other {n // 2}; the final refit uses all {n}"
-    )
-    return Context(
-        calib=fit,
-        labels=None if labels is None else np.asarray(ctx.labels)[0::2],
-        score=score,
-        progress=ctx.progress,
-    )
-
-
-def _explicit(tensor: str, weights: list[Weight], table: Mapping[str, float] | None) -> bool:
-    """True if the weight is matched by a per_layer key other than '*'."""
-    w = next(w for w in weights if w.tensor.name == tensor)
-    return any(
-        k != "*" and (fnmatch.fnmatchcase(w.layer, k) or fnmatch.fnmatchcase(w.tensor.name, k))
-        for k in (table or {})
-    )
+    if not (cfg.holdout and cfg.bias_correction and cfg.refit) or ctx.calibration is None:
+        return False
+    n = len(ctx.calibration.data)
+    if not ctx.calibration.can_split():
+        notes.append(f"calibration set too small to hold out ({n} < 200): decisions are "
+                     "scored on the samples the refit fits")
+        return False
+    notes.append(f"search scored on {n - n // 2} held-out calibration samples, compensation "
+                 f"fitted on the other {n // 2}; the final refit uses all {n}")
+    return True
 
 
 def _facts(w: Weight) -> dict[str, Any]:
-    return {
-        "layer": w.layer,
-        "op": w.node.op,
-        "kind": w.kind,
-        "shape": list(w.values.shape),
-        "params": int(w.values.size),
-    }
+    return {"layer": w.layer, "op": w.node.op, "kind": w.kind, "shape": list(w.values.shape),
+            "params": int(w.values.size)}
 
 
-def _fill_report(
-    report: PassReport,
-    weights: list[Weight],
-    masks: Mapping[str, np.ndarray],
-    facts: dict[str, dict[str, Any]],
-    shifts: Mapping[str, Any],
-    threshold: float | None,
-    pinned: Mapping[str, float],
-    mode: Mode,
-) -> None:
+def _fill_report(report: PassReport, weights: list[Weight], result: S.SearchResult,
+                 shifts: Mapping[str, Any], pinned: Mapping[str, float], mode: Mode) -> None:
     report.notes.insert(0, f"mode: {mode.value}")
+    if result.note:
+        report.notes.append(result.note)
     total = zeros = 0
     for w in weights:
         name, values = w.tensor.name, w.values
-        f = facts[name]
+        f = report.per_tensor[name]
         f["sparsity"] = sparsity_of(values)
-        f["target"] = float(1 - masks[name].mean()) if name in masks else 0.0
+        f["target"] = float(1 - result.masks[name].mean()) if name in result.masks else 0.0
         f["pinned"] = name in pinned
         f["bias_corrected"] = name in shifts
         if name in shifts:
             f["bias_shift"] = float(np.max(np.abs(shifts[name]))) if shifts[name].size else 0.0
-        if threshold is not None and name not in pinned:
-            f["threshold"] = threshold
-        report.per_tensor[name] = f
+        if result.threshold is not None and name not in pinned:
+            f["threshold"] = result.threshold
+        if name in result.curves:
+            f["scan"] = {f"{r:g}": round(d, 3) for r, d in result.curves[name]}
+            f["cap"] = result.caps[name]
         total += values.size
         zeros += values.size - np.count_nonzero(values)
-        report.modified |= name in masks
+        report.modified |= name in result.masks
     if total:
         report.notes.append(f"overall sparsity {zeros / total:.4f} of {total} weights")

@@ -5,26 +5,34 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import data as D
-from ..compress import Evaluator, file_size, first_output, load_any, tensor_kinds, zero_feeds
+from .. import registry
 from ..container import ContainerReport, is_container
 from ..container.writer import encode_container
-from ..model import input_specs
+from ..io import file_size, load_any, tensor_kinds
 from ..runtime import Session
 from . import bench
-from .stats import Report, StageRow, coding_summary, layer_rows, original_weights, unknown_op_types
+from .stats import (
+    Evaluator,
+    Report,
+    StageRow,
+    coding_summary,
+    layer_rows,
+    original_weights,
+    unknown_op_types,
+)
 
 
 def compare(model_path: str | Path, baseline: str | Path | None = None,
             eval_data: str | Path | None = None, *, measure_latency: bool = True) -> Report:
     model = load_any(model_path)
     base_model = load_any(baseline) if baseline else None
-    specs = input_specs(base_model or model)
+    specs = D.input_specs(base_model or model)
     ds = D.load_dataset(eval_data, specs, what="evaluation") if eval_data else None
     creport = _container_report(model, model_path)
     stored = {t.name: t.stored_bytes for t in creport.tensors} if creport else None
     codecs = {t.name: t.codec for t in creport.tensors} if creport else None
     rep = Report(model=str(baseline or model_path), output=str(model_path),
-                 unknown_ops=unknown_op_types(model),
+                 unknown_ops=unknown_op_types(model, registry.known_ops()),
                  layers=layer_rows(model, stored, codecs,
                                    original_weights(base_model) if base_model else None))
     if creport is not None:
@@ -34,9 +42,9 @@ def compare(model_path: str | Path, baseline: str | Path | None = None,
     # one session per file serves scoring and the latency measurement
     sess = Session(model_path, threads=1)
     base_sess = Session(baseline, threads=1) if baseline else None
-    run = first_output(sess)
+    run = D.first_output(sess)
     if ds is not None:
-        base_run = first_output(base_sess) if base_sess else run
+        base_run = D.first_output(base_sess) if base_sess else run
         ev = Evaluator(ds, D.predict(base_run, ds))
         if base_model:
             rep.stages.append(ev.stage("baseline", base_size, base_size, base_run))
@@ -46,7 +54,7 @@ def compare(model_path: str | Path, baseline: str | Path | None = None,
             rep.stages.append(StageRow("baseline", base_size, 1.0))
         rep.stages.append(StageRow("model", size, base_size / size))
     if measure_latency:
-        feeds = ds.feeds if ds else zero_feeds(specs)
+        feeds = ds.feeds if ds else D.zero_feeds(specs)
         if base_sess:
             rep.latency_ms["baseline"] = bench.latency_ms(base_sess, feeds)
         rep.latency_ms["model"] = bench.latency_ms(sess, feeds)

@@ -10,11 +10,16 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..graph import WEIGHT_INPUTS, to_graph, unknown_ops
+from .. import data as D
+from ..graph import (
+    WEIGHT_INPUTS,
+    resolve_weight,
+    to_graph,
+    unknown_ops,
+    weight_index,
+    weight_sources,
+)
 from ..ops import ATTR_KERNEL_SHAPE, IN_WEIGHT_BITS, XNOR_CONV, words_per_tap
-
-# ops through which a stored weight may be decoded in-graph before it reaches its layer
-_DECODE_OPS = {"Gather", "Reshape", "Identity", "Cast", "Mul", "DequantizeLinear", "Unsqueeze"}
 
 
 @dataclass
@@ -53,6 +58,7 @@ class Report:
     unknown_ops: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     container: dict[str, float] = field(default_factory=dict)  # coded symbols vs entropy
+    passes: list[dict[str, Any]] = field(default_factory=list)  # what each pass did, per tensor
     accuracy_drop: float | None = None
     budget: float | None = None
     within_budget: bool | None = None
@@ -60,67 +66,36 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-
-def resolve_weight(node: gs.Node, index: int) -> tuple[np.ndarray, list[gs.Constant]] | None:
-    """The dense value of a layer's weight input and the stored constants it is decoded from.
-
-    Handles plain initializers and in-graph decoders (Gather(codebook, indices) → Reshape …).
-    Returns None when the weight is not a constant function of initializers.
-    """
-    tensor = node.inputs[index]
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values), [tensor]
-    if not tensor.inputs or tensor.inputs[0].op not in _DECODE_OPS:
-        return None
-    producer = tensor.inputs[0]
-    parts = [resolve_weight(producer, i) for i in range(len(producer.inputs))]
-    if any(p is None for p in parts):
-        return None
-    vals = [p[0] for p in parts]
-    stored = [c for p in parts for c in p[1]]
-    return _eval_decoder(producer, vals), stored
+    def judge(self) -> None:
+        """The drop from the first stage to the last (accuracy with labels, else agreement)
+        and whether it is within the budget."""
+        first, last = self.stages[0], self.stages[-1]
+        if first.accuracy is None and first.agreement is None:
+            return
+        before = first.accuracy if first.accuracy is not None else 100.0
+        after = last.accuracy if last.accuracy is not None else last.agreement
+        self.accuracy_drop = before - after
+        if self.budget is not None:
+            self.within_budget = self.accuracy_drop <= self.budget + 1e-9
 
 
-def weight_sources(node: gs.Node, index: int) -> list[gs.Constant] | None:
-    """The stored constants a layer's weight input is decoded from, without evaluating it."""
-    tensor = node.inputs[index]
-    if isinstance(tensor, gs.Constant):
-        return [tensor]
-    if not tensor.inputs or tensor.inputs[0].op not in _DECODE_OPS:
-        return None
-    producer = tensor.inputs[0]
-    parts = [weight_sources(producer, i) for i in range(len(producer.inputs))]
-    return None if any(p is None for p in parts) else [c for p in parts for c in p]
+def pass_summary(report) -> dict[str, Any]:
+    """A PassReport as plain data for the JSON report."""
+    return {"pass": report.name, "modified": report.modified, "notes": list(report.notes),
+            "per_tensor": report.per_tensor}
 
 
-def weight_index(node: gs.Node) -> int | None:
-    """Which input of a weight-bearing op holds its (possibly in-graph decoded) weight."""
-    if node.op not in WEIGHT_INPUTS:
-        return None
-    index = WEIGHT_INPUTS[node.op][0]
-    if node.op == "MatMul" and not _is_const_chain(node, 1) and _is_const_chain(node, 0):
-        index = 0
-    return index if len(node.inputs) > index else None
+@dataclass
+class Evaluator:
+    """Scores models on the eval set against the uncompressed model's outputs."""
 
+    data: D.Dataset
+    reference: np.ndarray
 
-def _eval_decoder(node: gs.Node, vals: list[np.ndarray]) -> np.ndarray:
-    op = node.op
-    if op == "Gather":
-        return np.take(vals[0], vals[1].astype(np.int64), axis=int(node.attrs.get("axis", 0)))
-    if op == "Reshape":
-        shape = [d if d != 0 else vals[0].shape[i] for i, d in enumerate(vals[1].tolist())]
-        return vals[0].reshape(shape)
-    if op == "Unsqueeze":
-        return np.expand_dims(vals[0], tuple(int(a) for a in vals[1]))
-    if op == "Cast":
-        to = onnx.helper.tensor_dtype_to_np_dtype(node.attrs["to"])
-        return vals[0].astype(to)
-    if op == "Mul":
-        return vals[0] * vals[1]
-    if op == "DequantizeLinear":
-        zp = vals[2] if len(vals) > 2 else 0
-        return (vals[0].astype(np.float32) - zp) * vals[1]
-    return vals[0]  # Identity
+    def stage(self, name: str, size: int, base_size: int, run) -> StageRow:
+        fid = D.fidelity(D.predict(run, self.data), self.reference, self.data.labels)
+        return StageRow(name, size, base_size / max(size, 1), fid.accuracy, fid.agreement,
+                        fid.max_abs_diff, fid.mean_abs_diff)
 
 
 def layer_rows(model: onnx.ModelProto, stored_bytes: dict[str, int] | None = None,
@@ -151,10 +126,6 @@ def layer_rows(model: onnx.ModelProto, stored_bytes: dict[str, int] | None = Non
         dense, _ = resolve_weight(node, index)
         rows.append(_row(node, dense, stored, stored_bytes, stored_codec, original))
     return rows
-
-
-def _is_const_chain(node: gs.Node, index: int) -> bool:
-    return len(node.inputs) > index and weight_sources(node, index) is not None
 
 
 def _row(node, dense, stored, stored_bytes, stored_codec, original) -> LayerRow:
@@ -234,5 +205,5 @@ def coding_summary(creport) -> dict[str, float]:
             "container_bytes": creport.total_bytes, "graph_bytes": creport.graph_bytes}
 
 
-def unknown_op_types(model: onnx.ModelProto) -> list[str]:
-    return unknown_ops(to_graph(model))
+def unknown_op_types(model: onnx.ModelProto, known: frozenset[str] = frozenset()) -> list[str]:
+    return unknown_ops(to_graph(model), known)

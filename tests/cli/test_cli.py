@@ -164,7 +164,7 @@ def test_corrupted_container_names_the_section(tmp_path, tiny_model_path):
 
 
 def test_refuses_to_overwrite_input(tiny_model_path):
-    _bad(cli("prune", tiny_model_path, "-o", tiny_model_path), "overwrite the input")
+    _bad(cli("prune", tiny_model_path, "-o", tiny_model_path), "overwrite an input")
 
 
 def test_dynamic_batch_runs_any_batch(tmp_path, tiny_model_path):

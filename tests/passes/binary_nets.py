@@ -9,7 +9,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from onnxcompress.graph import to_graph, to_model
-from onnxcompress.model import normalize
+from onnxcompress.normalize import normalize
 from onnxcompress.passes import binarize as B
 from onnxcompress.passes.base import Context, PassReport
 from onnxcompress.runtime import session_options

@@ -8,8 +8,8 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from onnxcompress.graph import to_graph
-from onnxcompress.passes import calibrate as C
 from onnxcompress.passes.base import Context
+from tests.helpers import calib_context
 
 # conv with bias, strided conv without bias, Gemm (transB) with bias, MatMul without bias
 NET = """
@@ -65,10 +65,13 @@ def graph(seed: int = 0, redundant_fc: bool = False) -> gs.Graph:
 
 
 def context(g: gs.Graph, n: int = 400, progress=lambda m: None) -> Context:
-    """Calibration data, and a score = top-1 agreement with the unmodified graph."""
-    data = feeds(n)
-    reference = C.run_graph(g, data)
-    return Context(calib=data, score=C.make_scorer(data, reference=reference), progress=progress)
+    """Calibration data, scored by top-1 agreement with the graph as a pass finds it."""
+    return calib_context(feeds(n), g.outputs[0].name, progress=progress)
+
+
+def scorer(ctx: Context, g: gs.Graph):
+    """score(graph): top-1 agreement with `g` as it is now, on the context's data."""
+    return ctx.calibration.scorer(ctx.calibration.snapshot(g))
 
 
 def weights_of(g: gs.Graph) -> dict[str, np.ndarray]:

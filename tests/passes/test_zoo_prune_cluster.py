@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from onnxcompress import calibration as C
 from onnxcompress.graph import to_graph
-from onnxcompress.model import load_model, normalize
-from onnxcompress.passes import calibrate as C
+from onnxcompress.io import load_model
+from onnxcompress.normalize import normalize
 from onnxcompress.passes import cluster, prune
-from onnxcompress.passes.base import Context
+from tests.helpers import calib_context
 
 ZOO = Path(__file__).resolve().parents[2] / "models"
 pytestmark = pytest.mark.skipif(
@@ -30,7 +31,7 @@ def test_lenet300_global_prune_refit_and_cluster_within_one_point() -> None:
     calib, evald = np.load(ZOO / "data" / "calib.npz"), np.load(ZOO / "data" / "eval.npz")
     g = to_graph(normalize(load_model(ZOO / "lenet300.onnx")))
     before = accuracy(g, evald)
-    ctx = Context(calib={"input": calib["input"]}, labels=calib["labels"])
+    ctx = calib_context({"input": calib["input"]}, labels=calib["labels"])
     prune.run(g, prune.Config(mode="global", sparsity=0.9), ctx)
     cluster.run(g, cluster.Config(), ctx)
     after = accuracy(g, evald)

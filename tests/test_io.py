@@ -6,8 +6,10 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
+from onnxcompress.data import input_specs
 from onnxcompress.errors import BadInputError
-from onnxcompress.model import input_specs, load_model, normalize, save_model
+from onnxcompress.io import load_model, save_model
+from onnxcompress.normalize import normalize
 from tests.conftest import tiny_cnn, tiny_data
 
 
@@ -90,13 +92,20 @@ def test_load_errors(tmp_path):
         load_model(cut)
 
 
-def test_save_is_atomic_and_refuses_to_overwrite_input(tmp_path):
+def test_save_is_atomic(tmp_path, monkeypatch):
     p = tmp_path / "m.onnx"
     save_model(tiny_cnn(), p)
     assert load_model(p).graph.node
-    with pytest.raises(BadInputError, match="overwrite the input"):
-        save_model(tiny_cnn(), p, inputs=(p,))
-    assert not [f for f in tmp_path.iterdir() if f.name.endswith(".tmp")]
+    before = p.read_bytes()
+
+    def broken(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", broken)
+    with pytest.raises(BadInputError, match="no space left"):
+        save_model(tiny_cnn(seed=3), p)
+    assert p.read_bytes() == before  # the old file is intact, no temporary file is left
+    assert [f.name for f in tmp_path.iterdir()] == ["m.onnx"]
 
 
 def test_external_data_round_trip(tmp_path):
@@ -137,7 +146,7 @@ def test_normalize_file_keeps_weights_out_of_the_proto(tmp_path):
     only names them; joined by to_graph they give the same model as normalize()."""
     from onnxcompress.container.protos import IN_MEMORY
     from onnxcompress.graph import to_graph, to_model
-    from onnxcompress.model import normalize_file
+    from onnxcompress.normalize import normalize_file
 
     model = _gemm_bn_model()
     path = tmp_path / "m.onnx"
@@ -159,7 +168,7 @@ def test_normalize_file_keeps_weights_out_of_the_proto(tmp_path):
 
 
 def test_normalize_file_rejects_bad_files(tmp_path):
-    from onnxcompress.model import normalize_file
+    from onnxcompress.normalize import normalize_file
 
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"this is not a protobuf at all \xff\xfe")
@@ -171,7 +180,7 @@ def test_normalize_file_rejects_bad_files(tmp_path):
 
 def test_normalize_file_says_when_the_temporary_files_do_not_fit(tmp_path, monkeypatch):
     from onnxcompress.errors import OnnxCompressError
-    from onnxcompress.model import normalize_file
+    from onnxcompress.normalize import normalize_file
 
     path = tmp_path / "m.onnx"
     onnx.save(tiny_cnn(), str(path))

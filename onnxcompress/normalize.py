@@ -1,13 +1,13 @@
-"""Load, validate, normalize and save ONNX models.
+"""Normalization: the model every pass sees.
 
-Every pass sees a model that went through `normalize`: BatchNormalization folded into the
-Conv/Gemm before it, constants folded, every prunable weight an initializer, and no initializer
-listed as a graph input. Saving is atomic and never overwrites the input file.
+After `normalize`, BatchNormalization is folded into the Conv/Gemm before it, constants are
+folded, every prunable weight is an initializer, no initializer is listed as a graph input, the
+opset is at least MIN_OPSET and every node has a unique name. Large models are normalized from
+their file without ever holding the whole model as one proto (`normalize_file`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import tempfile
@@ -15,137 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from .container.protos import mark_in_memory
 from .errors import BadInputError, OnnxCompressError, UnsupportedModelError
+from .graph.topology import unique_names
+from .io import check_path, in_memory_tensor, parse_model, with_arrays
 from .wire import split_weights
 
 log = logging.getLogger(__name__)
 
-TWO_GB = 2**31
 MIN_OPSET = 13  # Gather/Reshape/Squeeze forms the passes emit assume opset >= 13
-
-
-def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
-    """Read an ONNX file (external data included), check it fully and infer shapes."""
-    model = _parse(Path(path), load_external_data=True)
-    if check:
-        check_file(path)
-    return model
-
-
-def check_file(path: str | os.PathLike) -> None:
-    """Full onnx.checker pass on a file (the checker reads it itself: no in-memory copy of a
-    large model is serialized for it); raises BadInputError with the checker's words."""
-    _check(str(path), where=str(path))
-
-
-def _parse(path: Path, *, load_external_data: bool) -> onnx.ModelProto:
-    if not path.is_file():
-        raise BadInputError(f"{path}: no such file")
-    try:
-        model = onnx.load(str(path), load_external_data=load_external_data)
-    except DecodeError as e:
-        raise BadInputError(
-            f"{path}: not an ONNX model (protobuf parse failed: {e}); "
-            "is the file truncated, or is it a container (.onnxc) that needs 'unpack'?"
-        ) from e
-    except (OSError, ValueError) as e:
-        raise BadInputError(f"{path}: cannot read the model or its external data: {e}") from e
-    if not model.graph.node:
-        raise BadInputError(f"{path}: not an ONNX model (no graph nodes found); is the file truncated?")
-    return model
-
-
-def _check(path: str, where: str) -> None:
-    """Full onnx.checker pass (with shape inference) on a file; BadInputError with its words."""
-    try:
-        onnx.checker.check_model(path, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BadInputError(f"{where}: invalid ONNX model: {first}") from e
-
-
-def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, inputs: tuple = (),
-               external: bool | None = None) -> Path:
-    """Write `model` atomically: a temporary file beside `path`, then rename.
-
-    Models over 2 GB are written with their tensors in one external data file beside the output
-    (`<name>.data`); `external=True` forces that layout. `inputs` lists paths the output must
-    not overwrite.
-    """
-    path = Path(path)
-    refuse_overwrite(path, inputs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if external is None:
-        external = not _all_data_inline(model) or model.ByteSize() >= TWO_GB
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    data_name = path.name + ".data"
-    tmp_data = Path(tmp).parent / (Path(tmp).name + ".data")
-    try:
-        if external:
-            onnx.save(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                      location=tmp_data.name, size_threshold=1024)
-            _rename_external_location(tmp, tmp_data.name, data_name)
-            os.replace(tmp_data, path.parent / data_name)
-        else:
-            onnx.save(model, tmp)
-        os.replace(tmp, path)
-    finally:
-        for p in (tmp, tmp_data):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
-    return path
-
-
-def refuse_overwrite(path: Path, inputs: tuple) -> None:
-    for src in inputs:
-        if src and Path(src).exists() and path.exists() and path.resolve() == Path(src).resolve():
-            raise BadInputError(f"{path}: refusing to overwrite the input file; choose another -o")
-
-
-def _all_data_inline(model: onnx.ModelProto) -> bool:
-    return all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-
-
-def _rename_external_location(model_path: str, old: str, new: str) -> None:
-    """Point the saved model's external-data entries at the final data file name."""
-    m = onnx.load(model_path, load_external_data=False)
-    for t in m.graph.initializer:
-        for kv in t.external_data:
-            if kv.key == "location" and kv.value == old:
-                kv.value = new
-    onnx.save(m, model_path)
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def atomic_write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-
-
-# ----------------------------------------------------------------------------- normalization
 
 
 def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -201,14 +81,14 @@ def _normalize_file(path: Path, check: bool) -> tuple[onnx.ModelProto, dict[str,
         src = tmp / "in.onnx"
         if split_weights(path, src, "in.data")[1]:
             src = path  # it keeps (some) weights apart already, relative to its own folder
-        head = _parse(src, load_external_data=False)
+        head = parse_model(src, load_external_data=False)
         if check:
-            _check(str(src), where=str(path))
+            check_path(str(src), where=str(path))
         meta = (head.producer_name, head.producer_version, head.ir_version)
         if _initializer_inputs(head):
             head = _drop_initializer_inputs(head)
             if src == path:  # its data files sit beside it: take them along into tmp
-                full = _drop_initializer_inputs(_parse(src, load_external_data=True))
+                full = _drop_initializer_inputs(parse_model(src, load_external_data=True))
                 onnx.save(full, str(tmp / "in.onnx"), save_as_external_data=True,
                           location="in.data", size_threshold=1024)
                 del full
@@ -220,29 +100,15 @@ def _normalize_file(path: Path, check: bool) -> tuple[onnx.ModelProto, dict[str,
         arrays = _take_external_data(light, tmp)
     light = _upgrade_opset(light)
     fold_batchnorm_after_gemm(light, arrays)
-    name_nodes(light)
+    for node, name in zip(light.graph.node,
+                          unique_names([(n.name, n.op_type) for n in light.graph.node])):
+        node.name = name
     for node in light.graph.node:
         if node.domain not in ("", "ai.onnx"):
             raise UnsupportedModelError(
                 f"normalization produced non-standard op {node.domain}::{node.op_type} "
                 f"('{node.name}'); please report this model")
     return light, arrays
-
-
-def in_memory_tensor(name: str, arr: np.ndarray) -> onnx.TensorProto:
-    """An initializer with `arr`'s type and shape whose data is held beside the proto."""
-    t = onnx.TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(arr.dtype),
-                         dims=list(arr.shape))
-    mark_in_memory(t)
-    return t
-
-
-def with_arrays(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """`model` with the data of its IN_MEMORY initializers put back inline (in place)."""
-    for t in model.graph.initializer:
-        if t.name in arrays:
-            t.CopyFrom(numpy_helper.from_array(arrays[t.name], t.name))
-    return model
 
 
 def _take_external_data(model: onnx.ModelProto, base: Path) -> dict[str, np.ndarray]:
@@ -263,15 +129,6 @@ def _take_external_data(model: onnx.ModelProto, base: Path) -> dict[str, np.ndar
         arrays[t.name] = arr.astype(dtype, copy=False).reshape(tuple(t.dims))
         mark_in_memory(t)
     return arrays
-
-
-def name_nodes(model: onnx.ModelProto) -> None:
-    """Give every node a unique, stable name so reports and recipes can refer to layers."""
-    seen: set[str] = set()
-    for i, node in enumerate(model.graph.node):
-        if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{i}"
-        seen.add(node.name)
 
 
 def _initializer_inputs(model: onnx.ModelProto) -> bool:
@@ -420,16 +277,3 @@ def fold_batchnorm_after_gemm(model: onnx.ModelProto,
         for name in set(arrays) - used:
             del arrays[name]
     return model
-
-
-def input_specs(model: onnx.ModelProto) -> list[tuple[str, list, np.dtype]]:
-    """(name, shape with None for symbolic dims, numpy dtype) for each real graph input."""
-    init_names = {t.name for t in model.graph.initializer}
-    specs = []
-    for vi in model.graph.input:
-        if vi.name in init_names:
-            continue
-        tt = vi.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-        specs.append((vi.name, shape, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))))
-    return specs

@@ -1,14 +1,15 @@
-"""Activation capture, analytic layer output means, bias slots and sequential correction."""
+"""Analytic layer output means, bias slots and sequential bias correction."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
-import pytest
 
+from onnxcompress.calibration import GraphSession, run_graph
+from onnxcompress.compensate import bias as C
+from onnxcompress.data import Dataset
 from onnxcompress.graph import iter_weights
 from onnxcompress.kernels.masks import apply_mask, magnitude_mask
-from onnxcompress.passes import calibrate as C
 from tests.passes import small_nets as S
 
 OUTPUTS = {"conv1_w": "c1", "conv2_w": "c2", "fc1_w": "h", "fc2_w": "logits"}  # bias included
@@ -17,39 +18,22 @@ OUTPUTS = {"conv1_w": "c1", "conv2_w": "c2", "fc1_w": "h", "fc2_w": "logits"}  #
 def layer_outputs(g: gs.Graph, data: dict) -> dict[str, np.ndarray]:
     """Weight name -> per-channel mean of its layer's output, captured on ONNX Runtime."""
     weights = iter_weights(g)
-    means = C.Probe(g, list(OUTPUTS.values())).means(data)
+    means = GraphSession(g, list(OUTPUTS.values())).means(data)
     out = {}
     for w in weights:
         m = means[OUTPUTS[w.tensor.name]]
-        o = C.out_channels(w)
+        o = w.out_channels
         out[w.tensor.name] = (
             m.reshape(o, -1).mean(1) if w.node.op == "Conv" else m.reshape(-1, o).mean(0)
         )
     return out
 
 
-def test_probe_means_match_numpy() -> None:
-    g, data = S.graph(), S.feeds(300)
-    means = C.Probe(g, ["input", "r1", "logits"]).means(data, batch=64)
-    np.testing.assert_allclose(means["input"], data["input"].mean(0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(means["logits"], C.run_graph(g, data).mean(0), rtol=1e-4, atol=1e-5)
-    assert means["r1"].shape == (8, 12, 12)
-
-
-def test_probe_overrides_replace_initializers() -> None:
-    g, data = S.graph(), S.feeds(50)
-    probe = C.Probe(g, ["logits"], overridable=["fc1_b"])
-    bias = g.tensors()["fc1_b"]
-    new = np.asarray(bias.values) + 1.0
-    got = probe.means(data, {"fc1_b": new})["logits"]
-    bias.values = new.astype(np.float32)
-    np.testing.assert_allclose(got, C.run_graph(g, data).mean(0), rtol=1e-5, atol=1e-5)
-
-
 def test_analytic_output_means_match_onnxruntime() -> None:
     g, data = S.graph(), S.feeds(200)
     weights = iter_weights(g)
-    stats = C.input_stats(g, weights, data)
+    means = GraphSession(g, [w.node.inputs[0].name for w in weights]).means(data)
+    stats = C.input_stats(means, weights)
     measured = layer_outputs(g, data)
     biases = {"Conv_0": "conv1_b", "Gemm_6": "fc1_b"}
     for w in weights:
@@ -75,32 +59,28 @@ def test_bias_slots_are_created_and_removed() -> None:
     assert slot_conv.created and len(conv2.node.inputs) == 3
     assert slot_mm.created and slot_mm.add is not None
     assert C.bias_slot(g, fc2).tensor is slot_mm.tensor  # the Add is found again, not re-added
-    before = C.run_graph(g, S.feeds(20))
+    before = run_graph(g, S.feeds(20))
     assert C.drop_if_unused(g, conv2, slot_conv) and C.drop_if_unused(g, fc2, slot_mm)
     g.cleanup().toposort()
     assert len(conv2.node.inputs) == 2 and "Add" not in [n.op for n in g.nodes]
-    np.testing.assert_array_equal(C.run_graph(g, S.feeds(20)), before)
+    np.testing.assert_array_equal(run_graph(g, S.feeds(20)), before)
 
 
 def test_sequential_correction_restores_every_layer_mean() -> None:
     g, data = S.graph(), S.feeds(300)
     reference = layer_outputs(g, data)
     weights = iter_weights(g)
-    stats = C.input_stats(g, weights, data)
+    means = GraphSession(g, [w.node.inputs[0].name for w in weights]).means(data)
+    stats = C.input_stats(means, weights)
     layers = []
     for w in weights:
         before = w.values.copy()
         w.set_values(apply_mask(before, magnitude_mask(before, 0.7)))
         layers.append(C.Corrected(w, C.bias_slot(g, w), before, stats[w.tensor.name]))
     pruned = layer_outputs(g, data)
-    C.correct_biases(g, layers, data)
+    C.correct_biases(g, layers, Dataset(data, None))
     after = layer_outputs(g, data)
     for name, want in reference.items():
         shift_before = np.abs(pruned[name] - want).max()
         assert shift_before > 1e-2, name  # pruning 70% really moved the means
         np.testing.assert_allclose(after[name], want, rtol=1e-4, atol=1e-4, err_msg=name)
-
-
-def test_make_scorer_needs_a_target() -> None:
-    with pytest.raises(ValueError, match="labels or reference"):
-        C.make_scorer(S.feeds(4))

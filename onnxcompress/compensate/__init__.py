@@ -1,0 +1,127 @@
+"""Compensation: what the prune and cluster passes call after changing weights.
+
+`Compensator` bundles the least-squares refit (refit.py) and bias correction (bias.py). Built
+BEFORE the weights change, it records the original weights, gives each layer a bias slot and
+takes its statistics from a calibration snapshot of the graph as it was (the reference). Then
+`alone` compensates one perturbed layer analytically (upstream unchanged: used by sensitivity
+scans) and `sweep` compensates a set of perturbed layers sequentially in topological order.
+With `refit`, layers that support it get the refit of their kept weights and bias; others (and
+all layers without `refit`) get bias correction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..calibration.service import Snapshot
+from ..data import Dataset
+from ..graph import Weight
+from .bias import (
+    BiasSlot,
+    Corrected,
+    bias_slot,
+    correct_biases,
+    drop_if_unused,
+    input_stats,
+    layer_input,
+    output_mean,
+)
+from .refit import Refit, layer_grams, refit_alone, refit_sweep, refit_unsupported
+
+__all__ = ["Compensator"]
+
+
+class Compensator:
+    """Undo the damage of perturbing layer weights, from calibration data (module docstring)."""
+
+    def __init__(
+        self,
+        graph: gs.Graph,
+        weights: Sequence[Weight],
+        snapshot: Snapshot,
+        data: Dataset,
+        *,
+        refit: bool,
+        damp: float = 0.01,
+        notes: list[str] | None = None,
+        originals: Mapping[str, np.ndarray] | None = None,
+        progress: Callable[[str], None] = lambda m: None,
+    ):
+        self.graph, self.snapshot, self.data = graph, snapshot, data
+        self.damp, self.progress = damp, progress
+        self.weights = list(weights)
+        self.originals = dict(originals or {w.tensor.name: w.values.copy() for w in self.weights})
+        self.slots: dict[str, BiasSlot] = {}
+        notes = notes if notes is not None else []
+        for w in self.weights:
+            slot = bias_slot(graph, w)
+            if isinstance(slot, str):
+                notes.append(f"no bias correction: {slot}")
+            else:
+                self.slots[w.tensor.name] = slot
+        self.bias_before = {k: np.asarray(s.tensor.values).copy() for k, s in self.slots.items()}
+        with_slot = [w for w in self.weights if w.tensor.name in self.slots]
+        self.refittable = {w.tensor.name for w in with_slot if refit and not refit_unsupported(w)}
+        progress("collecting layer input statistics")
+        means = snapshot.means(data, [layer_input(w).name for w in with_slot])
+        self.stats = input_stats(means, with_slot)
+        self._grams: dict[str, np.ndarray] | None = None
+
+    def method(self, w: Weight) -> str:
+        """'refit', 'bias' or 'none' for this layer."""
+        name = w.tensor.name
+        return "refit" if name in self.refittable else "bias" if name in self.slots else "none"
+
+    def restore(self, w: Weight) -> None:
+        """Original weight and bias of one layer."""
+        w.set_values(self.originals[w.tensor.name])
+        if w.tensor.name in self.slots:
+            self.slots[w.tensor.name].tensor.values = self.bias_before[w.tensor.name].copy()
+
+    def alone(self, w: Weight, keep: np.ndarray | None = None) -> None:
+        """Compensate one layer whose weights were changed in place (upstream unchanged)."""
+        name, method = w.tensor.name, self.method(w)
+        if method == "none":
+            return
+        slot = self.slots[name]
+        slot.tensor.values = self.bias_before[name].copy()
+        if method == "refit" and keep is not None:
+            if self._grams is None:
+                refittable = [x for x in self.weights if x.tensor.name in self.refittable]
+                self._grams = layer_grams(self.snapshot, refittable, self.data)
+            refit_alone(w, slot, self._grams[name], self.originals[name],
+                        self.bias_before[name], keep, self.damp)
+        else:
+            stat = self.stats[name]
+            slot.shift(output_mean(w, self.originals[name], stat) - output_mean(w, w.values, stat))
+
+    def sweep(self, changed: Sequence[Weight], keeps: Mapping[str, np.ndarray] | None = None
+              ) -> dict[str, np.ndarray]:
+        """Compensate the changed layers in order; returns weight name -> output bias change."""
+        for w in changed:
+            if w.tensor.name in self.slots:
+                self.slots[w.tensor.name].tensor.values = self.bias_before[w.tensor.name].copy()
+        todo = [w for w in changed if self.method(w) != "none"]
+        if keeps is None or not any(self.method(w) == "refit" for w in todo):
+            layers = [Corrected(w, self.slots[w.tensor.name], self.originals[w.tensor.name],
+                                self.stats[w.tensor.name]) for w in todo]
+            return correct_biases(self.graph, layers, self.data, progress=self.progress)
+        items = [
+            Refit(w, self.slots[w.tensor.name], self.originals[w.tensor.name],
+                  self.bias_before[w.tensor.name],
+                  keeps.get(w.tensor.name) if self.method(w) == "refit" else None,
+                  self.stats[w.tensor.name])
+            for w in todo
+        ]
+        return refit_sweep(self.graph, items, self.snapshot, self.data, self.damp,
+                           progress=self.progress)
+
+    def finish(self) -> None:
+        """Remove the biases this object created that stayed zero."""
+        for w in self.weights:
+            slot = self.slots.get(w.tensor.name)
+            if slot is not None and drop_if_unused(self.graph, w, slot):
+                del self.slots[w.tensor.name]

@@ -1,0 +1,138 @@
+"""Least-squares refit of a compressed layer against the reference layer's outputs.
+
+Refit (kernels/refit.py; AdaPrune, Hubara et al. 2021; OBC, Frantar & Alistarh 2022): the
+kept weights and the bias of a pruned layer are re-estimated by ridge least squares so that the
+layer, fed its input in the compressed model, reproduces the REFERENCE layer's outputs on the
+reference input. Only Gram matrices of the input rows (im2col patches for a Conv) are
+accumulated, one calibration pass per layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..calibration.runner import GraphSession
+from ..calibration.service import Snapshot
+from ..data import Dataset
+from ..graph import Weight, conv_geometry
+from ..kernels.refit import im2col, masked_lstsq, with_ones
+from .bias import BiasSlot, correction_unsupported, layer_input, layer_stat, output_mean
+
+MAX_REFIT_INPUTS = 4096  # fan-in above this makes the Gram too big: bias correction instead
+ROWS_PER_BATCH = 16384  # input rows (samples x positions) used per calibration batch
+
+
+def refit_unsupported(w: Weight) -> str:
+    """Why the least-squares refit cannot handle this layer, or '' if it can."""
+    reason = correction_unsupported(w)
+    if reason:
+        return reason
+    if w.node.op == "Conv" and int(w.node.attrs.get("group", 1)) != 1:
+        return f"Conv '{w.node.name}': refit handles group=1 only"
+    fan_in = w.to_rows(w.values).shape[1]
+    if fan_in > MAX_REFIT_INPUTS:
+        return f"{w.node.op} '{w.node.name}': fan-in {fan_in} exceeds {MAX_REFIT_INPUTS} for refit"
+    return ""
+
+
+def input_rows(w: Weight, x: np.ndarray) -> np.ndarray:
+    """The layer's input rows: im2col patches for a Conv, else the last axis."""
+    if w.node.op != "Conv":
+        return x.reshape(-1, x.shape[-1])
+    geo = conv_geometry(w.node, x.shape[2:])
+    return im2col(x, geo.kernel, geo.strides, geo.pads, geo.dilations)
+
+
+def _pick(n: int, seed: int) -> np.ndarray | slice:
+    if n <= ROWS_PER_BATCH:
+        return slice(None)
+    return np.sort(np.random.default_rng(seed).choice(n, ROWS_PER_BATCH, replace=False))
+
+
+def layer_grams(snapshot: Snapshot, weights: Sequence[Weight], data: Dataset
+                ) -> dict[str, np.ndarray]:
+    """Weight name -> Gram of its layer's reference input rows (ones column last)."""
+    grams: dict[str, np.ndarray] = {}
+    names = [layer_input(w).name for w in weights]
+    for k, captured in enumerate(snapshot.batches(data, names)):
+        for w in weights:
+            rows = input_rows(w, captured[layer_input(w).name])
+            x1 = with_ones(rows[_pick(len(rows), k)])
+            grams[w.tensor.name] = grams.get(w.tensor.name, 0.0) + x1.T @ x1
+    return grams
+
+
+def refit_alone(w: Weight, slot: BiasSlot, gram: np.ndarray, before: np.ndarray,
+                bias_before: np.ndarray, keep: np.ndarray, damp: float) -> None:
+    """Refit one layer whose input is unchanged (targets = its own original outputs)."""
+    rows = w.to_rows(before).astype(np.float64) * w.gain
+    full = np.hstack([rows, (bias_before * slot.scale)[:, None]])
+    _set_fit(w, slot, *masked_lstsq(gram, gram @ full.T, w.to_rows(keep), damp, prior=rows))
+
+
+def _set_fit(w: Weight, slot: BiasSlot, rows: np.ndarray, bias: np.ndarray) -> None:
+    w.set_values(w.from_rows(rows / w.gain))
+    slot.tensor.values = (bias / slot.scale).astype(np.asarray(slot.tensor.values).dtype)
+
+
+@dataclass
+class Refit:
+    """One layer of a refit sweep; `keep` None means bias correction only (mean statistic)."""
+
+    weight: Weight
+    slot: BiasSlot
+    before: np.ndarray
+    bias_before: np.ndarray
+    keep: np.ndarray | None = None
+    stat_before: np.ndarray | None = None
+
+
+def refit_sweep(graph: gs.Graph, layers: Sequence[Refit], snapshot: Snapshot, data: Dataset,
+                damp: float = 0.01, threads: int | None = 1,
+                progress: Callable[[str], None] = lambda m: None) -> dict[str, np.ndarray]:
+    """Refit (or bias-correct) each layer in topological order against the reference outputs,
+    on its input in the current compressed graph; returns weight name -> bias change. One
+    session serves the sweep: the layers' weights and biases are its inputs."""
+    names = [layer_input(c.weight).name for c in layers]
+    variable = [t.name for c in layers for t in (c.weight.tensor, c.slot.tensor)]
+    sess = GraphSession(graph, names, variable=variable, threads=threads)
+    changes = {}
+    for i, c in enumerate(layers):
+        progress(f"refit {i + 1}/{len(layers)} {c.weight.layer}")
+        name = layer_input(c.weight).name
+        if c.keep is None:
+            stat_now = layer_stat(c.weight, sess.means(data.feeds)[name])
+            c.slot.shift(output_mean(c.weight, c.before, c.stat_before)
+                         - output_mean(c.weight, c.weight.values, stat_now))
+        else:
+            now = (b[name] for b in sess.batches(data.feeds))
+            was = (b[name] for b in snapshot.batches(data, [name]))
+            gram, cross = _normal_equations(c, now, was)
+            prior = c.weight.to_rows(c.before).astype(np.float64) * c.weight.gain
+            fit = masked_lstsq(gram, cross, c.weight.to_rows(c.keep), damp, prior=prior)
+            _set_fit(c.weight, c.slot, *fit)
+        changes[c.weight.tensor.name] = (
+            np.asarray(c.slot.tensor.values, dtype=np.float64) - c.bias_before
+        ) * c.slot.scale
+    return changes
+
+
+def _normal_equations(c: Refit, now: Iterable[np.ndarray], was: Iterable[np.ndarray]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Gram of the compressed input rows and their cross term with the reference outputs."""
+    w = c.weight
+    target = w.to_rows(c.before).astype(np.float64) * w.gain
+    bias = c.bias_before.astype(np.float64) * c.slot.scale
+    gram = cross = 0.0
+    for k, (x_now, x_was) in enumerate(zip(now, was)):
+        rows_now = input_rows(w, x_now)
+        pick = _pick(len(rows_now), k)
+        x1 = with_ones(rows_now[pick])
+        y = input_rows(w, x_was)[pick].astype(np.float64) @ target.T + bias
+        gram = gram + x1.T @ x1
+        cross = cross + x1.T @ y
+    return gram, cross
