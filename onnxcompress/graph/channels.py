@@ -27,6 +27,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .cost import infer_shapes
+from .topology import fresh_name
 from .weights import weight_of
 
 CARRY_OPS = frozenset({
@@ -293,3 +294,57 @@ def _along(shape: Sequence[int], rank: int, axis: int) -> int | None:
     """Size of a broadcast operand along output axis `axis` (None if it does not reach it)."""
     k = axis - (rank - len(shape))
     return shape[k] if 0 <= k < len(shape) else None
+
+
+# ----------------------------------------------------------------------------- applying a plan
+
+
+def remove_channels(graph: gs.Graph, group: ChannelGroup, keep: np.ndarray) -> None:
+    """Cut `graph` down to the channels `keep` (sorted indices into the group) of a cuttable
+    group, in place: producers lose output rows, followers their entries, consumers their input
+    columns (a block of positions per channel after a Flatten). Shapes of the intermediate
+    tensors are cleared for export to infer again."""
+    if group.blocked:
+        raise ValueError(f"group is not cuttable: {group.blocked}")
+    keep = np.asarray(keep, dtype=np.int64)
+    for node in group.producers:
+        w, _ = weight_of(node)
+        axis = 0 if node.op == "Conv" or (node.op == "Gemm" and node.attrs.get("transB", 0)) \
+            else w.values.ndim - 1
+        _slice_input(graph, ChannelUse(node, 1, 0, 1, axis), keep, group.size)
+    for use in group.followers:
+        _slice_input(graph, use, keep, group.size)
+        if use.node.op == "Conv" and use.input == 1:  # a depthwise conv: one group per channel
+            use.node.attrs["group"] = int(np.asarray(use.node.inputs[1].values).shape[0])
+    for use in group.consumers:
+        node = use.node
+        w, _ = weight_of(node)
+        if node.op == "Conv":
+            axis = 1
+        elif node.op == "Gemm":
+            axis = 1 if node.attrs.get("transB", 0) else 0
+        else:  # MatMul: (K, N)
+            axis = w.values.ndim - 2
+        _slice_input(graph, ChannelUse(node, 1, use.offset, use.block, axis), keep, group.size)
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Variable) and t not in graph.inputs and t not in graph.outputs:
+            t.shape = None
+
+
+def _positions(use: ChannelUse, keep: np.ndarray, size: int, length: int) -> np.ndarray:
+    """Indices along the axis that survive: the group's kept channels (blocks of `use.block`
+    at `use.offset`) and every position outside the group's span."""
+    span = np.arange(use.offset, use.offset + size * use.block)
+    kept = (use.offset + keep[:, None] * use.block + np.arange(use.block)).reshape(-1)
+    return np.setdiff1d(np.arange(length), np.setdiff1d(span, kept))
+
+
+def _slice_input(graph: gs.Graph, use: ChannelUse, keep: np.ndarray, size: int) -> None:
+    node, t = use.node, use.node.inputs[use.input]
+    if not isinstance(t, gs.Constant):
+        raise TypeError(f"{node.op} '{node.name}' input {use.input} is not a constant")
+    values = np.asarray(t.values)
+    axis = use.axis % values.ndim
+    sliced = np.take(values, _positions(use, keep, size, values.shape[axis]), axis=axis)
+    # a private copy: the same constant may feed other nodes that keep every channel
+    node.inputs[use.input] = gs.Constant(fresh_name(graph, f"{t.name}_cut"), sliced)

@@ -19,8 +19,10 @@ def _pct(x: float | None) -> str:
 
 def render(report: Report) -> str:
     lines = [f"model:  {report.model}", f"output: {report.output}", ""]
-    header = ("layer", "op", "shape", "params", "sparsity", "bits", "before", "after", "stored as")
-    rows = [(r.layer, r.op, "x".join(map(str, r.shape)), f"{r.params:,}", f"{r.sparsity:.1%}",
+    header = ("layer", "op", "shape", "params", "MFLOPs", "sparsity", "bits", "before", "after",
+              "stored as")
+    rows = [(r.layer, r.op, "x".join(map(str, r.shape)), f"{r.params:,}",
+             "-" if r.flops is None else f"{r.flops / 1e6:.2f}", f"{r.sparsity:.1%}",
              "-" if r.bits is None else str(r.bits), _size(r.bytes_before), _size(r.bytes_after),
              r.stored_as) for r in report.layers]
     if rows:

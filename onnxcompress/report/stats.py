@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -19,7 +21,10 @@ from ..graph import (
     weight_index,
     weight_sources,
 )
+from ..graph.cost import graph_costs
 from ..ops import ATTR_KERNEL_SHAPE, IN_WEIGHT_BITS, XNOR_CONV, words_per_tap
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,6 +40,7 @@ class LayerRow:
     bytes_after: int
     stored_as: str  # how the bytes are stored: float32, gather codebook, container codec …
     binarized: bool = False  # 1-bit weights: an XnorConv, or a Conv whose weights are all +-1
+    flops: int | None = None  # per sample, from shape inference (graph.cost)
 
 
 @dataclass
@@ -110,13 +116,15 @@ def layer_rows(model: onnx.ModelProto, stored_bytes: dict[str, int] | None = Non
     `arrays` holds the data of IN_MEMORY initializers (graph.to_light_model).
     """
     graph = to_graph(model, arrays)
+    flops = layer_flops(graph)
     rows, seen = [], set()
     for node in graph.nodes:
         if node.op == XNOR_CONV and isinstance(node.inputs[IN_WEIGHT_BITS], gs.Constant):
             bits = node.inputs[IN_WEIGHT_BITS]
             if bits.name not in seen:  # the exact Sign(0) form shares one weight in two ops
                 seen.add(bits.name)
-                rows.append(_xnor_row(node, bits, stored_bytes, stored_codec, original))
+                row = _xnor_row(node, bits, stored_bytes, stored_codec, original)
+                rows.append(dataclasses.replace(row, flops=flops.get(node.name)))
             continue
         index = weight_index(node)
         stored = None if index is None else weight_sources(node, index)
@@ -124,8 +132,18 @@ def layer_rows(model: onnx.ModelProto, stored_bytes: dict[str, int] | None = Non
             continue
         seen.add(tuple(c.name for c in stored))
         dense, _ = resolve_weight(node, index)
-        rows.append(_row(node, dense, stored, stored_bytes, stored_codec, original))
+        row = _row(node, dense, stored, stored_bytes, stored_codec, original)
+        rows.append(dataclasses.replace(row, flops=flops.get(node.name)))
     return rows
+
+
+def layer_flops(graph: gs.Graph) -> dict[str, int]:
+    """Node name -> FLOPs per sample; empty when shape inference cannot run on the model."""
+    try:
+        return {c.name: c.flops for c in graph_costs(graph)}
+    except (onnx.shape_inference.InferenceError, ValueError, KeyError, TypeError) as e:
+        log.info("no FLOPs column: shape inference failed (%s)", e)
+        return {}
 
 
 def _row(node, dense, stored, stored_bytes, stored_codec, original) -> LayerRow:

@@ -76,6 +76,13 @@ def test_compress_writes_container_report_and_json(tmp_path, tiny_model_path, ti
     assert rep["within_budget"] is True and rep["layers"]
     assert set(rep["latency_ms"]) == {"original", "packed"}
     assert "top-1 %" in r.output
+    # what each pass did reaches the JSON: the sensitivity curve each layer was cut from
+    prune_rep, cluster_rep = rep["passes"]
+    assert prune_rep["pass"] == "prune" and cluster_rep["pass"] == "cluster"
+    scans = [f["scan"] for f in prune_rep["per_tensor"].values() if "scan" in f]
+    assert scans and all(isinstance(d, float) for scan in scans for d in scan.values())
+    assert all(f["bits"] in (5, 8) for f in cluster_rep["per_tensor"].values())
+    assert all(row["flops"] > 0 for row in rep["layers"])
     x = tiny_data()["input"]
     got = Session(out).run(None, {"input": x})[0]
     assert got.shape == (64, 4)

@@ -1,0 +1,41 @@
+"""The registry: every pass module keeping the Pass protocol, and what follows from it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from onnxcompress import registry
+from onnxcompress.errors import RecipeError
+from onnxcompress.passes import binarize, cluster, prune
+from onnxcompress.passes.base import Pass
+from onnxcompress.pipeline import Step, with_budget
+from onnxcompress.recipe import make_config, steps_from_dicts
+
+
+def test_the_passes_are_found_and_helpers_are_not() -> None:
+    found = registry.all_passes()
+    assert {"prune", "cluster", "binarize"} <= set(found)
+    assert all(isinstance(p, Pass) for p in found.values())
+    assert "prune_search" not in found and "binarize_forms" not in found
+    assert registry.get("prune") is prune and registry.get("cluster").STAGE == "clustered"
+    with pytest.raises(RecipeError, match="unknown pass 'prun'; valid passes: .*prune"):
+        registry.get("prun")
+    assert "XnorConv" in registry.known_ops()
+
+
+def test_recipe_keys_are_the_config_fields() -> None:
+    for p in (prune, cluster, binarize):
+        fields = [f.name for f in dataclasses.fields(p.Config)]
+        with pytest.raises(RecipeError, match="valid keys: " + ", ".join(fields)):
+            make_config(p.NAME, {"no_such_key": 1})
+    (step,) = steps_from_dicts([{"pass": "prune", "mode": "global", "sparsity": 0.5}], "test")
+    assert step.config.mode is prune.Mode.GLOBAL and step.stage == "pruned"
+
+
+def test_the_budget_goes_to_the_key_a_pass_names() -> None:
+    step = Step("prune", prune.Config())
+    assert with_budget(step, 1.5).config.max_drop == 1.5
+    assert with_budget(Step("prune", prune.Config(max_drop=0.2)), 1.5).config.max_drop == 0.2
+    assert with_budget(Step("cluster", cluster.Config()), 1.5).config == cluster.Config()
