@@ -7,7 +7,7 @@ optionally `labels` (top-1 class ids). `.npy` is accepted for single-input model
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,8 @@ import onnx
 from .errors import BadInputError
 
 LABELS_KEY = "labels"
+NPY_MAGIC = b"\x93NUMPY"
+BATCH = 256  # samples per ONNX Runtime run, unless the model fixes its own
 
 InputSpec = tuple[str, list, np.dtype]  # (name, shape with None for symbolic dims, dtype)
 
@@ -60,13 +62,18 @@ class Dataset:
     feeds: dict[str, np.ndarray]
     labels: np.ndarray | None
     key: str = "all"
+    batch: int = BATCH  # samples per run; a model with a fixed batch size takes exactly that
 
     def __len__(self) -> int:
         return len(next(iter(self.feeds.values())))
 
     def subset(self, index: slice | np.ndarray, key: str) -> Dataset:
         return Dataset({k: v[index] for k, v in self.feeds.items()},
-                       None if self.labels is None else self.labels[index], key)
+                       None if self.labels is None else self.labels[index], key, self.batch)
+
+    def batches(self) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, len(self), self.batch):
+            yield {k: v[start:start + self.batch] for k, v in self.feeds.items()}
 
     def head(self, n: int) -> Dataset:
         return self.subset(slice(0, n), f"{self.key}[:{n}]")
@@ -91,29 +98,80 @@ def load_dataset(path: str | Path, specs: list[InputSpec], *, what: str = "data"
                             f" and optionally '{LABELS_KEY}'")
     feeds = {name: _check_array(arrays[name], shape, dtype, f"{what} file {path}, input '{name}'")
              for name, shape, dtype in specs}
+    for name, arr in feeds.items():
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr))) if arr.dtype.kind == "f" else 0
+        if bad:
+            raise BadInputError(f"{what} file {path}, input '{name}': {bad:,} NaN or infinite "
+                                f"values of {arr.size:,}; the data must be finite")
     counts = {len(a) for a in feeds.values()}
     if len(counts) != 1:
         raise BadInputError(f"{what} file {path}: inputs have different sample counts {counts}")
+    n = counts.pop()
     if labels is not None:
         labels = np.asarray(labels)
-        if labels.ndim != 1 or len(labels) != counts.pop() or not np.issubdtype(labels.dtype,
-                                                                                np.integer):
+        if labels.ndim != 1 or len(labels) != n or not np.issubdtype(labels.dtype, np.integer):
             raise BadInputError(f"{what} file {path}: '{LABELS_KEY}' must be a 1-D integer array "
                                 f"with one class id per sample, got {labels.dtype}{labels.shape}")
-    return Dataset(feeds, labels)
+        if labels.size and labels.min() < 0:
+            raise BadInputError(f"{what} file {path}: '{LABELS_KEY}' holds negative class ids "
+                                f"(smallest {labels.min()})")
+    return Dataset(feeds, labels, batch=_fixed_batch(specs, n, f"{what} file {path}"))
+
+
+def _fixed_batch(specs: list[InputSpec], n: int, where: str) -> int:
+    """The model's own batch size when its inputs fix one, else BATCH."""
+    fixed = {shape[0] for _, shape, _ in specs if shape and shape[0] not in (None, 0)}
+    if not fixed:
+        return BATCH
+    size = fixed.pop()
+    if n % size:
+        raise BadInputError(f"{where}: the model takes batches of exactly {size} samples, and "
+                            f"{n} samples do not split into them; give a multiple of {size}")
+    return size
+
+
+def check_labels(data: Dataset, classes: int, where: str) -> None:
+    """Refuse labels that name no class of a model with `classes` outputs."""
+    if data.labels is not None and data.labels.size and data.labels.max() >= classes:
+        raise BadInputError(f"{where}: '{LABELS_KEY}' holds class id {data.labels.max()}, but the "
+                            f"model scores {classes} classes (ids 0 to {classes - 1})")
 
 
 def _read_arrays(path: Path, specs: list[InputSpec], what: str) -> dict[str, np.ndarray]:
+    where = f"{what} file {path}"
     try:
-        if path.suffix == ".npy":
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic == NPY_MAGIC:
             if len(specs) != 1:
-                raise BadInputError(f"{what} file {path}: a .npy holds one array but the model has "
+                raise BadInputError(f"{where}: holds one .npy array but the model has "
                                     f"{len(specs)} inputs; use an .npz keyed by input name")
+            with open(path, "rb") as f:
+                _check_npy_header(f, path.stat().st_size, where)
             return {specs[0][0]: np.load(path, allow_pickle=False)}
+        if not zipfile.is_zipfile(path):
+            raise BadInputError(f"{where}: neither an .npz archive nor a .npy array (write it "
+                                "with np.savez or np.save)")
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                with z.open(info) as member:
+                    _check_npy_header(member, info.file_size, f"{where}, array '{info.filename}'")
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise BadInputError(f"{what} file {path}: not a readable .npz/.npy file ({e})") from e
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, MemoryError) as e:
+        raise BadInputError(f"{where}: not a readable .npz/.npy file ({e})") from e
+
+
+def _check_npy_header(f, stored: int, where: str) -> None:
+    """Refuse an array whose header claims more bytes than are stored (before allocating)."""
+    version = np.lib.format.read_magic(f)
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read(f)
+    claimed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if claimed > stored:
+        raise BadInputError(f"{where}: the header claims {claimed:,} bytes of data but only "
+                            f"{stored:,} are stored: the file is truncated or corrupt")
 
 
 def _check_array(arr: np.ndarray, shape: list, dtype: np.dtype, where: str) -> np.ndarray:
@@ -141,12 +199,9 @@ def _fmt(shape: list) -> str:
 RunFn = Callable[[dict[str, np.ndarray]], np.ndarray]  # feeds -> first output
 
 
-def predict(run: RunFn, data: Dataset, batch: int = 256) -> np.ndarray:
+def predict(run: RunFn, data: Dataset) -> np.ndarray:
     """First output of the model over the whole dataset, in batches."""
-    outs = []
-    for start in range(0, len(data), batch):
-        outs.append(np.asarray(run({k: v[start:start + batch] for k, v in data.feeds.items()})))
-    return np.concatenate(outs)
+    return np.concatenate([np.asarray(run(feeds)) for feeds in data.batches()])
 
 
 def first_output(sess) -> RunFn:

@@ -43,7 +43,7 @@ def test_bad_data_is_named(tmp_path, arrays, message):
 def test_not_an_npz(tmp_path):
     p = tmp_path / "bad.npz"
     p.write_bytes(b"garbage")
-    with pytest.raises(BadInputError, match="not a readable"):
+    with pytest.raises(BadInputError, match="neither an .npz archive nor a .npy array"):
         load_dataset(p, SPECS)
 
 

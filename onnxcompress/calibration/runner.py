@@ -15,7 +15,8 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-BATCH = 256
+from ..data import Dataset
+
 
 
 def ort_session(model: onnx.ModelProto, threads: int | None = 1) -> ort.InferenceSession:
@@ -25,12 +26,6 @@ def ort_session(model: onnx.ModelProto, threads: int | None = 1) -> ort.Inferenc
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
-def batches(feeds: Mapping[str, np.ndarray], batch: int = BATCH) -> Iterator[dict[str, np.ndarray]]:
-    n = len(next(iter(feeds.values())))
-    for start in range(0, n, batch):
-        yield {k: v[start : start + batch] for k, v in feeds.items()}
 
 
 def elem_type(tensor: gs.Tensor) -> int:
@@ -91,40 +86,36 @@ class GraphSession:
             if self.session else []
         return {**dict(zip(self.fetch, outs)), **{n: feeds[n] for n in self.from_feeds}}
 
-    def batches(self, feeds: Mapping[str, np.ndarray],
-                overrides: Mapping[str, np.ndarray] | None = None,
-                batch: int = BATCH) -> Iterator[dict[str, np.ndarray]]:
-        """The outputs over all samples of `feeds`, one batch at a time."""
+    def batches(self, data: Dataset, overrides: Mapping[str, np.ndarray] | None = None
+                ) -> Iterator[dict[str, np.ndarray]]:
+        """The outputs over all samples of `data`, one batch at a time."""
         values = self.current(overrides)
-        for f in batches(feeds, batch):
+        for f in data.batches():
             outs = self.session.run(self.fetch, {**f, **values}) if self.session else []
             yield {**dict(zip(self.fetch, outs)), **{n: f[n] for n in self.from_feeds}}
 
-    def means(self, feeds: Mapping[str, np.ndarray],
-              overrides: Mapping[str, np.ndarray] | None = None,
-              batch: int = BATCH) -> dict[str, np.ndarray]:
+    def means(self, data: Dataset, overrides: Mapping[str, np.ndarray] | None = None
+              ) -> dict[str, np.ndarray]:
         """Mean over all samples (axis 0) of each output, in float64."""
         sums: dict[str, np.ndarray] = {}
-        count = 0
-        for captured in self.batches(feeds, overrides, batch):
+        for captured in self.batches(data, overrides):
             for name, arr in captured.items():
                 part = np.asarray(arr, dtype=np.float64).sum(axis=0)
                 sums[name] = sums[name] + part if name in sums else part
-            count += len(next(iter(captured.values())))
-        return {k: v / count for k, v in sums.items()}
+        return {k: v / len(data) for k, v in sums.items()}
 
-    def collect(self, feeds: Mapping[str, np.ndarray], batch: int = BATCH
-                ) -> dict[str, np.ndarray]:
+    def collect(self, data: Dataset) -> dict[str, np.ndarray]:
         """Every output over all samples, concatenated."""
         parts: dict[str, list[np.ndarray]] = {n: [] for n in self.outputs}
-        for captured in self.batches(feeds, batch=batch):
+        for captured in self.batches(data):
             for name, arr in captured.items():
                 parts[name].append(arr)
         return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def run_graph(graph: gs.Graph, feeds: Mapping[str, np.ndarray], *, batch: int = BATCH,
+def run_graph(graph: gs.Graph, feeds: Mapping[str, np.ndarray] | Dataset, *,
               threads: int | None = 1) -> np.ndarray:
     """First output of `graph` on ONNX Runtime over all samples of `feeds`."""
+    data = feeds if isinstance(feeds, Dataset) else Dataset(dict(feeds), None)
     first = graph.outputs[0].name
-    return GraphSession(graph, [first], threads=threads).collect(feeds, batch)[first]
+    return GraphSession(graph, [first], threads=threads).collect(data)[first]

@@ -22,7 +22,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..data import Dataset, top1
-from .runner import BATCH, GraphSession, structure_key
+from .runner import GraphSession, structure_key
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,14 @@ class Snapshot:
     _means: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     _bytes: int = 0
 
-    def batches(self, data: Dataset, names: Sequence[str], batch: int = BATCH
-                ) -> Iterator[dict[str, np.ndarray]]:
+    def batches(self, data: Dataset, names: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
         """The named tensors over `data`, a batch at a time; captured once and kept while the
         snapshot's cache has room (CACHE_BYTES), else recomputed on each call."""
         names = list(dict.fromkeys(names))
         missing = [n for n in names if (data.key, n) not in self._captured]
         sess = GraphSession(self.graph, missing, threads=self.threads) if missing else None
         parts: dict[str, list[np.ndarray]] | None = {n: [] for n in missing}
+        batch = data.batch
         for start in range(0, len(data), batch):
             out = {n: self._captured[(data.key, n)][start : start + batch]
                    for n in names if n not in missing}
@@ -122,7 +122,7 @@ class Scorer:
             sess = self._session = GraphSession(graph, [self.output],
                                                 variable_tensors(graph), self.threads)
             self.sessions += 1
-        parts = [b[self.output] for b in sess.batches(self.data.feeds)]
+        parts = [b[self.output] for b in sess.batches(self.data)]
         return np.concatenate(parts)
 
     def __call__(self, graph: gs.Graph) -> float:

@@ -178,7 +178,7 @@ def correct_biases(
     for i, c in enumerate(layers):
         if not means or c.weight.node.name in dirty:
             progress(f"bias correction {i + 1}/{len(layers)}")
-            means, dirty = sess.means(data.feeds), set()
+            means, dirty = sess.means(data), set()
         stat_now = layer_stat(c.weight, means[layer_input(c.weight).name])
         delta = output_mean(c.weight, c.before, c.stat_before) - output_mean(
             c.weight, c.weight.values, stat_now

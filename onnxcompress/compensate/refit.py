@@ -105,11 +105,11 @@ def refit_sweep(graph: gs.Graph, layers: Sequence[Refit], snapshot: Snapshot, da
         progress(f"refit {i + 1}/{len(layers)} {c.weight.layer}")
         name = layer_input(c.weight).name
         if c.keep is None:
-            stat_now = layer_stat(c.weight, sess.means(data.feeds)[name])
+            stat_now = layer_stat(c.weight, sess.means(data)[name])
             c.slot.shift(output_mean(c.weight, c.before, c.stat_before)
                          - output_mean(c.weight, c.weight.values, stat_now))
         else:
-            now = (b[name] for b in sess.batches(data.feeds))
+            now = (b[name] for b in sess.batches(data))
             was = (b[name] for b in snapshot.batches(data, [name]))
             gram, cross = _normal_equations(c, now, was)
             prior = c.weight.to_rows(c.before).astype(np.float64) * c.weight.gain

@@ -256,12 +256,12 @@ def refit(graph: gs.Graph, reference: Snapshot, data: Dataset, layers: list[Laye
         ctx.progress(f"binarize: refit {i + 1}/{len(layers)} {layer.name}")
         if layer.built["threshold"] is not None:  # t = per-channel mean of the current input
             raw = layer.built["raw"].name
-            mean = sess.means(data.feeds)[raw]
+            mean = sess.means(data)[raw]
             layer.built["threshold"].values = (
                 mean.reshape(mean.shape[0], -1).mean(axis=1).astype(np.float32).reshape(1, -1, 1, 1))
         out = layer.built["out"].name
         targets = (b[out] for b in reference.batches(data, [out]))
-        inputs = (b[layer.source.name] for b in sess.batches(data.feeds))
+        inputs = (b[layer.source.name] for b in sess.batches(data))
         m = layer.weight.shape[0]
         s = np.zeros((5, m))  # n, sum d, sum y, sum dd, sum dy
         for y, x in zip(targets, inputs):

@@ -13,7 +13,7 @@ from tests.passes import small_nets as S
 
 def test_session_means_match_numpy_and_onnxruntime() -> None:
     g, data = S.graph(), S.feeds(300)
-    means = GraphSession(g, ["input", "r1", "logits"]).means(data, batch=64)
+    means = GraphSession(g, ["input", "r1", "logits"]).means(Dataset(data, None, batch=64))
     np.testing.assert_allclose(means["input"], data["input"].mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(means["logits"], run_graph(g, data).mean(0), rtol=1e-4, atol=1e-5)
     assert means["r1"].shape == (8, 12, 12)
@@ -24,9 +24,9 @@ def test_variable_initializers_follow_the_graph_and_overrides() -> None:
     sess = GraphSession(g, ["logits"], variable=["fc1_b"])
     bias = g.tensors()["fc1_b"]
     new = (np.asarray(bias.values) + 1.0).astype(np.float32)
-    by_override = sess.means(data, {"fc1_b": new})["logits"]
+    by_override = sess.means(Dataset(data, None), {"fc1_b": new})["logits"]
     bias.values = new  # the same session sees the graph's new value
-    np.testing.assert_allclose(sess.means(data)["logits"], by_override, rtol=1e-6)
+    np.testing.assert_allclose(sess.means(Dataset(data, None))["logits"], by_override, rtol=1e-6)
     np.testing.assert_allclose(by_override, run_graph(g, data).mean(0), rtol=1e-5, atol=1e-5)
 
 

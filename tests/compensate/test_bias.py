@@ -18,7 +18,7 @@ OUTPUTS = {"conv1_w": "c1", "conv2_w": "c2", "fc1_w": "h", "fc2_w": "logits"}  #
 def layer_outputs(g: gs.Graph, data: dict) -> dict[str, np.ndarray]:
     """Weight name -> per-channel mean of its layer's output, captured on ONNX Runtime."""
     weights = iter_weights(g)
-    means = GraphSession(g, list(OUTPUTS.values())).means(data)
+    means = GraphSession(g, list(OUTPUTS.values())).means(Dataset(data, None))
     out = {}
     for w in weights:
         m = means[OUTPUTS[w.tensor.name]]
@@ -32,7 +32,7 @@ def layer_outputs(g: gs.Graph, data: dict) -> dict[str, np.ndarray]:
 def test_analytic_output_means_match_onnxruntime() -> None:
     g, data = S.graph(), S.feeds(200)
     weights = iter_weights(g)
-    means = GraphSession(g, [w.node.inputs[0].name for w in weights]).means(data)
+    means = GraphSession(g, [w.node.inputs[0].name for w in weights]).means(Dataset(data, None))
     stats = C.input_stats(means, weights)
     measured = layer_outputs(g, data)
     biases = {"Conv_0": "conv1_b", "Gemm_6": "fc1_b"}
@@ -70,7 +70,7 @@ def test_sequential_correction_restores_every_layer_mean() -> None:
     g, data = S.graph(), S.feeds(300)
     reference = layer_outputs(g, data)
     weights = iter_weights(g)
-    means = GraphSession(g, [w.node.inputs[0].name for w in weights]).means(data)
+    means = GraphSession(g, [w.node.inputs[0].name for w in weights]).means(Dataset(data, None))
     stats = C.input_stats(means, weights)
     layers = []
     for w in weights:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def accuracy(graph, data) -> float:
-    out = C.run_graph(graph, {"input": data["input"]}, batch=500)
+    out = C.run_graph(graph, {"input": data["input"]})
     return 100.0 * float((out.argmax(1) == data["labels"]).mean())
 
 
