@@ -7,17 +7,21 @@ calibration, report), and nothing below imports this module.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from . import data as D
 from . import registry
 from .calibration import Calibration
-from .errors import UnsupportedModelError
+from .errors import BadInputError, UnsupportedModelError
 from .files import check_outputs
 from .graph import exported_size, iter_weights, to_graph, to_light_model
+from .graph.cost import infer_shapes
 from .io import file_size, write_output
 from .normalize import normalize_file
 from .passes.base import Context, PassReport
@@ -46,6 +50,7 @@ def compress(input_path: str | Path, output_path: str | Path, *,
              progress: Callable[[str], None] = lambda m: None) -> Report:
     """Compress `input_path` into `output_path` (.onnx or .onnxc) and return the report."""
     input_path, output_path = Path(input_path), Path(output_path)
+    _check_budget(max_accuracy_drop, eval_data)
     check_outputs([("output", output_path)],
                   [("model", input_path), ("calibration file", calib), ("evaluation file", eval_data)])
     steps = recipe if isinstance(recipe, list) else load_recipe(recipe)
@@ -60,6 +65,10 @@ def compress(input_path: str | Path, output_path: str | Path, *,
     if not iter_weights(graph):
         raise UnsupportedModelError(f"{input_path}: no prunable layer (Conv, Gemm or MatMul with a "
                                     "constant weight); nothing to compress")
+    _check_finite(graph, input_path)
+    for ds, what in ((calib_ds, f"calibration file {calib}"), (eval_ds, f"evaluation file {eval_data}")):
+        if ds is not None:
+            D.check_labels(ds, _classes(graph), what)
     # one session per file serves scoring and the latency measurement
     base_sess = Session(input_path, threads=1) if (eval_ds or measure_latency) else None
     base_run = D.first_output(base_sess) if base_sess else None
@@ -113,3 +122,36 @@ def compress(input_path: str | Path, output_path: str | Path, *,
         report.latency_ms[report.stages[-1].stage] = bench.latency_ms(out_sess, feeds)
     report.judge()
     return report
+
+
+def _check_budget(budget: float | None, eval_data: str | Path | None) -> None:
+    if budget is None:
+        return
+    if not math.isfinite(budget) or budget < 0:
+        raise BadInputError(f"--max-accuracy-drop must be a number of points >= 0, got {budget}")
+    if eval_data is None:
+        raise BadInputError("--max-accuracy-drop needs evaluation data (--eval) to measure the "
+                            "drop; without it the budget could not be checked")
+
+
+def _check_finite(graph: gs.Graph, path: Path) -> None:
+    """Refuse NaN or infinite weights before any pass changes them."""
+    bad = []
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Constant) and np.asarray(t.values).dtype.kind == "f":
+            count = int(np.asarray(t.values).size - np.count_nonzero(np.isfinite(t.values)))
+            if count:
+                bad.append(f"'{t.name}' ({count:,})")
+    if bad:
+        raise BadInputError(f"{path}: NaN or infinite values in {len(bad)} weight tensor(s): "
+                            f"{', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}; compression "
+                            "needs finite weights")
+
+
+def _classes(graph: gs.Graph) -> int:
+    """Classes the scored output holds (its last axis), or a huge number when unknown."""
+    try:
+        shape = infer_shapes(graph).get(graph.outputs[0].name)
+    except (onnx.shape_inference.InferenceError, ValueError, KeyError, TypeError):
+        shape = None
+    return int(shape[-1]) if shape else 2**62

@@ -40,21 +40,35 @@ def check_file(path: str | os.PathLike) -> None:
     check_path(str(path), where=str(path))
 
 
-def parse_model(path: Path, *, load_external_data: bool) -> onnx.ModelProto:
+def parse_model(path: Path, *, load_external_data: bool, where: str | os.PathLike | None = None
+                ) -> onnx.ModelProto:
+    """The model in `path`; errors name `where` (the user's file when `path` is a working copy)."""
+    where = where or path
     if not path.is_file():
-        raise BadInputError(f"{path}: no such file")
+        raise BadInputError(f"{where}: no such file")
     try:
         model = onnx.load(str(path), load_external_data=load_external_data)
     except DecodeError as e:
         raise BadInputError(
-            f"{path}: not an ONNX model (protobuf parse failed: {e}); "
+            f"{where}: not an ONNX model (protobuf parse failed: {e}); "
             "is the file truncated, or is it a container (.onnxc) that needs 'unpack'?"
         ) from e
-    except (OSError, ValueError) as e:
-        raise BadInputError(f"{path}: cannot read the model or its external data: {e}") from e
+    except (OSError, ValueError, onnx.checker.ValidationError) as e:
+        raise BadInputError(f"{where}: cannot read the model or its external data: "
+                            f"{first_line(e)} (external data must be a file beside the model "
+                            "or in a folder below it)") from e
     if not model.graph.node:
-        raise BadInputError(f"{path}: not an ONNX model (no graph nodes found); is the file truncated?")
+        raise BadInputError(f"{where}: not an ONNX model (no graph nodes found); is the file truncated?")
+    if not model.graph.output:
+        raise BadInputError(f"{where}: the graph has no outputs, so there is nothing to compute or "
+                            "compare; list the outputs the model should produce")
     return model
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an error's message (ONNX and ONNX Runtime errors run for lines)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def check_path(path: str, where: str) -> None:
@@ -62,8 +76,7 @@ def check_path(path: str, where: str) -> None:
     try:
         onnx.checker.check_model(path, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BadInputError(f"{where}: invalid ONNX model: {first}") from e
+        raise BadInputError(f"{where}: invalid ONNX model: {first_line(e)}") from e
 
 
 def load_any(path: str | os.PathLike) -> onnx.ModelProto:

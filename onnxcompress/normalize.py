@@ -20,7 +20,7 @@ from onnx import numpy_helper
 from .container.protos import mark_in_memory
 from .errors import BadInputError, OnnxCompressError, UnsupportedModelError
 from .graph.topology import unique_names
-from .io import check_path, in_memory_tensor, parse_model, with_arrays
+from .io import check_path, first_line, in_memory_tensor, parse_model, with_arrays
 from .wire import split_weights
 
 log = logging.getLogger(__name__)
@@ -81,14 +81,16 @@ def _normalize_file(path: Path, check: bool) -> tuple[onnx.ModelProto, dict[str,
         src = tmp / "in.onnx"
         if split_weights(path, src, "in.data")[1]:
             src = path  # it keeps (some) weights apart already, relative to its own folder
-        head = parse_model(src, load_external_data=False)
+        head = parse_model(src, load_external_data=False, where=path)
         if check:
             check_path(str(src), where=str(path))
+        _refuse_low_precision(head, path)
         meta = (head.producer_name, head.producer_version, head.ir_version)
         if _initializer_inputs(head):
             head = _drop_initializer_inputs(head)
             if src == path:  # its data files sit beside it: take them along into tmp
-                full = _drop_initializer_inputs(parse_model(src, load_external_data=True))
+                full = _drop_initializer_inputs(parse_model(src, load_external_data=True,
+                                                            where=path))
                 onnx.save(full, str(tmp / "in.onnx"), save_as_external_data=True,
                           location="in.data", size_threshold=1024)
                 del full
@@ -96,7 +98,7 @@ def _normalize_file(path: Path, check: bool) -> tuple[onnx.ModelProto, dict[str,
                 onnx.save(head, str(tmp / "in.onnx"))
             src = tmp / "in.onnx"
         del head
-        light = _ort_basic_optimize(src, tmp, meta)
+        light = _ort_basic_optimize(src, tmp, meta, where=path)
         arrays = _take_external_data(light, tmp)
     light = _upgrade_opset(light)
     fold_batchnorm_after_gemm(light, arrays)
@@ -186,7 +188,7 @@ def _without_large_data(model: onnx.ModelProto, min_bytes: int = 4096
     return light, set_aside
 
 
-def _ort_basic_optimize(src: Path, tmp: Path, meta: tuple) -> onnx.ModelProto:
+def _ort_basic_optimize(src: Path, tmp: Path, meta: tuple, where: Path) -> onnx.ModelProto:
     """ONNX Runtime's basic offline optimization of the model file `src`; the result is loaded
     without its large initializers (they stay in tmp/out.data)."""
     import onnxruntime as ort
@@ -203,7 +205,10 @@ def _ort_basic_optimize(src: Path, tmp: Path, meta: tuple) -> onnx.ModelProto:
     try:
         ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise UnsupportedModelError(f"ONNX Runtime cannot load this model: {e}") from e
+        # its message names the working copy: say the user's file instead
+        message = first_line(e).replace(str(src), str(where)).replace(str(tmp), str(where.parent))
+        raise UnsupportedModelError(f"{where}: ONNX Runtime cannot load this model: {message}") \
+            from e
     out = onnx.load(str(dst), load_external_data=False)
     # ORT stamps its own producer; keep the user's metadata
     out.producer_name, out.producer_version = meta[0], meta[1]
@@ -277,3 +282,18 @@ def fold_batchnorm_after_gemm(model: onnx.ModelProto,
         for name in set(arrays) - used:
             del arrays[name]
     return model
+
+
+LOW_PRECISION = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
+
+
+def _refuse_low_precision(model: onnx.ModelProto, path: Path) -> None:
+    """The passes work on float32 (and float64) weights; ONNX Runtime's optimizer would wrap a
+    half-precision model in Casts that hide every weight, so say so plainly instead."""
+    half = sorted({LOW_PRECISION[t.data_type] for t in model.graph.initializer
+                   if t.data_type in LOW_PRECISION and len(t.dims) >= 2})
+    if half:
+        raise UnsupportedModelError(
+            f"{path}: its weights are {' and '.join(half)}; onnxcompress compresses float32 "
+            "models: export the model in float32 (its pruned and clustered weights then pack "
+            "smaller than half precision does)")

@@ -14,8 +14,10 @@ Unknown passes and keys are errors that list the valid ones.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import enum
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,13 @@ def load_recipe(source: str | Path) -> list[Step]:
     if not path.is_file():
         raise RecipeError(f"recipe '{source}': not a built-in recipe ({', '.join(BUILTIN)}) "
                           "and no such file")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"recipe {path}: not UTF-8 text (byte {e.start}); save it as UTF-8") \
+            from e
+    except OSError as e:
+        raise RecipeError(f"recipe {path}: cannot read it: {e.strerror}") from e
     try:
         doc = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
@@ -87,6 +95,8 @@ def make_config(name: str, settings: dict[str, Any], where: str = "") -> Any:
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """`value` as the field's type: str -> enum member; anything not of the type -> RecipeError
+    naming the type expected."""
     for t in (hint, *typing.get_args(hint)):
         if isinstance(t, type) and issubclass(t, enum.Enum) and isinstance(value, str):
             try:
@@ -94,4 +104,45 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             except ValueError:
                 raise RecipeError(f"{where}: '{value}' is not one of "
                                   f"{', '.join(m.value for m in t)}") from None
+    if hint is not None and not _conforms(value, hint):
+        raise RecipeError(f"{where}: expected {_describe(hint)}, got {type(value).__name__} "
+                          f"{value!r}")
     return value
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        return isinstance(value, list | tuple) and all(_conforms(v, args[0]) for v in value)
+    if origin in (dict, collections.abc.Mapping):
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and _conforms(v, args[1]) for k, v in value.items())
+    return True  # a type this checker does not know: the Config validates it
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if hint is type(None):
+        return "nothing (leave the key out)"
+    if origin is tuple:
+        return f"a list of {_describe(args[0])}"
+    if origin in (dict, collections.abc.Mapping):
+        return f"a table of names to {_describe(args[1])}"
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return "one of " + ", ".join(m.value for m in hint)
+    return {bool: "true or false", int: "a whole number", float: "a number",
+            str: "a string"}.get(hint, str(hint))

@@ -46,6 +46,8 @@ def compare(model_path: str | Path, baseline: str | Path | None = None,
     if ds is not None:
         base_run = D.first_output(base_sess) if base_sess else run
         ev = Evaluator(ds, D.predict(base_run, ds))
+        if ev.reference.ndim == 2:
+            D.check_labels(ds, ev.reference.shape[1], f"evaluation file {eval_data}")
         if base_model:
             rep.stages.append(ev.stage("baseline", base_size, base_size, base_run))
         rep.stages.append(ev.stage("model", size, base_size, run))

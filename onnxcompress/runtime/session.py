@@ -56,6 +56,9 @@ class Session:
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
             where = model if not isinstance(model, bytes) else "model bytes"
             raise BadInputError(f"{where}: ONNX Runtime cannot load the model: {e}") from e
+        if not self._sess.get_outputs():
+            where = model if not isinstance(model, bytes) else "model bytes"
+            raise BadInputError(f"{where}: the graph has no outputs; there is nothing to run")
 
     def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any],
             run_options: ort.RunOptions | None = None) -> list[np.ndarray]:
