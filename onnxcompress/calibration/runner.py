@@ -18,7 +18,6 @@ import onnxruntime as ort
 from ..data import Dataset
 
 
-
 def ort_session(model: onnx.ModelProto, threads: int | None = 1) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.log_severity_level = 3
