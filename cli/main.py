@@ -16,6 +16,7 @@ import numpy as np
 
 from onnxcompress import __version__
 from onnxcompress.errors import AccuracyBudgetExceeded, OnnxCompressError
+from onnxcompress.metrics import Metric
 
 EPILOG = """\b
 Exit codes: 0 success; 2 bad input (file, data, option, recipe); 3 the accuracy drop exceeds
@@ -116,6 +117,10 @@ def _finish(report, json_path: str | None, quiet: bool = False) -> None:
 
 
 _data_opts = [
+    click.option("--max-accuracy-drop", type=float,
+                 help="Budget: how much of the --metric the output may lose (points of top-1 "
+                      "for a classifier, see --metric for the units). Exceeding it on --eval "
+                      "exits with code 3."),
     click.option("--calib", type=click.Path(dir_okay=False), help="Calibration .npz (inputs, "
                  "optional labels): drives sensitivity scans and bias correction."),
     click.option("--eval", "eval_data", type=click.Path(dir_okay=False),
@@ -126,24 +131,41 @@ _data_opts = [
 ]
 
 
+_fidelity_opts = [
+    click.option("--metric", type=click.Choice([m.value for m in Metric]),
+                 help="How fidelity is measured, in the budget's units: top1 (points of "
+                      "accuracy, needs labels), agreement (points of top-1 agreement with the "
+                      "original), cosine (100 x mean cosine to the original output), mse "
+                      "(percent relative squared error), psnr (dB, needs targets). Default: "
+                      "chosen from the output (class scores: top1/agreement; a pooled or "
+                      "normalized vector: cosine; else mse)."),
+    click.option("--output", "output_name", metavar="NAME",
+                 help="The model output that carries its answer (default: the first float "
+                      "output computed from the weights, the lowest-rank one)."),
+]
+
+
 def data_options(f):
-    for opt in reversed(_data_opts):
+    for opt in reversed(_data_opts + _fidelity_opts):
+        f = opt(f)
+    return f
+
+
+def fidelity_options(f):
+    for opt in reversed(_fidelity_opts):
         f = opt(f)
     return f
 
 
 @main.command(epilog=EPILOG)
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
+@click.option("-o", "--out", "output", type=click.Path(dir_okay=False),
               help="Output: .onnxc (container, smallest) or .onnx. Default: MODEL.onnxc")
 @click.option("--recipe", default="deep-compression", show_default=True,
               help="Built-in recipe (deep-compression, prune-only, cluster-only) or a .toml/.yaml "
                    "file of steps.")
-@click.option("--max-accuracy-drop", type=float,
-              help="Budget in points of top-1 (accuracy with labels, else agreement with the "
-                   "original). Exceeding it exits with code 3.")
 @data_options
-def compress(model, output, recipe, max_accuracy_drop, calib, eval_data, json_path, no_latency):
+def compress(model, output, recipe, **data):
     """Run a compression recipe (default: prune → cluster → Huffman container).
 
     \b
@@ -152,29 +174,29 @@ def compress(model, output, recipe, max_accuracy_drop, calib, eval_data, json_pa
           --calib models/data/calib.npz --eval models/data/eval.npz \\
           --max-accuracy-drop 1.0 --json report.json
     """
+
+    _compress(model, output or _default_out(model, "onnxc"), recipe, data)
+
+
+def _compress(model, output, recipe, data: dict) -> None:
+    """The shared path of `compress` and the pass commands (data: the common options)."""
     from onnxcompress.compress import compress as run_compress
 
-    output = output or _default_out(model, "onnxc")
-    _check_paths(model, output, json_path, calib, eval_data)
-    report = run_compress(model, output, recipe=recipe,
-                          calib=calib, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop,
-                          measure_latency=not no_latency, progress=_progress)
-    _finish(report, json_path)
+    _check_paths(model, output, data["json_path"], data["calib"], data["eval_data"])
+    report = run_compress(model, output, recipe=recipe, calib=data["calib"],
+                          eval_data=data["eval_data"], max_accuracy_drop=data["max_accuracy_drop"],
+                          measure_latency=not data["no_latency"], metric=data["metric"],
+                          output=data["output_name"], progress=_progress)
+    _finish(report, data["json_path"])
 
 
-def _run_one_pass(name, model, output, settings, suffix, calib, eval_data, json_path, no_latency):
-    from onnxcompress.compress import compress as run_compress
+def _run_one_pass(name, model, output, settings, suffix, data: dict) -> None:
     from onnxcompress.pipeline import Step
     from onnxcompress.recipe import make_config
 
     settings = {k: v for k, v in settings.items() if v is not None}
     step = Step(name, make_config(name, settings, where=f"onnxcompress {name}"))
-    output = output or _default_out(model, suffix)
-    _check_paths(model, output, json_path, calib, eval_data)
-    report = run_compress(model, output, recipe=[step],
-                          calib=calib, eval_data=eval_data, measure_latency=not no_latency,
-                          progress=_progress)
-    _finish(report, json_path)
+    _compress(model, output or _default_out(model, suffix), [step], data)
 
 
 def _check_paths(model, output, json_path, calib=None, eval_data=None, baseline=None) -> None:
@@ -202,7 +224,7 @@ def _parse_layers(values: tuple[str, ...]) -> dict[str, float] | None:
 
 @main.command(epilog=EPILOG)
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
+@click.option("-o", "--out", "output", type=click.Path(dir_okay=False),
               help="Output .onnx (or .onnxc). Default: MODEL.pruned.onnx")
 @click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True),
               help="Fraction of weights to zero in every layer (uniform mode).")
@@ -216,8 +238,7 @@ def _parse_layers(values: tuple[str, ...]) -> dict[str, float] | None:
 @click.option("--tolerance", type=float, help="Sensitivity mode: points of top-1 a single layer "
               "may cost.")
 @data_options
-def prune(model, output, sparsity, mode, layers, tolerance, calib, eval_data, json_path,
-          no_latency):
+def prune(model, output, sparsity, mode, layers, tolerance, **data):
     """Magnitude pruning (Deep Compression): zero the smallest weights of Conv/Gemm/MatMul.
 
     \b
@@ -229,13 +250,12 @@ def prune(model, output, sparsity, mode, layers, tolerance, calib, eval_data, js
     """
     settings = {"sparsity": sparsity, "mode": mode, "per_layer": _parse_layers(layers),
                 "tolerance": tolerance}
-    _run_one_pass("prune", model, output, settings, "pruned.onnx", calib, eval_data, json_path,
-                  no_latency)
+    _run_one_pass("prune", model, output, settings, "pruned.onnx", data)
 
 
 @main.command(epilog=EPILOG)
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
+@click.option("-o", "--out", "output", type=click.Path(dir_okay=False),
               help="Output .onnx (or .onnxc). Default: MODEL.clustered.onnx")
 @click.option("--bits", type=click.IntRange(1, 8), help="Bits per weight index for every layer.")
 @click.option("--bits-conv", type=click.IntRange(1, 8), help="Bits for Conv layers (default 8).")
@@ -244,7 +264,7 @@ def prune(model, output, sparsity, mode, layers, tolerance, calib, eval_data, js
               help="dense: float weights set to centroids; gather: uint8 indices + a codebook "
                    "decoded in-graph, so the .onnx file itself shrinks.")
 @data_options
-def cluster(model, output, bits, bits_conv, bits_fc, form, calib, eval_data, json_path, no_latency):
+def cluster(model, output, bits, bits_conv, bits_fc, form, **data):
     """k-means weight sharing (Deep Compression): a small codebook per layer.
 
     \b
@@ -254,13 +274,12 @@ def cluster(model, output, bits, bits_conv, bits_fc, form, calib, eval_data, jso
     """
     settings = {"bits_conv": bits if bits is not None else bits_conv,
                 "bits_fc": bits if bits is not None else bits_fc, "form": form}
-    _run_one_pass("cluster", model, output, settings, "clustered.onnx", calib, eval_data,
-                  json_path, no_latency)
+    _run_one_pass("cluster", model, output, settings, "clustered.onnx", data)
 
 
 @main.command(epilog=EPILOG)
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
+@click.option("-o", "--out", "output", type=click.Path(dir_okay=False),
               help="Output .onnx (or .onnxc). Default: MODEL.binarized.onnx")
 @click.option("--mode", type=click.Choice(["xnor", "bwn"]),
               help="xnor (default): binary weights and inputs (XNOR-Net); bwn: binary weights, "
@@ -277,8 +296,7 @@ def cluster(model, output, bits, bits_conv, bits_fc, form, calib, eval_data, jso
 @click.option("--input-scaling", is_flag=True, default=None,
               help="xnor: XNOR-Net's input scale K (mean |x| over channels and window).")
 @data_options
-def binarize(model, output, mode, target, layers, tolerance, input_scaling, calib, eval_data,
-             json_path, no_latency):
+def binarize(model, output, mode, target, layers, tolerance, input_scaling, **data):
     """Binarize Conv layers (XNOR-Net / BWN): 1-bit weights, per-channel scales.
 
     Layers of a model trained binary (inputs from Sign, weights +-alpha per channel) are
@@ -295,13 +313,12 @@ def binarize(model, output, mode, target, layers, tolerance, input_scaling, cali
     """
     settings = {"mode": mode, "target": target, "layers": layers, "tolerance": tolerance,
                 "input_scaling": input_scaling}
-    _run_one_pass("binarize", model, output, settings, "binarized.onnx", calib, eval_data,
-                  json_path, no_latency)
+    _run_one_pass("binarize", model, output, settings, "binarized.onnx", data)
 
 
 @main.command(epilog=EPILOG)
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
+@click.option("-o", "--out", "output", type=click.Path(dir_okay=False),
               help="Container path. Default: MODEL.onnxc")
 def pack(model, output):
     """Store a model in the Huffman-coded container (lossless; see docs/FORMAT.md).
@@ -325,7 +342,7 @@ def pack(model, output):
 
 @main.command(epilog=EPILOG)
 @click.argument("container", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
+@click.option("-o", "--out", "output", type=click.Path(dir_okay=False),
               help="Output .onnx. Default: CONTAINER.onnx")
 def unpack(container, output):
     """Turn a container back into a plain ONNX file any runtime can run.
@@ -354,7 +371,7 @@ def unpack(container, output):
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
               help=".npy (one-input models) or .npz keyed by input name.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
+@click.option("-o", "--out", "output", type=click.Path(dir_okay=False),
               help="Save all outputs to this .npz.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads for ONNX Runtime (intra-op) and for the XnorConv kernel "
@@ -396,7 +413,8 @@ def run(model, input_path, output, threads):
               help="Evaluation .npz (inputs, optional labels).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write JSON.")
 @click.option("--no-latency", is_flag=True, help="Skip the batch-1 latency measurement.")
-def report(model, baseline, eval_data, json_path, no_latency):
+@fidelity_options
+def report(model, baseline, eval_data, json_path, no_latency, metric, output_name):
     """Size, per-layer weights, accuracy and latency of a model (against a baseline).
 
     \b
@@ -406,7 +424,8 @@ def report(model, baseline, eval_data, json_path, no_latency):
     from onnxcompress.report.compare import compare
 
     _check_paths(model, None, json_path, eval_data=eval_data, baseline=baseline)
-    _finish(compare(model, baseline, eval_data, measure_latency=not no_latency), json_path)
+    _finish(compare(model, baseline, eval_data, measure_latency=not no_latency, metric=metric,
+                    output=output_name), json_path)
 
 
 if __name__ == "__main__":

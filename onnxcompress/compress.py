@@ -16,6 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import data as D
+from . import metrics as M
 from . import registry
 from .calibration import Calibration
 from .errors import BadInputError, UnsupportedModelError
@@ -47,8 +48,12 @@ def compress(input_path: str | Path, output_path: str | Path, *,
              recipe: str | Path | list[Step] = "deep-compression",
              calib: str | Path | None = None, eval_data: str | Path | None = None,
              max_accuracy_drop: float | None = None, measure_latency: bool = True,
+             metric: str | None = None, output: str | None = None,
              progress: Callable[[str], None] = lambda m: None) -> Report:
-    """Compress `input_path` into `output_path` (.onnx or .onnxc) and return the report."""
+    """Compress `input_path` into `output_path` (.onnx or .onnxc) and return the report.
+
+    Fidelity is measured on the model output `output` (default: the one that carries its
+    answer) by `metric` (default: chosen from that output; see metrics.py)."""
     input_path, output_path = Path(input_path), Path(output_path)
     _check_budget(max_accuracy_drop, eval_data)
     check_outputs([("output", output_path)],
@@ -66,24 +71,28 @@ def compress(input_path: str | Path, output_path: str | Path, *,
         raise UnsupportedModelError(f"{input_path}: no prunable layer (Conv, Gemm or MatMul with a "
                                     "constant weight); nothing to compress")
     _check_finite(graph, input_path)
+    scored = M.scored_output(graph, output)
+    has = lambda field: any(getattr(ds, field) is not None for ds in (calib_ds, eval_ds) if ds)
+    chosen = M.choose_metric(graph, scored, has("labels"), metric, has("targets"))
     for ds, what in ((calib_ds, f"calibration file {calib}"), (eval_ds, f"evaluation file {eval_data}")):
         if ds is not None:
-            D.check_labels(ds, _classes(graph), what)
+            _check_data(ds, graph, scored, chosen, what)
     # one session per file serves scoring and the latency measurement
     base_sess = Session(input_path, threads=1) if (eval_ds or measure_latency) else None
-    base_run = D.first_output(base_sess) if base_sess else None
+    base_run = D.output_of(base_sess, scored) if base_sess else None
     base_size = file_size(input_path)
     report = Report(model=str(input_path), output=str(output_path),
                     unknown_ops=unknown_op_types(model, registry.known_ops()),
-                    budget=max_accuracy_drop)
+                    budget=max_accuracy_drop, scored_output=scored, metric=chosen.value,
+                    units=M.UNITS[chosen])
     evaluator = None
     if eval_ds is not None:
         progress("scoring the uncompressed model")
-        evaluator = Evaluator(eval_ds, D.predict(base_run, eval_ds))
+        evaluator = Evaluator(eval_ds, D.predict(base_run, eval_ds), chosen)
         report.stages.append(evaluator.stage("original", base_size, base_size, base_run))
     else:
         report.stages.append(StageRow("original", base_size, 1.0))
-    calibration = Calibration(calib_ds, graph.outputs[0].name) if calib_ds else None
+    calibration = Calibration(calib_ds, scored, chosen) if calib_ds else None
     ctx = Context(calibration, progress)
     steps = [with_budget(s, max_accuracy_drop) for s in steps]
 
@@ -92,7 +101,7 @@ def compress(input_path: str | Path, output_path: str | Path, *,
         report.passes.append(pass_summary(pass_report))
         if evaluator:
             m = gs.export_onnx(graph, do_type_check=False)
-            run_m = D.first_output(Session(m.SerializeToString(), threads=1))
+            run_m = D.output_of(Session(m.SerializeToString(), threads=1), scored)
             report.stages.append(evaluator.stage(step.stage, m.ByteSize(), base_size, run_m))
         else:  # the size alone: no copy of the weights
             size = exported_size(graph)
@@ -110,7 +119,7 @@ def compress(input_path: str | Path, output_path: str | Path, *,
     if creport is not None:
         report.container = coding_summary(creport)
         report.stages.append(
-            evaluator.stage("packed", out_size, base_size, D.first_output(out_sess))
+            evaluator.stage("packed", out_size, base_size, D.output_of(out_sess, scored))
             if evaluator else StageRow("packed", out_size, base_size / out_size))
     stored = {t.name: t.stored_bytes for t in creport.tensors} if creport else None
     codecs = {t.name: t.codec for t in creport.tensors} if creport else None
@@ -148,10 +157,15 @@ def _check_finite(graph: gs.Graph, path: Path) -> None:
                             "needs finite weights")
 
 
-def _classes(graph: gs.Graph) -> int:
-    """Classes the scored output holds (its last axis), or a huge number when unknown."""
+def _check_data(ds: D.Dataset, graph: gs.Graph, output: str, metric: M.Metric,
+                where: str) -> None:
+    """Labels must name classes of the scored output; targets must have its shape."""
     try:
-        shape = infer_shapes(graph).get(graph.outputs[0].name)
+        shape = infer_shapes(graph).get(output)
     except (onnx.shape_inference.InferenceError, ValueError, KeyError, TypeError):
         shape = None
-    return int(shape[-1]) if shape else 2**62
+    if shape and metric in (M.Metric.TOP1, M.Metric.AGREEMENT):
+        D.check_labels(ds, int(np.prod(shape[1:])), where)
+    if ds.targets is not None and shape and ds.targets.shape[1:] != tuple(shape[1:]):
+        raise BadInputError(f"{where}: 'targets' of shape {ds.targets.shape} do not match the "
+                            f"output '{output}' {tuple(shape[1:])} per sample")

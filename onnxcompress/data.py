@@ -1,7 +1,8 @@
 """Data files (.npz feeds with optional labels), their validation, and scoring a model on them.
 
 An .npz holds one array per model input, keyed by the input's name, first axis = samples, and
-optionally `labels` (top-1 class ids). `.npy` is accepted for single-input models.
+optionally `labels` (top-1 class ids) or `targets` (the outputs the model should give, for the
+psnr metric). `.npy` is accepted for single-input models.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import onnx
 from .errors import BadInputError
 
 LABELS_KEY = "labels"
+TARGETS_KEY = "targets"
 NPY_MAGIC = b"\x93NUMPY"
 BATCH = 256  # samples per ONNX Runtime run, unless the model fixes its own
 
@@ -63,13 +65,15 @@ class Dataset:
     labels: np.ndarray | None
     key: str = "all"
     batch: int = BATCH  # samples per run; a model with a fixed batch size takes exactly that
+    targets: np.ndarray | None = None  # the outputs the model should give (psnr), if known
 
     def __len__(self) -> int:
         return len(next(iter(self.feeds.values())))
 
     def subset(self, index: slice | np.ndarray, key: str) -> Dataset:
-        return Dataset({k: v[index] for k, v in self.feeds.items()},
-                       None if self.labels is None else self.labels[index], key, self.batch)
+        cut = lambda a: None if a is None else a[index]
+        return Dataset({k: v[index] for k, v in self.feeds.items()}, cut(self.labels), key,
+                       self.batch, cut(self.targets))
 
     def batches(self) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(self), self.batch):
@@ -86,6 +90,7 @@ def load_dataset(path: str | Path, specs: list[InputSpec], *, what: str = "data"
         raise BadInputError(f"{what} file {path}: no such file")
     arrays = _read_arrays(path, specs, what)
     labels = arrays.pop(LABELS_KEY, None)
+    targets = arrays.pop(TARGETS_KEY, None)
     names = [s[0] for s in specs]
     missing = [n for n in names if n not in arrays]
     if missing:
@@ -95,7 +100,7 @@ def load_dataset(path: str | Path, specs: list[InputSpec], *, what: str = "data"
     extra = sorted(set(arrays) - set(names))
     if extra:
         raise BadInputError(f"{what} file {path}: unknown key(s) {extra}; expected {names}"
-                            f" and optionally '{LABELS_KEY}'")
+                            f" and optionally '{LABELS_KEY}' or '{TARGETS_KEY}'")
     feeds = {name: _check_array(arrays[name], shape, dtype, f"{what} file {path}, input '{name}'")
              for name, shape, dtype in specs}
     for name, arr in feeds.items():
@@ -115,7 +120,12 @@ def load_dataset(path: str | Path, specs: list[InputSpec], *, what: str = "data"
         if labels.size and labels.min() < 0:
             raise BadInputError(f"{what} file {path}: '{LABELS_KEY}' holds negative class ids "
                                 f"(smallest {labels.min()})")
-    return Dataset(feeds, labels, batch=_fixed_batch(specs, n, f"{what} file {path}"))
+    if targets is not None and (len(targets) != n or targets.dtype.kind != "f"
+                                or not np.isfinite(targets).all()):
+        raise BadInputError(f"{what} file {path}: '{TARGETS_KEY}' must be finite floats with one "
+                            f"row per sample, got {targets.dtype}{targets.shape}")
+    return Dataset(feeds, labels, batch=_fixed_batch(specs, n, f"{what} file {path}"),
+                   targets=targets)
 
 
 def _fixed_batch(specs: list[InputSpec], n: int, where: str) -> int:
@@ -194,47 +204,22 @@ def _fmt(shape: list) -> str:
     return "(" + ", ".join("N" if d in (None, 0) else str(d) for d in shape) + ")"
 
 
-# ----------------------------------------------------------------------------- scoring
+# ----------------------------------------------------------------------------- running
 
-RunFn = Callable[[dict[str, np.ndarray]], np.ndarray]  # feeds -> first output
+RunFn = Callable[[dict[str, np.ndarray]], np.ndarray]  # feeds -> the scored output
 
 
 def predict(run: RunFn, data: Dataset) -> np.ndarray:
-    """First output of the model over the whole dataset, in batches."""
+    """The model's scored output over the whole dataset, in batches."""
     return np.concatenate([np.asarray(run(feeds)) for feeds in data.batches()])
 
 
-def first_output(sess) -> RunFn:
-    """feeds -> the first output of a session (onnxruntime's or runtime.Session)."""
-    return lambda feeds: sess.run(None, feeds)[0]
+def output_of(sess, name: str | None = None) -> RunFn:
+    """feeds -> the output `name` (default: the first) of a session (onnxruntime's or
+    runtime.Session)."""
+    return lambda feeds: sess.run([name] if name else None, feeds)[0]
 
 
 def zero_feeds(specs: list[InputSpec]) -> dict[str, np.ndarray]:
-    """One all-zero sample for each input (symbolic dims as 1): enough to time a model."""
+    """One sample of each input (zeros; symbolic dims as 1): enough to time a model."""
     return {n: np.zeros([1] + [d or 1 for d in shape[1:]], dtype) for n, shape, dtype in specs}
-
-
-def top1(outputs: np.ndarray) -> np.ndarray:
-    return outputs.reshape(len(outputs), -1).argmax(axis=1)
-
-
-@dataclass
-class Fidelity:
-    """How a model's outputs compare to the labels and/or to the uncompressed model's outputs."""
-
-    accuracy: float | None  # top-1 against labels, percent
-    agreement: float  # top-1 agreement with the reference, percent
-    max_abs_diff: float
-    mean_abs_diff: float
-
-    def score(self) -> float:
-        """Points of top-1 used by the accuracy budget: accuracy if labelled, else agreement."""
-        return self.accuracy if self.accuracy is not None else self.agreement
-
-
-def fidelity(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None) -> Fidelity:
-    diff = np.abs(outputs.astype(np.float64) - reference.astype(np.float64))
-    pred = top1(outputs)
-    acc = None if labels is None else float((pred == labels).mean() * 100)
-    return Fidelity(acc, float((pred == top1(reference)).mean() * 100),
-                    float(diff.max()), float(diff.mean()))

@@ -18,7 +18,7 @@ LAYERS = {
     "kernels": 2,
     "files": 3, "container": 3, "wire": 3,
     "runtime": 4,
-    "io": 5, "normalize": 5, "data": 5, "graph": 5,
+    "io": 5, "normalize": 5, "data": 5, "graph": 5, "metrics": 5,
     "scope": 6, "calibration": 6, "compensate": 6,
     "passes": 7,
     "registry": 8, "pipeline": 8, "recipe": 8, "report": 8,

@@ -8,7 +8,7 @@ intermediate activations, their means). A pass asks for the snapshot of the grap
 from; if an earlier pass (or the run itself) already asked about the same graph, it gets the
 same snapshot and its captures come free.
 
-Scoring (`Scorer`) runs the live graph in one ONNX Runtime session per graph structure, with
+Scoring (`Scorer`, in the run's metric: metrics.py) runs the live graph in one ONNX Runtime session per graph structure, with
 the weights fed as inputs, so a search over many candidate weights builds one session.
 """
 
@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..data import Dataset, top1
+from ..data import Dataset
+from ..metrics import Metric, score
 from .runner import GraphSession, structure_key
 
 log = logging.getLogger(__name__)
@@ -104,15 +105,18 @@ class Snapshot:
 
 
 class Scorer:
-    """score(graph): top-1 accuracy of `output` against `labels`, else top-1 agreement with
-    `reference`, on `data`, in [0, 1]. One ONNX Runtime session per graph structure."""
+    """score(graph): the metric of `output` on `data` (higher is better, in the metric's units;
+    see metrics.py), against `reference` (the uncompressed model's outputs), the data's labels
+    or its targets. One ONNX Runtime session per graph structure."""
 
-    def __init__(self, data: Dataset, output: str, *, labels: np.ndarray | None = None,
+    def __init__(self, data: Dataset, output: str, metric: Metric, *,
                  reference: np.ndarray | None = None, threads: int | None = 1):
-        if labels is None and reference is None:
-            raise ValueError("a scorer needs labels or reference outputs")
-        self.data, self.output, self.threads = data, output, threads
-        self.target = np.asarray(labels) if labels is not None else top1(reference)
+        if reference is None and metric not in (Metric.TOP1, Metric.PSNR):
+            raise ValueError(f"metric {metric.value} needs the reference outputs")
+        if metric is Metric.TOP1 and data.labels is None:
+            raise ValueError("metric top1 needs labels")
+        self.data, self.output, self.metric, self.threads = data, output, metric, threads
+        self.reference = reference
         self._session: GraphSession | None = None
         self.sessions = 0  # sessions built (a search should build one)
 
@@ -126,14 +130,16 @@ class Scorer:
         return np.concatenate(parts)
 
     def __call__(self, graph: gs.Graph) -> float:
-        return float((top1(self.outputs(graph)) == self.target).mean())
+        return score(self.metric, self.outputs(graph), self.reference, self.data.labels,
+                     self.data.targets)
 
 
 class Calibration:
     """A run's calibration data, its fit/held-out split, and the snapshots of its graphs."""
 
-    def __init__(self, data: Dataset, output: str, *, threads: int | None = 1):
-        self.data, self.output, self.threads = data, output, threads
+    def __init__(self, data: Dataset, output: str, metric: Metric = Metric.AGREEMENT, *,
+                 threads: int | None = 1):
+        self.data, self.output, self.metric, self.threads = data, output, metric, threads
         self._snapshots: dict[tuple, Snapshot] = {}
         self._split: tuple[Dataset, Dataset] | None = None
 
@@ -161,10 +167,8 @@ class Calibration:
         return self._split
 
     def scorer(self, reference: Snapshot, data: Dataset | None = None) -> Scorer:
-        """A scorer on `data` (default: all calibration samples): against the labels if there
-        are some, else against the top-1 of the `reference` snapshot."""
+        """A scorer of the run's metric on `data` (default: all calibration samples), against
+        the outputs of the `reference` snapshot (and the data's labels or targets)."""
         data = data or self.data
-        if data.labels is not None:
-            return Scorer(data, self.output, labels=data.labels, threads=self.threads)
-        reference = reference.outputs(data, self.output)
-        return Scorer(data, self.output, reference=reference, threads=self.threads)
+        return Scorer(data, self.output, self.metric,
+                      reference=reference.outputs(data, self.output), threads=self.threads)

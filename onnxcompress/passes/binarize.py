@@ -335,7 +335,7 @@ def _screen(graph: gs.Graph, layers: list[Layer], cfg: Config, ctx: Context,
         trial = graph.copy()
         alone, _ = analyze(find_node(trial, layer.name), cfg.mode)
         _lower_all(trial, [alone], cfg, ctx, reference)
-        drop = 100.0 * (base - score(trial.cleanup().toposort()))
+        drop = base - score(trial.cleanup().toposort())
         ctx.progress(f"binarize: scan {i + 1}/{len(layers)} {layer.name} drop={drop:+.2f}")
         facts[layer.name] = {"drop_alone": round(drop, 3)}
         if drop <= cfg.tolerance + EPS:
@@ -343,7 +343,7 @@ def _screen(graph: gs.Graph, layers: list[Layer], cfg: Config, ctx: Context,
         else:
             notes.append(f"kept in float: '{layer.name}' (binarized alone it costs {drop:.2f} "
                          f"points > tolerance {cfg.tolerance:g})")
-    notes.append(f"auto: base score {100 * base:.2f}%")
+    notes.append(f"auto: base score {base:.2f} ({ctx.calibration.metric.value})")
     return kept
 
 

@@ -230,7 +230,7 @@ class _Pruner:
         return self.comp.sweep(changed, masks) if self.comp is not None else {}
 
     def drop(self) -> float:
-        return 100.0 * (self.base - self.scorer(self.graph))
+        return self.base - self.scorer(self.graph)
 
     def drop_joint(self, masks: S.Masks) -> float:
         self.apply(masks)
@@ -328,7 +328,7 @@ def _choose(pruner: _Pruner, cfg: Config, ctx: Context, mode: Mode, weights: lis
         masks, t = S.global_masks(originals, pinned, pooled)
         return S.SearchResult(masks, threshold=t, note=f"global magnitude threshold {t:.6g}")
     pruner.score_on(ctx.calibration.scorer(pruner.snapshot, held))
-    base_note = f"base score {100 * pruner.base:.2f}%"
+    base_note = f"base score {pruner.base:.2f} ({ctx.calibration.metric.value})"
     if mode is Mode.GLOBAL:
         result = S.global_search(originals, pinned, cfg.ladder, cfg.max_drop, pruner.drop_joint)
     else:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .. import data as D
+from .. import metrics as M
 from .. import registry
 from ..container import ContainerReport, is_container
 from ..container.writer import encode_container
+from ..graph import to_graph
 from ..io import file_size, load_any, tensor_kinds
 from ..runtime import Session
 from . import bench
@@ -23,15 +27,23 @@ from .stats import (
 
 
 def compare(model_path: str | Path, baseline: str | Path | None = None,
-            eval_data: str | Path | None = None, *, measure_latency: bool = True) -> Report:
+            eval_data: str | Path | None = None, *, measure_latency: bool = True,
+            metric: str | None = None, output: str | None = None) -> Report:
+    """Describe `model_path` (a model or a container), side by side with `baseline`; scores
+    its output `output` by `metric` on `eval_data` (defaults: see metrics.py)."""
     model = load_any(model_path)
     base_model = load_any(baseline) if baseline else None
     specs = D.input_specs(base_model or model)
     ds = D.load_dataset(eval_data, specs, what="evaluation") if eval_data else None
+    graph = to_graph(base_model or model)
+    scored = M.scored_output(graph, output)
+    chosen = M.choose_metric(graph, scored, bool(ds and ds.labels is not None), metric,
+                             bool(ds and ds.targets is not None))
     creport = _container_report(model, model_path)
     stored = {t.name: t.stored_bytes for t in creport.tensors} if creport else None
     codecs = {t.name: t.codec for t in creport.tensors} if creport else None
     rep = Report(model=str(baseline or model_path), output=str(model_path),
+                 scored_output=scored, metric=chosen.value, units=M.UNITS[chosen],
                  unknown_ops=unknown_op_types(model, registry.known_ops()),
                  layers=layer_rows(model, stored, codecs,
                                    original_weights(base_model) if base_model else None))
@@ -42,12 +54,12 @@ def compare(model_path: str | Path, baseline: str | Path | None = None,
     # one session per file serves scoring and the latency measurement
     sess = Session(model_path, threads=1)
     base_sess = Session(baseline, threads=1) if baseline else None
-    run = D.first_output(sess)
+    run = D.output_of(sess, scored)
     if ds is not None:
-        base_run = D.first_output(base_sess) if base_sess else run
-        ev = Evaluator(ds, D.predict(base_run, ds))
-        if ev.reference.ndim == 2:
-            D.check_labels(ds, ev.reference.shape[1], f"evaluation file {eval_data}")
+        base_run = D.output_of(base_sess, scored) if base_sess else run
+        ev = Evaluator(ds, D.predict(base_run, ds), chosen)
+        if chosen in (M.Metric.TOP1, M.Metric.AGREEMENT):
+            D.check_labels(ds, int(np.prod(ev.reference.shape[1:])), f"evaluation file {eval_data}")
         if base_model:
             rep.stages.append(ev.stage("baseline", base_size, base_size, base_run))
         rep.stages.append(ev.stage("model", size, base_size, run))
@@ -60,8 +72,8 @@ def compare(model_path: str | Path, baseline: str | Path | None = None,
         if base_sess:
             rep.latency_ms["baseline"] = bench.latency_ms(base_sess, feeds)
         rep.latency_ms["model"] = bench.latency_ms(sess, feeds)
-    if base_model and rep.stages[0].accuracy is not None:
-        rep.accuracy_drop = rep.stages[0].accuracy - rep.stages[-1].accuracy
+    if base_model:
+        rep.judge()
     return rep
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import metrics as M
 from .stats import Report
 
 
@@ -27,13 +28,22 @@ def render(report: Report) -> str:
              r.stored_as) for r in report.layers]
     if rows:
         lines += _table(header, rows) + [""]
-    srows = [(s.stage, _size(s.bytes), f"{s.ratio:.1f}x", _pct(s.accuracy), _pct(s.agreement),
+    classes = report.metric in ("top1", "agreement")
+    extra = not classes and report.metric is not None
+    srows = [(s.stage, _size(s.bytes), f"{s.ratio:.1f}x",
+              *([_pct(s.score)] if extra else []),
+              *([_pct(s.accuracy), _pct(s.agreement)] if classes or report.metric is None else []),
               "-" if s.max_abs_diff is None else f"{s.max_abs_diff:.3g}",
               "-" if s.mean_abs_diff is None else f"{s.mean_abs_diff:.3g}",
               "-" if s.stage not in report.latency_ms else f"{report.latency_ms[s.stage]:.3f}")
              for s in report.stages]
-    lines += _table(("stage", "size", "ratio", "top-1 %", "agree %", "max |d|", "mean |d|",
+    score_cols = ((M.LABELS[M.Metric(report.metric)],) if extra else ()) + (
+        ("top-1 %", "agree %") if classes or report.metric is None else ())
+    lines += _table(("stage", "size", "ratio", *score_cols, "max |d|", "mean |d|",
                      "latency ms"), srows)
+    if report.scored_output is not None:
+        lines += [(f"scored: output '{report.scored_output}' by {report.metric} "
+                  f"({report.units})")]
     if report.container and report.container["n_symbols"]:  # no line when nothing is Huffman-coded
         c = report.container
         lines += ["", (f"Huffman: {c['n_symbols']:,} symbols at {c['bits_per_symbol']:.3f} bits "
@@ -44,9 +54,14 @@ def render(report: Report) -> str:
     lines += [f"note: {n}" for n in report.notes]
     if report.budget is not None and report.accuracy_drop is not None:
         verdict = "within" if report.within_budget else "EXCEEDS"
-        lines += ["", (f"accuracy drop {report.accuracy_drop:.2f} points: {verdict} the budget "
-                       f"of {report.budget:.2f}")]
+        lines += ["", (f"{report.metric} drop {report.accuracy_drop:.2f} {report.units}: "
+                       f"{verdict} the budget of {report.budget:.2f} (used "
+                       f"{_used(report.accuracy_drop, report.budget)})")]
     return "\n".join(lines)
+
+
+def _used(drop: float, budget: float) -> str:
+    return f"{100 * max(drop, 0.0) / budget:.0f}%" if budget > 0 else "-"
 
 
 def _table(header: tuple, rows: list[tuple]) -> list[str]:

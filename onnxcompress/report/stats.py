@@ -13,6 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .. import data as D
+from .. import metrics as M
 from ..graph import (
     WEIGHT_INPUTS,
     resolve_weight,
@@ -48,8 +49,9 @@ class StageRow:
     stage: str
     bytes: int
     ratio: float
-    accuracy: float | None = None  # top-1 %, when labels exist
-    agreement: float | None = None  # top-1 agreement with the uncompressed model, %
+    score: float | None = None  # the report's metric (metrics.py), higher is better
+    accuracy: float | None = None  # top-1 %, for class scores with labels
+    agreement: float | None = None  # top-1 agreement with the uncompressed model, class scores
     max_abs_diff: float | None = None
     mean_abs_diff: float | None = None
 
@@ -65,7 +67,10 @@ class Report:
     notes: list[str] = field(default_factory=list)
     container: dict[str, float] = field(default_factory=dict)  # coded symbols vs entropy
     passes: list[dict[str, Any]] = field(default_factory=list)  # what each pass did, per tensor
-    accuracy_drop: float | None = None
+    scored_output: str | None = None  # the output the scores measure
+    metric: str | None = None  # metrics.Metric value
+    units: str | None = None  # of the scores, the drop and the budget
+    accuracy_drop: float | None = None  # first stage's score minus the last's, in `units`
     budget: float | None = None
     within_budget: bool | None = None
 
@@ -76,11 +81,9 @@ class Report:
         """The drop from the first stage to the last (accuracy with labels, else agreement)
         and whether it is within the budget."""
         first, last = self.stages[0], self.stages[-1]
-        if first.accuracy is None and first.agreement is None:
+        if first.score is None or last.score is None:
             return
-        before = first.accuracy if first.accuracy is not None else 100.0
-        after = last.accuracy if last.accuracy is not None else last.agreement
-        self.accuracy_drop = before - after
+        self.accuracy_drop = first.score - last.score
         if self.budget is not None:
             self.within_budget = self.accuracy_drop <= self.budget + 1e-9
 
@@ -97,11 +100,20 @@ class Evaluator:
 
     data: D.Dataset
     reference: np.ndarray
+    metric: M.Metric
 
     def stage(self, name: str, size: int, base_size: int, run) -> StageRow:
-        fid = D.fidelity(D.predict(run, self.data), self.reference, self.data.labels)
-        return StageRow(name, size, base_size / max(size, 1), fid.accuracy, fid.agreement,
-                        fid.max_abs_diff, fid.mean_abs_diff)
+        out = D.predict(run, self.data)
+        labels, targets = self.data.labels, self.data.targets
+        classes = self.metric in (M.Metric.TOP1, M.Metric.AGREEMENT)
+        diff = np.abs(out.astype(np.float64) - self.reference.astype(np.float64))
+        return StageRow(
+            name, size, base_size / max(size, 1),
+            score=M.score(self.metric, out, self.reference, labels, targets),
+            accuracy=(M.score(M.Metric.TOP1, out, self.reference, labels)
+                      if classes and labels is not None else None),
+            agreement=M.score(M.Metric.AGREEMENT, out, self.reference) if classes else None,
+            max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()))
 
 
 def layer_rows(model: onnx.ModelProto, stored_bytes: dict[str, int] | None = None,

@@ -8,6 +8,7 @@ import pytest
 from onnxcompress.calibration import Calibration, GraphSession, Scorer, run_graph
 from onnxcompress.calibration import runner as R
 from onnxcompress.data import Dataset
+from onnxcompress.metrics import Metric
 from tests.passes import small_nets as S
 
 
@@ -54,12 +55,12 @@ def test_scorer_builds_one_session_per_structure() -> None:
     g, data = S.graph(), Dataset(S.feeds(80), None)
     cal = Calibration(data, "logits")
     score = cal.scorer(cal.snapshot(g))
-    assert score(g) == 1.0  # agreement with itself
+    assert score(g) == 100.0  # agreement with itself, in points
     w = g.tensors()["fc1_w"]
     for scale in (0.5, 0.0):  # weight changes: fed to the same session
         w.values = (np.asarray(w.values) * scale).astype(np.float32)
         got = score(g)
-        want = (run_graph(g, data.feeds).argmax(1) == score.target).mean()
+        want = 100 * (run_graph(g, data.feeds).argmax(1) == score.reference.argmax(1)).mean()
         assert got == pytest.approx(want)
     assert score.sessions == 1
     g.nodes[-1].name = "renamed"  # a structural change: a new session
@@ -70,17 +71,19 @@ def test_scorer_builds_one_session_per_structure() -> None:
 def test_split_is_fixed_and_labels_score_accuracy() -> None:
     feeds = S.feeds(400)
     labels = np.arange(400) % 10
-    cal = Calibration(Dataset(feeds, labels), "logits")
+    cal = Calibration(Dataset(feeds, labels), "logits", Metric.TOP1)
     fit, held = cal.split()
     assert cal.split() == (fit, held) and cal.can_split()
     np.testing.assert_array_equal(held.feeds["input"], feeds["input"][1::2])
     np.testing.assert_array_equal(fit.labels, labels[0::2])
     g = S.graph()
     score = cal.scorer(cal.snapshot(g), held)
-    want = (run_graph(g, held.feeds).argmax(1) == labels[1::2]).mean()
+    want = 100 * (run_graph(g, held.feeds).argmax(1) == labels[1::2]).mean()
     assert score(g) == pytest.approx(want)
 
 
 def test_a_scorer_needs_a_target() -> None:
-    with pytest.raises(ValueError, match="labels or reference"):
-        Scorer(Dataset(S.feeds(4), None), "logits")
+    with pytest.raises(ValueError, match="needs the reference"):
+        Scorer(Dataset(S.feeds(4), None), "logits", Metric.COSINE)
+    with pytest.raises(ValueError, match="needs labels"):
+        Scorer(Dataset(S.feeds(4), None), "logits", Metric.TOP1)

@@ -268,7 +268,7 @@ def test_auto_screens_layers_by_score():
     def score(graph) -> float:  # binarizing Conv_5 costs 5 points, anything else nothing
         lowered = any(n.name == costly and n.op == "Conv" and n.inputs[1].name.endswith("_wpm1")
                       for n in graph.nodes)
-        return 0.9 - 0.05 * lowered
+        return 90.0 - 5.0 * lowered
 
     ctx.calibration.scorer = lambda reference, data=None: score
     _, rep = binarize(model, ctx, layers="auto", tolerance=1.0)
