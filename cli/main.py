@@ -112,8 +112,8 @@ def _finish(report, json_path: str | None, quiet: bool = False) -> None:
     if not quiet:
         click.echo(render(report))
     if report.within_budget is False:
-        raise AccuracyBudgetExceeded(f"accuracy drop {report.accuracy_drop:.2f} points exceeds "
-                                     f"--max-accuracy-drop {report.budget}")
+        raise AccuracyBudgetExceeded(f"{report.metric} drop {report.accuracy_drop:.2f} "
+                                     f"{report.units} exceeds --max-accuracy-drop {report.budget}")
 
 
 _data_opts = [

@@ -123,7 +123,8 @@ def compress(input_path: str | Path, output_path: str | Path, *,
             if evaluator else StageRow("packed", out_size, base_size / out_size))
     stored = {t.name: t.stored_bytes for t in creport.tensors} if creport else None
     codecs = {t.name: t.codec for t in creport.tensors} if creport else None
-    report.layers = layer_rows(final, stored, codecs, sizes_before, arrays=arrays)
+    sample = (calib_ds or eval_ds).feeds if (calib_ds or eval_ds) else None
+    report.layers = layer_rows(final, stored, codecs, sizes_before, arrays=arrays, feeds=sample)
     if measure_latency:
         feeds = (calib_ds or eval_ds).feeds if (calib_ds or eval_ds) else D.zero_feeds(specs)
         progress("timing batch-1 latency")

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
 
 from .container import is_container, read_container, write_container
 from .container.protos import mark_in_memory
@@ -21,6 +20,7 @@ from .container.writer import ContainerReport
 from .errors import BadInputError
 from .files import atomic_output
 from .graph import WEIGHT_INPUTS, to_graph, weight_index, weight_sources
+from .graph.convert import with_arrays
 from .wire import external_locations
 
 TWO_GB = 2**31
@@ -124,14 +124,6 @@ def in_memory_tensor(name: str, arr: np.ndarray) -> onnx.TensorProto:
                          dims=list(arr.shape))
     mark_in_memory(t)
     return t
-
-
-def with_arrays(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """`model` with the data of its IN_MEMORY initializers put back inline (in place)."""
-    for t in model.graph.initializer:
-        if t.name in arrays:
-            t.CopyFrom(numpy_helper.from_array(arrays[t.name], t.name))
-    return model
 
 
 def write_output(model: onnx.ModelProto, path: str | os.PathLike,

@@ -30,8 +30,9 @@ from .graph import weight_of
 SHAPE_OPS = frozenset({"Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Cast"})
 CLASS_HEADS = frozenset({"Softmax", "LogSoftmax", "Gemm", "MatMul", "GlobalAveragePool",
                          "GlobalMaxPool", "Conv"})
-POOLING = frozenset({"ReduceMean", "ReduceSum", "Div", "LpNormalization", "ReduceL2",
-                     "ReduceMax"})
+REDUCTIONS = frozenset({"ReduceMean", "ReduceSum", "ReduceL2", "ReduceMax", "LpNormalization"})
+# what lies between a reduction and the Div of a mean or a normalization
+NORM_OPS = frozenset({"Clip", "Sqrt", "Max", "Expand", "Add"})
 
 
 class Metric(str, enum.Enum):
@@ -130,14 +131,25 @@ def scored_output(graph: gs.Graph, name: str | None = None) -> str:
     return min(usable, key=rank).name
 
 
-def _head(tensor: gs.Tensor) -> gs.Node | None:
-    """The node that makes `tensor`, looking through shape-only ops."""
+def _head(tensor: gs.Tensor, through: frozenset[str] = frozenset()) -> gs.Node | None:
+    """The node that makes `tensor`, looking through shape-only ops (and `through`)."""
     while len(tensor.inputs) == 1:
         node = tensor.inputs[0]
-        if node.op not in SHAPE_OPS:
+        one_input = node.op == "Concat" and len(node.inputs) == 1
+        if node.op not in SHAPE_OPS | through and not one_input:
             return node
         tensor = node.inputs[0]
     return None
+
+
+def _pooled(node: gs.Node) -> bool:
+    """A reduction over samples' positions, or a Div by one (a mean, an L2 normalization)."""
+    if node.op in REDUCTIONS:
+        return True
+    if node.op != "Div":
+        return False
+    heads = [_head(t, NORM_OPS) for t in node.inputs if not isinstance(t, gs.Constant)]
+    return any(h is not None and h.op in REDUCTIONS for h in heads)
 
 
 def _linear_head(node: gs.Node) -> bool:
@@ -164,7 +176,7 @@ def choose_metric(graph: gs.Graph, output: str, labels: bool,
         return metric
     head = _head(t)
     rank = len(t.shape) if t.shape is not None else None
-    if head is not None and head.op in POOLING:
+    if head is not None and _pooled(head):
         return Metric.COSINE
     if head is not None and rank == 2 and _linear_head(head):
         return Metric.TOP1 if labels else Metric.AGREEMENT

@@ -90,3 +90,11 @@ def exported_size(graph: gs.Graph, like: onnx.ModelProto | None = None) -> int:
 
 def _varint_len(n: int) -> int:
     return max(1, (n.bit_length() + 6) // 7)
+
+
+def with_arrays(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """`model` with the data of its IN_MEMORY initializers put back inline (in place)."""
+    for t in model.graph.initializer:
+        if t.name in arrays:
+            t.CopyFrom(onnx.numpy_helper.from_array(arrays[t.name], t.name))
+    return model

@@ -25,7 +25,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .. import ops
-from .convert import to_light_model
+from .convert import to_light_model, with_arrays
 from .geometry import GeometryError, conv_geometry
 from .weights import weight_sources
 
@@ -50,7 +50,45 @@ class NodeCost:
 def infer_shapes(graph: gs.Graph, dims: Mapping[str, int] | None = None
                  ) -> dict[str, tuple[int, ...]]:
     """Tensor name -> concrete shape, by ONNX shape inference on `graph` with its inputs'
-    symbolic dimensions bound to `dims` (name -> size; unnamed or unlisted ones: 1)."""
+    symbolic dimensions bound to `dims` (name -> size; unnamed or unlisted ones: 1). Where
+    inference stops (exporters compute shapes at run time: Shape -> Gather -> Reshape …),
+    one run of ONNX Runtime on a sample of zeros of those dimensions measures the rest."""
+    shapes = _inferred(graph, dims)
+    unknown = [t.name for n in graph.nodes for t in n.outputs if t.name and t.name not in shapes]
+    if unknown and all(n.domain in (None, "", "ai.onnx") for n in graph.nodes):
+        shapes.update(_measured(graph, unknown, dims))
+    return shapes
+
+
+def _measured(graph: gs.Graph, names: list[str], dims: Mapping[str, int] | None
+              ) -> dict[str, tuple[int, ...]]:
+    """Shapes of `names` from one ONNX Runtime run on a zero sample (ORT's own errors:
+    none measured)."""
+    import onnxruntime as ort
+
+    model, arrays = to_light_model(graph)
+    model = with_arrays(model, arrays)
+    del model.graph.output[:]
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    feeds = {}
+    for t in graph.inputs:
+        shape = [d if isinstance(d, int) else int((dims or {}).get(d, 1))
+                 for d in (t.shape or [])]
+        feeds[t.name] = np.zeros(shape, dtype=np.dtype(t.dtype) if t.dtype is not None
+                                 else np.float32)
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), so,
+                                    providers=["CPUExecutionProvider"])
+        values = sess.run(names, feeds)
+    except Exception:  # noqa: BLE001 - a model ORT cannot run on zeros keeps inferred shapes
+        return {}
+    return {n: tuple(int(d) for d in np.shape(v)) for n, v in zip(names, values)}
+
+
+def _inferred(graph: gs.Graph, dims: Mapping[str, int] | None) -> dict[str, tuple[int, ...]]:
     model, _ = to_light_model(graph)
     dims = dict(dims or {})
     for value in model.graph.input:
@@ -101,6 +139,18 @@ def _fill_custom_ops(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]])
             node.output[0], onnx.TensorProto.FLOAT, [x[0], w[0], *hw]))
         added = True
     return added
+
+
+def dims_of(graph: gs.Graph, feeds: Mapping[str, np.ndarray] | None) -> dict[str, int]:
+    """Symbolic input dimension -> its size in `feeds` (the batch axis: 1, costs are per
+    sample): a sequence length, say, as the data has it."""
+    dims: dict[str, int] = {}
+    for t in graph.inputs:
+        arr = (feeds or {}).get(t.name)
+        for axis, d in enumerate(t.shape or []):
+            if isinstance(d, str) and arr is not None and axis < arr.ndim:
+                dims.setdefault(d, 1 if axis == 0 else int(arr.shape[axis]))
+    return dims
 
 
 def graph_costs(graph: gs.Graph, dims: Mapping[str, int] | None = None) -> list[NodeCost]:

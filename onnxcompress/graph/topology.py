@@ -17,7 +17,8 @@ SAFE_OPS = frozenset({
     "Unsqueeze", "Squeeze", "Cast", "Pad", "LRN", "Sign", "Constant", "ConstantOfShape",
     "Split", "Slice", "ReduceMean", "Sqrt", "Pow", "Erf", "Gelu", "Sum", "Max", "Min",
     "HardSigmoid", "HardSwish", "Elu", "Selu", "PRelu", "Neg", "Abs", "Exp", "Log",
-    "GreaterOrEqual", "Where", "LayerNormalization", "Expand", "Equal", "Range",
+    "GreaterOrEqual", "Where", "LayerNormalization", "Expand", "Equal", "Range", "ReduceSum",
+    "ReduceMax", "ReduceL2", "LpNormalization",
     "Conv", "ConvTranspose", "Gemm", "MatMul", ops.XNOR_CONV,
 })
 

@@ -46,7 +46,8 @@ def compare(model_path: str | Path, baseline: str | Path | None = None,
                  scored_output=scored, metric=chosen.value, units=M.UNITS[chosen],
                  unknown_ops=unknown_op_types(model, registry.known_ops()),
                  layers=layer_rows(model, stored, codecs,
-                                   original_weights(base_model) if base_model else None))
+                                   original_weights(base_model) if base_model else None,
+                                   feeds=ds.feeds if ds else None))
     if creport is not None:
         rep.container = coding_summary(creport)
     size = file_size(model_path)

@@ -15,7 +15,7 @@ def _size(n: int) -> str:
 
 
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}"
+    return "-" if x is None else f"{round(x, 2) + 0.0:.2f}"  # + 0.0: no "-0.00"
 
 
 def render(report: Report) -> str:

@@ -22,7 +22,7 @@ from ..graph import (
     weight_index,
     weight_sources,
 )
-from ..graph.cost import graph_costs
+from ..graph.cost import dims_of, graph_costs
 from ..ops import ATTR_KERNEL_SHAPE, IN_WEIGHT_BITS, XNOR_CONV, words_per_tap
 
 log = logging.getLogger(__name__)
@@ -119,16 +119,18 @@ class Evaluator:
 def layer_rows(model: onnx.ModelProto, stored_bytes: dict[str, int] | None = None,
                stored_codec: dict[str, str] | None = None,
                original: dict[str, int] | None = None,
-               arrays: dict[str, np.ndarray] | None = None) -> list[LayerRow]:
+               arrays: dict[str, np.ndarray] | None = None,
+               feeds: dict[str, np.ndarray] | None = None) -> list[LayerRow]:
     """One row per weight-bearing layer of `model`.
 
     `stored_bytes`/`stored_codec` (from a container report) give each initializer's stored size;
     otherwise the in-file size is used. `original` maps layer name -> element count of the
     uncompressed weight, for bytes_before (default: the dense float32 size of the current weight).
-    `arrays` holds the data of IN_MEMORY initializers (graph.to_light_model).
+    `arrays` holds the data of IN_MEMORY initializers (graph.to_light_model). FLOPs are per
+    sample of `feeds` (its sequence length, say), if given.
     """
     graph = to_graph(model, arrays)
-    flops = layer_flops(graph)
+    flops = layer_flops(graph, dims_of(graph, feeds))
     rows, seen = [], set()
     for node in graph.nodes:
         if node.op == XNOR_CONV and isinstance(node.inputs[IN_WEIGHT_BITS], gs.Constant):
@@ -149,10 +151,10 @@ def layer_rows(model: onnx.ModelProto, stored_bytes: dict[str, int] | None = Non
     return rows
 
 
-def layer_flops(graph: gs.Graph) -> dict[str, int]:
+def layer_flops(graph: gs.Graph, dims: dict[str, int] | None = None) -> dict[str, int]:
     """Node name -> FLOPs per sample; empty when shape inference cannot run on the model."""
     try:
-        return {c.name: c.flops for c in graph_costs(graph)}
+        return {c.name: c.flops for c in graph_costs(graph, dims)}
     except (onnx.shape_inference.InferenceError, ValueError, KeyError, TypeError) as e:
         log.info("no FLOPs column: shape inference failed (%s)", e)
         return {}
