@@ -139,7 +139,8 @@ def write_output(model: onnx.ModelProto, path: str | os.PathLike,
 
 
 def tensor_kinds(model: onnx.ModelProto) -> dict[str, str]:
-    """Stored initializer name -> 'conv' | 'fc', for the container's sparse gap width."""
+    """Stored initializer name -> 'conv' | 'fc' | 'embedding', for the container's sparse gap
+    width."""
     kinds = {}
     for node in to_graph(model).nodes:
         index = weight_index(node)

@@ -36,7 +36,8 @@ def normalize(model: onnx.ModelProto) -> onnx.ModelProto:
     2. ONNX Runtime's basic offline optimizer folds constants (Constant, ConstantOfShape …) into
        initializers and BatchNormalization into the Conv before it; it emits standard ONNX only;
     3. old opsets are upgraded to MIN_OPSET;
-    4. BatchNormalization left after a Gemm/MatMul is folded by us.
+    4. BatchNormalization left after a Gemm/MatMul is folded by us;
+    5. a weight the optimizer stored twice (a tied embedding and its transpose) is one again.
     """
     copy = onnx.ModelProto()
     copy.CopyFrom(model)  # saving with external data rewrites the proto it is given
@@ -102,6 +103,7 @@ def _normalize_file(path: Path, check: bool) -> tuple[onnx.ModelProto, dict[str,
         arrays = _take_external_data(light, tmp)
     light = _upgrade_opset(light)
     fold_batchnorm_after_gemm(light, arrays)
+    retie_transposed(light, arrays)
     for node, name in zip(light.graph.node,
                           unique_names([(n.name, n.op_type) for n in light.graph.node])):
         node.name = name
@@ -297,3 +299,37 @@ def _refuse_low_precision(model: onnx.ModelProto, path: Path) -> None:
             f"{path}: its weights are {' and '.join(half)}; onnxcompress compresses float32 "
             "models: export the model in float32 (its pruned and clustered weights then pack "
             "smaller than half precision does)")
+
+
+def retie_transposed(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> int:
+    """Tied weights (an embedding table E in a Gather and E^T in a MatMul): ONNX Runtime's
+    constant folding stores E^T as a second initializer. Give it back as Transpose(E), so the
+    weight is stored, compressed and counted once. Returns how many were re-tied."""
+    g = model.graph
+    value = lambda t: arrays[t.name] if t.name in arrays else numpy_helper.to_array(t)
+    by_shape: dict[tuple, list[onnx.TensorProto]] = {}
+    for t in g.initializer:
+        big = len(t.dims) == 2 and t.dims[0] * t.dims[1] >= 1024
+        if big and t.data_type == onnx.TensorProto.FLOAT:
+            by_shape.setdefault(tuple(t.dims), []).append(t)
+    gathered = {n.input[0] for n in g.node if n.op_type == "Gather"}
+    replaced: dict[str, str] = {}
+    for shape, tables in by_shape.items():
+        for a in tables:
+            if a.name not in gathered or shape[0] == shape[1]:
+                continue
+            for b in by_shape.get(shape[::-1], []):
+                if b.name not in replaced and np.array_equal(value(a).T, value(b)):
+                    replaced[b.name] = a.name
+    if not replaced:
+        return 0
+    for b, a in replaced.items():
+        g.node.insert(0, onnx.helper.make_node("Transpose", [a], [b], name=f"{b}_tied",
+                                               perm=[1, 0]))
+    keep = [t for t in g.initializer if t.name not in replaced]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    for name in replaced:
+        arrays.pop(name, None)
+    log.info("re-tied %d transposed copies of embedding tables", len(replaced))
+    return len(replaced)

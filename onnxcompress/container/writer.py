@@ -39,7 +39,8 @@ from .protos import (
 
 log = logging.getLogger(__name__)
 
-GAP_BITS = {"conv": 8, "fc": 5}  # Deep Compression's relative-index widths per layer kind
+# relative-index widths per layer kind (Deep Compression: conv 8, fc 5; tables like fc)
+GAP_BITS = {"conv": 8, "fc": 5, "embedding": 5}
 DEFAULT_GAP_BITS = 8
 
 

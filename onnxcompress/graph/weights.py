@@ -14,17 +14,20 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-# op type -> (index of the weight input, layer kind used for per-kind defaults)
+# op type -> (index of the weight input, layer kind used for per-kind defaults). A Gather is an
+# embedding table when it looks its constant table up by indices computed at run time (a
+# Gather of constants by constants is an in-graph decoder, not a layer).
 WEIGHT_INPUTS: dict[str, tuple[int, str]] = {
     "Conv": (1, "conv"),
     "ConvTranspose": (1, "conv"),
     "Gemm": (1, "fc"),
     "MatMul": (1, "fc"),
+    "Gather": (0, "embedding"),
 }
 
 # ops through which a stored weight may be decoded in-graph before it reaches its layer
 DECODE_OPS = frozenset({"Gather", "Reshape", "Identity", "Cast", "Mul", "DequantizeLinear",
-                        "Unsqueeze"})
+                        "Unsqueeze", "Transpose"})
 
 
 @dataclass
@@ -61,7 +64,7 @@ class Weight:
 
     @property
     def out_channels(self) -> int:
-        """Output channels (Conv) or units (Gemm, MatMul) the weight produces."""
+        """Output channels (Conv) or units (Gemm, MatMul; an embedding's width)."""
         node, shape = self.node, self.values.shape
         if node.op == "Gemm":
             return shape[0] if node.attrs.get("transB", 0) else shape[1]
@@ -94,6 +97,8 @@ def weight_of(node: gs.Node) -> tuple[Weight | None, str]:
     if node.op not in WEIGHT_INPUTS:
         return None, f"{node.op} has no weight input"
     index, kind = WEIGHT_INPUTS[node.op]
+    if node.op == "Gather" and not _is_lookup(node):
+        return None, f"Gather '{node.name}' decodes constants; it is not an embedding lookup"
     if node.op == "MatMul" and not isinstance(node.inputs[1], gs.Constant) and isinstance(
             node.inputs[0], gs.Constant):
         index = 0
@@ -119,9 +124,14 @@ def iter_weights(graph: gs.Graph) -> list[Weight]:
     return out
 
 
+def _is_lookup(node: gs.Node) -> bool:
+    """A Gather whose indices come from the inputs (an embedding lookup)."""
+    return len(node.inputs) == 2 and weight_sources(node, 1) is None
+
+
 def weight_index(node: gs.Node) -> int | None:
     """Which input of a weight-bearing op holds its (possibly in-graph decoded) weight."""
-    if node.op not in WEIGHT_INPUTS:
+    if node.op not in WEIGHT_INPUTS or node.op == "Gather" and not _is_lookup(node):
         return None
     index = WEIGHT_INPUTS[node.op][0]
     if node.op == "MatMul" and not _is_const_chain(node, 1) and _is_const_chain(node, 0):
@@ -177,6 +187,9 @@ def _eval_decoder(node: gs.Node, vals: list[np.ndarray]) -> np.ndarray:
         return vals[0].astype(to)
     if op == "Mul":
         return vals[0] * vals[1]
+    if op == "Transpose":
+        perm = node.attrs.get("perm")
+        return np.transpose(vals[0], None if perm is None else list(perm))
     if op == "DequantizeLinear":
         zp = vals[2] if len(vals) > 2 else 0
         return (vals[0].astype(np.float32) - zp) * vals[1]

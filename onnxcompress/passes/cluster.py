@@ -73,6 +73,7 @@ class Config:
 
     bits_conv: int = 8  # bits per index for Conv weights
     bits_fc: int = 5  # bits per index for Gemm / MatMul weights
+    bits_embedding: int = 5  # bits per index for embedding tables (a Gather's constant table)
     per_layer: Mapping[str, int] | None = None  # layer name / fnmatch pattern / '*' -> bits
     exclude: tuple[str, ...] = ()  # layers left unclustered (names or patterns)
     form: Form = Form.DENSE
@@ -84,7 +85,8 @@ class Config:
     def __post_init__(self) -> None:
         object.__setattr__(self, "form", Form(self.form))
         object.__setattr__(self, "exclude", tuple(self.exclude))
-        checks = {"bits_conv": self.bits_conv, "bits_fc": self.bits_fc}
+        checks = {"bits_conv": self.bits_conv, "bits_fc": self.bits_fc,
+                  "bits_embedding": self.bits_embedding}
         checks.update({f"per_layer['{k}']": v for k, v in (self.per_layer or {}).items()})
         for what, bits in checks.items():
             if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
@@ -96,7 +98,7 @@ class Config:
 def layer_bits(weights: list[Weight], cfg: Config) -> dict[str, int]:
     """Weight name -> bits: per_layer entry (exact, pattern, '*'), else the kind's default."""
     table = resolve_table(weights, cfg.per_layer)
-    default = {"conv": cfg.bits_conv, "fc": cfg.bits_fc}
+    default = {"conv": cfg.bits_conv, "fc": cfg.bits_fc, "embedding": cfg.bits_embedding}
     return {w.tensor.name: int(table[w.tensor.name].value) if w.tensor.name in table
             else default[w.kind] for w in weights}
 
@@ -148,7 +150,8 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
             to_gather(graph, w, *codes[w.tensor.name])
     graph.cleanup().toposort()
     report.modified = True
-    report.notes.append(f"form: {cfg.form.value}; bits conv {cfg.bits_conv}, fc {cfg.bits_fc}")
+    report.notes.append(f"form: {cfg.form.value}; bits conv {cfg.bits_conv}, fc {cfg.bits_fc}, "
+                        f"embedding {cfg.bits_embedding}")
     return report
 
 

@@ -15,7 +15,6 @@ import onnx_graphsurgeon as gs
 from .. import data as D
 from .. import metrics as M
 from ..graph import (
-    WEIGHT_INPUTS,
     resolve_weight,
     to_graph,
     unknown_ops,
@@ -213,8 +212,8 @@ def original_weights(model: onnx.ModelProto) -> dict[str, int]:
     graph = to_graph(model)
     out = {}
     for node in graph.nodes:
-        index = WEIGHT_INPUTS.get(node.op, (None,))[0]
-        if index is None or len(node.inputs) <= index:
+        index = weight_index(node)
+        if index is None:
             continue
         t = node.inputs[index]
         if isinstance(t, gs.Constant):
