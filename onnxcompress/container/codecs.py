@@ -114,9 +114,12 @@ def _raw_candidates(data: bytes | memoryview, best_coded: int | None) -> list[_C
 
 def _codebook_candidates(elements: np.ndarray, gap_bits: int) -> list[_Candidate]:
     found = _cnative.codebook_index(elements)
-    if found is None:
-        return []
-    book, idx = found
+    return [] if found is None else _index_candidates(elements.size, *found, gap_bits)
+
+
+def _index_candidates(n: int, book: np.ndarray, idx: np.ndarray, gap_bits: int
+                      ) -> list[_Candidate]:
+    """The codebook and (when the fill is common enough) sparse forms of book[idx]."""
     counts = huffman.histogram(idx, minlength=book.size)
     dense = huffman.plan(counts)
     head = 1 + 2 + book.nbytes
@@ -124,7 +127,7 @@ def _codebook_candidates(elements: np.ndarray, gap_bits: int) -> list[_Candidate
         _Candidate(Codec.CODEBOOK, head + dense.nbytes, lambda: _encode_codebook(book, idx, dense))
     ]
     fill = int(np.argmax(counts))
-    if counts[fill] >= SPARSE_MIN_FILL * elements.size:
+    if counts[fill] >= SPARSE_MIN_FILL * n:
         gaps, vals, nz_book = sparse_entries(idx, book, fill, gap_bits)
         pg, pv = huffman.plan(huffman.histogram(gaps)), huffman.plan(huffman.histogram(vals))
         size = 1 + 1 + 8 + book.itemsize + 2 + nz_book.nbytes + pg.nbytes + pv.nbytes
@@ -132,12 +135,18 @@ def _codebook_candidates(elements: np.ndarray, gap_bits: int) -> list[_Candidate
             _Candidate(
                 Codec.SPARSE,
                 size,
-                lambda: _encode_sparse(
-                    elements.size, book[fill], gap_bits, nz_book, gaps, vals, pg, pv
-                ),
+                lambda: _encode_sparse(n, book[fill], gap_bits, nz_book, gaps, vals, pg, pv),
             )
         )
     return out
+
+
+def coded_size(book: np.ndarray, idx: np.ndarray, gap_bits: int = 8) -> int:
+    """Payload bytes the writer would spend on book[idx] (≤ 256 entries) with the best of the
+    codebook and sparse codecs, planned from histograms (nothing is encoded): what a search
+    needs to price a setting without writing a container."""
+    idx = idx.reshape(-1)
+    return min(c.nbytes for c in _index_candidates(idx.size, book, idx, gap_bits))
 
 
 def sparse_entries(
