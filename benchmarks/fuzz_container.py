@@ -24,13 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.robustness.fuzz_harness import (  # after the path set-up
-    CLASSES,
-    FAILURES,
-    fuzz,
-    measure_bombs,
-    write_seeds,
-)
+from tests.robustness.bombs import measure_bombs  # after the path set-up
+from tests.robustness.fuzz_harness import CLASSES, FAILURES, fuzz, write_seeds
 
 BOMB_LIMIT = 2.0  # peak memory over the declared tensor size
 NOISE = 4 << 20  # what the interpreter and ONNX Runtime allocate around a load, whatever its size

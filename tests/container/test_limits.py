@@ -29,7 +29,8 @@ from onnxcompress.container import (
 from onnxcompress.container import format as fmt
 from onnxcompress.container.huffman import varint
 from onnxcompress.errors import ContainerError
-from tests.robustness.fuzz_harness import Layout, bombs, join, split
+from tests.robustness.bombs import bombs
+from tests.robustness.fuzz_harness import Layout, join, split
 
 MIB = 1 << 20
 ONE_SYMBOL = varint(1) + bytes([0x10]) + varint(0)  # alphabet 1, code length 1, no payload
