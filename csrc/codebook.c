@@ -85,31 +85,3 @@ int ocx_codebook_gather(const uint8_t *idx, size_t n, const void *book, int k, i
     }
     return 0;
 }
-
-#define SCATTER_BODY(T)                                             \
-    do {                                                            \
-        const T *b = (const T *)book;                               \
-        T *o = (T *)out;                                            \
-        for (j = 0; j < m; j++) {                                   \
-            pos += gaps[j];                                         \
-            if (pos >= n) return OCX_E_RANGE;                       \
-            if (vals[j] != filler) {                                \
-                if (vals[j] >= k) return OCX_E_RANGE;               \
-                o[pos] = b[vals[j]];                                \
-            }                                                       \
-            pos++;                                                  \
-        }                                                           \
-    } while (0)
-
-int ocx_sparse_scatter(const uint8_t *gaps, const uint8_t *vals, size_t m, int filler,
-                       const void *book, int k, int elem_size, void *out, size_t n) {
-    size_t j, pos = 0;
-    switch (elem_size) {
-    case 1: SCATTER_BODY(uint8_t); break;
-    case 2: SCATTER_BODY(uint16_t); break;
-    case 4: SCATTER_BODY(uint32_t); break;
-    case 8: SCATTER_BODY(uint64_t); break;
-    default: return OCX_E_WIDTH;
-    }
-    return 0;
-}

@@ -9,6 +9,8 @@
  */
 #include "huffman.h"
 
+#include "codebook.h"
+
 #include <string.h>
 
 #define PRIMARY_BITS 11
@@ -105,68 +107,153 @@ static inline int decode_long(const table_t *t, uint64_t buf, int *len_out) {
     return -1;
 }
 
-/* Decode one symbol from buf/cnt into *dst; on a bad code return from the caller. */
-#define DECODE_ONE(dst)                                                      \
-    do {                                                                     \
-        uint32_t e_ = t.primary[buf >> (64 - PRIMARY_BITS)];                \
-        int len_;                                                            \
-        if (e_) {                                                            \
-            (dst) = (uint8_t)(e_ >> 4);                                      \
-            len_ = (int)(e_ & 15u);                                          \
-        } else {                                                             \
-            int s_ = decode_long(&t, buf, &len_);                            \
-            if (s_ < 0) return OCX_E_BADCODE;                                \
-            (dst) = (uint8_t)s_;                                             \
-        }                                                                    \
-        buf <<= len_;                                                        \
-        cnt -= len_;                                                         \
-    } while (0)
+/* A stream being decoded: its code table and a 64-bit MSB-aligned bit buffer. Past the end of
+ * src the buffer is fed zero bytes (counted in virt), so a refill never reads outside src; the
+ * refill that finds more bits consumed than src holds reports OCX_E_EXHAUSTED. */
+typedef struct {
+    table_t t;
+    const uint8_t *src, *p, *end;
+    size_t len, virt;
+    uint64_t buf;
+    int cnt; /* valid bits in buf */
+} reader_t;
+
+static int reader_open(reader_t *r, const uint8_t *lengths, int alphabet, const uint8_t *src,
+                       size_t len) {
+    int rc = build_table(lengths, alphabet, &r->t);
+    if (rc) return rc;
+    if (r->t.only_symbol >= 0 && len) return OCX_E_TRAILING; /* a one-symbol code stores no bits */
+    r->src = r->p = src;
+    r->end = src + len;
+    r->len = len;
+    r->virt = 0;
+    r->buf = 0;
+    r->cnt = 0;
+    return OCX_OK;
+}
+
+static inline uint64_t reader_consumed(const reader_t *r) {
+    return (uint64_t)(r->p - r->src + r->virt) * 8 - (uint64_t)r->cnt;
+}
+
+/* Leave at least 56 valid bits in the buffer (enough for three 15-bit codes). */
+static inline int reader_refill(reader_t *r) {
+    if (r->end - r->p >= 8) {
+        r->buf |= load_be64(r->p) >> r->cnt;
+        r->p += (63 - r->cnt) >> 3;
+        r->cnt |= 56;
+        return OCX_OK;
+    }
+    if (reader_consumed(r) > (uint64_t)r->len * 8) return OCX_E_EXHAUSTED;
+    while (r->cnt <= 56) {
+        uint64_t b = 0;
+        if (r->p < r->end) b = *r->p++;
+        else r->virt++;
+        r->buf |= b << (56 - r->cnt);
+        r->cnt += 8;
+    }
+    return OCX_OK;
+}
+
+/* Decode one symbol; the buffer must hold at least 15 valid bits. */
+static inline int reader_next(reader_t *r, uint8_t *sym) {
+    uint32_t e = r->t.primary[r->buf >> (64 - PRIMARY_BITS)];
+    int len;
+    if (e) {
+        *sym = (uint8_t)(e >> 4);
+        len = (int)(e & 15u);
+    } else {
+        int s = decode_long(&r->t, r->buf, &len);
+        if (s < 0) return OCX_E_BADCODE;
+        *sym = (uint8_t)s;
+    }
+    r->buf <<= len;
+    r->cnt -= len;
+    return OCX_OK;
+}
+
+/* One symbol at a time, refilling when needed (for interleaved streams). */
+static inline int reader_symbol(reader_t *r, uint8_t *sym) {
+    if (r->t.only_symbol >= 0) {
+        *sym = (uint8_t)r->t.only_symbol;
+        return OCX_OK;
+    }
+    if (r->cnt < OCX_HUFF_MAX_BITS) {
+        int rc = reader_refill(r);
+        if (rc) return rc;
+    }
+    return reader_next(r, sym);
+}
+
+/* After the last symbol: the stream must end within its last byte. */
+static int reader_close(const reader_t *r) {
+    uint64_t consumed;
+    if (r->t.only_symbol >= 0) return OCX_OK;
+    consumed = reader_consumed(r);
+    if (consumed > (uint64_t)r->len * 8) return OCX_E_EXHAUSTED;
+    if ((consumed + 7) / 8 != (uint64_t)r->len) return OCX_E_TRAILING;
+    return OCX_OK;
+}
 
 int ocx_huff_decode(const uint8_t *lengths, int alphabet, const uint8_t *src, size_t src_len,
                     uint8_t *out, size_t n_out) {
-    table_t t;
-    const uint8_t *p = src, *end = src + src_len;
-    uint64_t buf = 0, consumed;
-    size_t virt = 0, i = 0;
-    int cnt = 0, rc = build_table(lengths, alphabet, &t);
+    reader_t r;
+    size_t i = 0, j, k;
+    int rc = reader_open(&r, lengths, alphabet, src, src_len);
 
     if (rc) return rc;
-    if (t.only_symbol >= 0) { /* a one-symbol code stores no bits */
-        if (src_len) return OCX_E_TRAILING;
-        memset(out, t.only_symbol, n_out);
+    if (r.t.only_symbol >= 0) {
+        memset(out, r.t.only_symbol, n_out);
         return OCX_OK;
     }
     while (i < n_out) {
-        if (end - p >= 8) {
-            buf |= load_be64(p) >> cnt;
-            p += (63 - cnt) >> 3;
-            cnt |= 56;
-        } else {
-            consumed = (uint64_t)(p - src + virt) * 8 - (uint64_t)cnt;
-            if (consumed > (uint64_t)src_len * 8) return OCX_E_EXHAUSTED;
-            while (cnt <= 56) {
-                uint64_t b = 0;
-                if (p < end) b = *p++; else virt++;
-                buf |= b << (56 - cnt);
-                cnt += 8;
-            }
-        }
-        if (n_out - i >= 3) {
-            DECODE_ONE(out[i]);
-            DECODE_ONE(out[i + 1]);
-            DECODE_ONE(out[i + 2]);
-            i += 3;
-        } else {
-            while (i < n_out) {
-                DECODE_ONE(out[i]);
-                i++;
-            }
-        }
+        if ((rc = reader_refill(&r))) return rc;
+        k = n_out - i < 3 ? n_out - i : 3; /* 56 bits hold three codes */
+        for (j = 0; j < k; j++)
+            if ((rc = reader_next(&r, &out[i + j]))) return rc;
+        i += k;
     }
-    consumed = (uint64_t)(p - src + virt) * 8 - (uint64_t)cnt;
-    if (consumed > (uint64_t)src_len * 8) return OCX_E_EXHAUSTED;
-    if ((consumed + 7) / 8 != (uint64_t)src_len) return OCX_E_TRAILING;
-    return OCX_OK;
+    return reader_close(&r);
+}
+
+#define SPARSE_BODY(T)                                                   \
+    do {                                                                 \
+        const T *b = (const T *)book;                                    \
+        T *o = (T *)out;                                                 \
+        for (j = 0; j < m; j++) {                                        \
+            uint8_t gap, val;                                            \
+            if ((rc = reader_symbol(&g, &gap))) return rc;               \
+            if ((rc = reader_symbol(&v, &val))) return rc;               \
+            pos += gap;                                                  \
+            if (pos >= n) return OCX_E_RANGE;                            \
+            if (val != filler) {                                         \
+                if (val >= k) return OCX_E_RANGE;                        \
+                o[pos] = b[val];                                         \
+            }                                                            \
+            pos++;                                                       \
+        }                                                                \
+    } while (0)
+
+int ocx_sparse_decode(const uint8_t *gap_lengths, int gap_alphabet, const uint8_t *gap_src,
+                      size_t gap_len, const uint8_t *val_lengths, int val_alphabet,
+                      const uint8_t *val_src, size_t val_len, size_t m, int filler,
+                      const void *book, int k, int elem_size, void *out, size_t n) {
+    reader_t g, v;
+    size_t j, pos = 0;
+    int rc;
+
+    if (m == 0) return gap_len || val_len ? OCX_E_TRAILING : OCX_OK;
+    if ((rc = reader_open(&g, gap_lengths, gap_alphabet, gap_src, gap_len))) return rc;
+    if ((rc = reader_open(&v, val_lengths, val_alphabet, val_src, val_len))) return rc;
+    switch (elem_size) {
+    case 1: SPARSE_BODY(uint8_t); break;
+    case 2: SPARSE_BODY(uint16_t); break;
+    case 4: SPARSE_BODY(uint32_t); break;
+    case 8: SPARSE_BODY(uint64_t); break;
+    default: return OCX_E_WIDTH;
+    }
+    if ((rc = reader_close(&g))) return rc;
+    return reader_close(&v);
 }
 
 int64_t ocx_huff_encode(const uint8_t *lengths, int alphabet, const uint8_t *sym, size_t n,

@@ -28,6 +28,17 @@
 int ocx_huff_decode(const uint8_t *lengths, int alphabet, const uint8_t *src, size_t src_len,
                     uint8_t *out, size_t n_out);
 
+/* Deep Compression's sparse form (Han et al., ICLR 2016, section 4) straight from its two
+ * Huffman streams, without materializing them: m entries, entry j skips gap[j] elements, then
+ * occupies one element that becomes book[val[j]], or stays untouched when val[j] == filler.
+ * out (n elements of elem_size bytes) must hold the fill value beforehand. Errors: those of
+ * ocx_huff_decode for either stream, OCX_E_RANGE (codebook.h) for a value past the codebook or a
+ * position past n. An empty sparse tensor (m == 0) has empty streams. */
+int ocx_sparse_decode(const uint8_t *gap_lengths, int gap_alphabet, const uint8_t *gap_src,
+                      size_t gap_len, const uint8_t *val_lengths, int val_alphabet,
+                      const uint8_t *val_src, size_t val_len, size_t m, int filler,
+                      const void *book, int k, int elem_size, void *out, size_t n);
+
 /* Encode n symbols into dst (capacity dst_cap bytes); returns the bytes written or an error. */
 int64_t ocx_huff_encode(const uint8_t *lengths, int alphabet, const uint8_t *sym, size_t n,
                         uint8_t *dst, size_t dst_cap);

@@ -31,6 +31,18 @@ class ContainerError(BadInputError):
         self.section = section
 
 
+class SessionError(BadInputError):
+    """ONNX Runtime or a custom op refused a model or its inputs, at load or at run time.
+
+    The message is one short line naming the user's file; `detail` keeps the full text of the
+    underlying error (ONNX Runtime's run to hundreds of characters) for a verbose mode, and the
+    original exception is the `__cause__`."""
+
+    def __init__(self, message: str, detail: str | None = None):
+        super().__init__(message)
+        self.detail = message if detail is None else detail
+
+
 class PassError(OnnxCompressError):
     """A pass failed; names the pass and the passes that ran before it."""
 

@@ -20,7 +20,9 @@ Attributes (as for ONNX Conv): ``kernel_shape`` [KH, KW] (required: C is not rec
 padded bits alone, KH and KW are), ``strides`` (default [1, 1]), ``pads`` [top, left, bottom,
 right] (default zeros; ``auto_pad`` is not supported, the converter writes explicit pads),
 ``dilations`` (default [1, 1]), ``group`` (only 1 is supported; anything else is an error), and
-``mode``: ``"xnor"``, ``"bwn"`` or ``"sign"`` (``OP_MODES``).
+``mode``: ``"xnor"``, ``"bwn"`` or ``"sign"`` (``OP_MODES``).  Ranges (``check_conv_attrs``):
+kernel sizes, strides and dilations 1..ATTR_MAX, pads 0..ATTR_MAX, where ATTR_MAX = 2**31 - 1 is
+what the C kernels carry (int32); a value outside is an error, never truncated.
 
 Output float32 [N, M, OH, OW], OH = floor((H + top + bottom - (dilation_h * (KH - 1) + 1)) /
 stride_h) + 1 (and likewise OW):
@@ -52,6 +54,7 @@ rounding (about 1e-7 relative to alpha * C * KH * KW).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from enum import Enum
 
@@ -94,9 +97,54 @@ OP_MODES = (Mode.XNOR.value, Mode.BWN.value, MODE_SIGN)
 def check_op_mode(mode: str) -> str:
     """`mode` if XnorConv knows it, else a ValueError that lists the modes."""
     mode = getattr(mode, "value", mode)
-    if mode not in OP_MODES:
+    if not isinstance(mode, str) or mode not in OP_MODES:
         raise ValueError(f"XnorConv: unknown mode {mode!r}; expected one of {list(OP_MODES)}")
     return mode
+
+
+# The C kernels take every geometry value as int32 (csrc/xnor/xnor.h): a larger one would be
+# truncated there while Python sizes the buffers from the full value, so it is refused here.
+ATTR_MAX = 2**31 - 1
+_LOWEST = {ATTR_KERNEL_SHAPE: 1, ATTR_STRIDES: 1, ATTR_PADS: 0, ATTR_DILATIONS: 1}
+
+
+def _int_list(values: Sequence[int], name: str, count: int) -> tuple[int, ...]:
+    """`values` as `count` ints within _LOWEST[name]..ATTR_MAX, else a ValueError saying which."""
+    try:
+        out = tuple(operator.index(v) for v in values)
+    except TypeError:
+        raise ValueError(f"XnorConv: {name} must be integers, got {list(values)!r}") from None
+    if len(out) != count:
+        raise ValueError(f"XnorConv: {name} needs {count} values, got {list(out)}")
+    low = _LOWEST[name]
+    bad = [v for v in out if not low <= v <= ATTR_MAX]
+    if bad:
+        raise ValueError(
+            f"XnorConv: {name} {list(out)} holds {bad[0]}, outside {low}..{ATTR_MAX}"
+        )
+    return out
+
+
+def check_conv_attrs(
+    kernel_shape: Sequence[int],
+    strides: Sequence[int] = (1, 1),
+    pads: Sequence[int] = (0, 0, 0, 0),
+    dilations: Sequence[int] = (1, 1),
+    group: int = 1,
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int], tuple[int, int]]:
+    """(kernel_shape, strides, pads, dilations) as int tuples after checking count, type and
+    range of each and group == 1; a ValueError names the attribute and the allowed values."""
+    if group != 1:
+        raise ValueError(
+            f"XnorConv supports group=1 only, got group={group}; grouped and "
+            "depthwise convolutions are left in float"
+        )
+    return (
+        _int_list(kernel_shape, ATTR_KERNEL_SHAPE, 2),
+        _int_list(strides, ATTR_STRIDES, 2),
+        _int_list(pads, ATTR_PADS, 4),
+        _int_list(dilations, ATTR_DILATIONS, 2),
+    )
 
 
 def words_per_tap(channels: int) -> int:
@@ -153,19 +201,43 @@ def encode_conv_attrs(
 
 
 def decode_conv_attrs(text: str) -> dict[str, object]:
-    """Inverse of ``encode_conv_attrs``; missing keys take the contract's defaults."""
+    """Inverse of ``encode_conv_attrs``; missing keys take the contract's defaults.
+
+    Every value is checked as ``check_conv_attrs`` does (count, range, group == 1): a ValueError
+    names the entry, so no decoded geometry can reach a kernel unchecked."""
+    shown = text if len(text) <= 200 else text[:200] + "..."
     out: dict[str, object] = dict(DEFAULTS)
+    seen: set[str] = set()
     for part in filter(None, (p.strip() for p in text.split(";"))):
-        key, sep, value = part.partition("=")
-        if not sep or key not in (*_LIST_ATTRS, ATTR_GROUP):
-            raise ValueError(f"XnorConv: bad {CONV_ATTRS} entry {part!r} in {text!r}")
-        nums = tuple(int(v) for v in value.split(","))
+        key, sep, value = (s.strip() for s in part.partition("="))
+        if not sep or key not in (*_LIST_ATTRS, ATTR_GROUP) or key in seen:
+            why = "repeated" if key in seen else "bad"
+            raise ValueError(f"XnorConv: {why} {CONV_ATTRS} entry {part[:80]!r} in {shown!r}")
+        seen.add(key)
+        try:
+            nums = tuple(int(v) for v in value.split(","))
+        except ValueError:
+            raise ValueError(
+                f"XnorConv: {CONV_ATTRS} entry {part[:80]!r} is not a list of integers"
+            ) from None
         if key == ATTR_GROUP:
+            if len(nums) != 1:
+                raise ValueError(f"XnorConv: {ATTR_GROUP} needs 1 value, got {value[:80]!r}")
             out[key] = nums[0]
         elif len(nums) != _LENGTHS[key]:
-            raise ValueError(f"XnorConv: {key} needs {_LENGTHS[key]} values, got {value!r}")
+            raise ValueError(f"XnorConv: {key} needs {_LENGTHS[key]} values, got {value[:80]!r}")
         else:
             out[key] = nums
     if ATTR_KERNEL_SHAPE not in out:
-        raise ValueError(f"XnorConv: {CONV_ATTRS} {text!r} lacks {ATTR_KERNEL_SHAPE}")
+        raise ValueError(f"XnorConv: {CONV_ATTRS} {shown!r} lacks {ATTR_KERNEL_SHAPE}")
+    checked = check_conv_attrs(*(out[k] for k in _LIST_ATTRS), group=out[ATTR_GROUP])
+    out.update(zip(_LIST_ATTRS, checked))
+    return out
+
+
+def decode_op_attrs(mode: str, conv_attrs: str) -> dict[str, object]:
+    """The string attributes the runtime op receives (``mode``, ``conv_attrs``), decoded and
+    checked: the geometry of ``decode_conv_attrs`` plus ``mode``; ValueError on any problem."""
+    out = decode_conv_attrs(conv_attrs)
+    out[ATTR_MODE] = check_op_mode(mode)
     return out

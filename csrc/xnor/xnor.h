@@ -62,25 +62,30 @@ int xnor_path_supported(int path);
 int xnor_best_path(void);
 
 /* Weights laid out for one path and mode (weight panels, per-tap sums); build once per layer.
- * wbits is read during the call only. */
+ * wbits (w_words 64-bit words, at least m * kh * kw * ceil(c / 64)) is read during the call
+ * only; a smaller buffer is XNOR_EARG. */
 typedef struct xnor_weights xnor_weights;
 int xnor_weights_create(int mode, int path, int32_t m, int32_t c, int32_t kh, int32_t kw,
-                        const uint64_t *wbits, int threads, xnor_weights **out);
+                        const uint64_t *wbits, size_t w_words, int threads, xnor_weights **out);
 void xnor_weights_free(xnor_weights *w);
 /* Bytes held by a prepared weight object. */
 int64_t xnor_weights_bytes(const xnor_weights *w);
 
 /* y[N][M][OH][OW] = XnorConv(x, w, alpha, bias); g->m, g->c, g->kh, g->kw must match w.
- * bias and timing may be NULL; threads >= 1.  Returns an xnor_status. */
+ * x_len and y_len are the element counts of the caller's x and y buffers: the call is
+ * XNOR_EARG, touching neither, unless x holds N*C*H*W and y N*M*OH*OW floats (so a caller
+ * whose idea of the geometry differs from g's cannot make the kernel write past y).
+ * alpha and bias hold M floats; bias and timing may be NULL; threads >= 1.  Returns an
+ * xnor_status. */
 int xnor_conv2d_prepared(const xnor_weights *w, const xnor_geom *g, const float *x,
-                         const float *alpha, const float *bias, float *y, int threads,
-                         xnor_timing *timing);
+                         size_t x_len, const float *alpha, const float *bias, float *y,
+                         size_t y_len, int threads, xnor_timing *timing);
 
 /* One-shot form: prepares the weights, runs, frees them (timing includes the preparation).
  * path XNOR_PATH_AUTO picks xnor_best_path(). */
-int xnor_conv2d(const xnor_geom *g, int mode, const float *x, const uint64_t *wbits,
-                const float *alpha, const float *bias, float *y, int threads, int path,
-                xnor_timing *timing);
+int xnor_conv2d(const xnor_geom *g, int mode, const float *x, size_t x_len,
+                const uint64_t *wbits, size_t w_words, const float *alpha, const float *bias,
+                float *y, size_t y_len, int threads, int path, xnor_timing *timing);
 
 /* Benchmark helpers (xnor_bench.c); rates are per ns of the calling thread's CPU time. */
 double xnor_measure_ghz(int64_t cycles);

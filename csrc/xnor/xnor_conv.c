@@ -89,12 +89,25 @@ int xnor_out_hw(const xnor_geom *g, int32_t *oh, int32_t *ow) {
     return XNOR_OK;
 }
 
+/* 1 when a * b * c * d (each >= 0) is at most cap, computed without overflow. */
+static int product_within(size_t cap, int64_t a, int64_t b, int64_t c, int64_t d) {
+    const int64_t f[4] = {a, b, c, d};
+    size_t acc = 1;
+    for (int i = 0; i < 4; ++i) {
+        if (f[i] < 0) return 0;
+        if (f[i] != 0 && acc > cap / (size_t)f[i]) return 0;
+        acc *= (size_t)f[i];
+    }
+    return 1;
+}
+
 /* ---- prepared weights -------------------------------------------------------------------- */
 
 int xnor_weights_create(int mode, int path, int32_t m, int32_t c, int32_t kh, int32_t kw,
-                        const uint64_t *wbits, int threads, xnor_weights **out) {
+                        const uint64_t *wbits, size_t w_words, int threads, xnor_weights **out) {
     if (!out || !wbits || m < 1 || c < 1 || kh < 1 || kw < 1 || threads < 1 ||
-        (int64_t)c * kh * kw > (1 << 24) || m > INT32_MAX / 64)
+        (int64_t)c * kh * kw > (1 << 24) || m > INT32_MAX / 64 ||
+        !product_within(w_words, m, kh, kw, (c + 63) / 64))
         return XNOR_EARG;
     if (mode != XNOR_MODE_XNOR && mode != XNOR_MODE_BWN && mode != XNOR_MODE_SIGN)
         return XNOR_EMODE;
@@ -129,7 +142,8 @@ int xnor_weights_create(int mode, int path, int32_t m, int32_t c, int32_t kh, in
     if (binary) xnor_prepare_binary(w, wbits, threads);
     else xnor_prepare_bwn(w, wbits, threads);
     if (mode == XNOR_MODE_SIGN) {
-        int rc = xnor_weights_create(XNOR_MODE_XNOR, path, m, c, kh, kw, wbits, threads, &w->plain);
+        int rc = xnor_weights_create(XNOR_MODE_XNOR, path, m, c, kh, kw, wbits, w_words, threads,
+                                     &w->plain);
         if (rc != XNOR_OK) {
             xnor_weights_free(w);
             return rc;
@@ -167,13 +181,18 @@ static int has_zero_or_nan(const float *x, int64_t n) {
 /* ---- entry points ------------------------------------------------------------------------ */
 
 int xnor_conv2d_prepared(const xnor_weights *w, const xnor_geom *g, const float *x,
-                         const float *alpha, const float *bias, float *y, int threads,
-                         xnor_timing *timing) {
+                         size_t x_len, const float *alpha, const float *bias, float *y,
+                         size_t y_len, int threads, xnor_timing *timing) {
     double start = timing ? xnor_now() : 0.0, start_cpu = timing ? xnor_cpu_now() : 0.0;
     xnor_call k;
     memset(&k, 0, sizeof k);
     if (!w || xnor_out_hw(g, &k.oh, &k.ow) != XNOR_OK || !x || !alpha || !y || threads < 1 ||
         g->m != w->m || g->c != w->c || g->kh != w->kh || g->kw != w->kw)
+        return XNOR_EARG;
+    /* the buffers must be as large as this geometry says: the last guard against a caller that
+       sized them from other numbers */
+    if (!product_within(x_len, g->n, g->c, g->h, g->w) ||
+        !product_within(y_len, g->n, g->m, k.oh, k.ow))
         return XNOR_EARG;
     k.g = g;
     k.w = w;
@@ -199,15 +218,17 @@ int xnor_conv2d_prepared(const xnor_weights *w, const xnor_geom *g, const float 
     return rc;
 }
 
-int xnor_conv2d(const xnor_geom *g, int mode, const float *x, const uint64_t *wbits,
-                const float *alpha, const float *bias, float *y, int threads, int path,
-                xnor_timing *timing) {
+int xnor_conv2d(const xnor_geom *g, int mode, const float *x, size_t x_len,
+                const uint64_t *wbits, size_t w_words, const float *alpha, const float *bias,
+                float *y, size_t y_len, int threads, int path, xnor_timing *timing) {
     double start = timing ? xnor_now() : 0.0, start_cpu = timing ? xnor_cpu_now() : 0.0;
     int32_t oh, ow;
     if (xnor_out_hw(g, &oh, &ow) != XNOR_OK) return XNOR_EARG;
     xnor_weights *w = NULL;
-    int rc = xnor_weights_create(mode, path, g->m, g->c, g->kh, g->kw, wbits, threads, &w);
-    if (rc == XNOR_OK) rc = xnor_conv2d_prepared(w, g, x, alpha, bias, y, threads, timing);
+    int rc = xnor_weights_create(mode, path, g->m, g->c, g->kh, g->kw, wbits, w_words, threads,
+                                 &w);
+    if (rc == XNOR_OK)
+        rc = xnor_conv2d_prepared(w, g, x, x_len, alpha, bias, y, y_len, threads, timing);
     xnor_weights_free(w);
     if (timing) {
         timing->total = xnor_now() - start;

@@ -27,6 +27,7 @@ _MESSAGES = {
     -5: "a symbol without a code (or the output buffer is too small)",
     -6: "unsupported element size",
     -7: "an index past the codebook or a position past the tensor",
+    -8: "sizes that do not match the bit groups",
 }
 
 _u8p = ctypes.POINTER(ctypes.c_uint8)
@@ -67,18 +68,15 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.ocx_codebook_index.restype = ctypes.c_int
     lib.ocx_codebook_gather.argtypes = [_vp, _sz, _vp, ctypes.c_int, ctypes.c_int, _vp]
     lib.ocx_codebook_gather.restype = ctypes.c_int
-    lib.ocx_sparse_scatter.argtypes = [
-        _vp,
-        _vp,
-        _sz,
-        ctypes.c_int,
-        _vp,
-        ctypes.c_int,
-        ctypes.c_int,
-        _vp,
-        _sz,
+    lib.ocx_sparse_decode.argtypes = [
+        _vp, ctypes.c_int, _vp, _sz,  # gap stream: lengths, alphabet, payload, bytes
+        _vp, ctypes.c_int, _vp, _sz,  # value stream
+        _sz, ctypes.c_int, _vp, ctypes.c_int, ctypes.c_int, _vp, _sz,
     ]
-    lib.ocx_sparse_scatter.restype = ctypes.c_int
+    lib.ocx_sparse_decode.restype = ctypes.c_int
+    lib.ocx_bitgroups_expand.argtypes = [_vp, _sz, ctypes.c_uint32, ctypes.c_uint32,
+                                         ctypes.c_uint64, _vp, _sz]
+    lib.ocx_bitgroups_expand.restype = ctypes.c_int
     return lib
 
 
@@ -140,7 +138,8 @@ def codebook_index(elements: np.ndarray, max_k: int = 256) -> tuple[np.ndarray, 
 
 
 def codebook_gather(idx: np.ndarray, book: np.ndarray, out: np.ndarray) -> None:
-    """out[i] = book[idx[i]] (book and out share one unsigned dtype)."""
+    """out[i] = book[idx[i]] (book and out share one unsigned dtype; with 1-byte elements out
+    may be idx itself)."""
     book = np.ascontiguousarray(book)
     rc = library().ocx_codebook_gather(
         _ptr(idx), idx.size, _ptr(book), book.size, book.itemsize, _ptr(out)
@@ -149,21 +148,35 @@ def codebook_gather(idx: np.ndarray, book: np.ndarray, out: np.ndarray) -> None:
         raise NativeError(rc, "codebook gather")
 
 
-def sparse_scatter(
-    gaps: np.ndarray, vals: np.ndarray, filler: int, book: np.ndarray, out: np.ndarray
+def sparse_decode(
+    gap_lengths: np.ndarray,
+    gap_payload: bytes | memoryview,
+    val_lengths: np.ndarray,
+    val_payload: bytes | memoryview,
+    m: int,
+    filler: int,
+    book: np.ndarray,
+    out: np.ndarray,
 ) -> None:
-    """Write book[vals[j]] at the positions the gaps walk to; out must hold the fill value."""
+    """Decode the m (gap, value) entries of the sparse form straight from their two Huffman
+    streams into `out`, which must hold the fill value (no gap or value array is built)."""
+    gl, vl = _lengths(gap_lengths), _lengths(val_lengths)
+    gs, vs = np.frombuffer(gap_payload, np.uint8), np.frombuffer(val_payload, np.uint8)
     book = np.ascontiguousarray(book)
-    rc = library().ocx_sparse_scatter(
-        _ptr(gaps),
-        _ptr(vals),
-        gaps.size,
-        filler,
-        _ptr(book),
-        book.size,
-        out.itemsize,
-        _ptr(out),
-        out.size,
+    rc = library().ocx_sparse_decode(
+        _ptr(gl), gl.size, _ptr(gs), gs.size,
+        _ptr(vl), vl.size, _ptr(vs), vs.size,
+        m, filler, _ptr(book), book.size, out.itemsize, _ptr(out), out.size,
     )
     if rc:
-        raise NativeError(rc, "sparse scatter")
+        raise NativeError(rc, "sparse decode")
+
+
+def bitgroups_expand(kept: np.ndarray, keep: int, group_bits: int, groups: int,
+                     out: np.ndarray) -> None:
+    """Write the kept low bits of each group into `out` (uint8, zeros beforehand)."""
+    rc = library().ocx_bitgroups_expand(
+        _ptr(kept), kept.size, keep, group_bits, groups, _ptr(out), out.size
+    )
+    if rc:
+        raise NativeError(rc, "bitgroups expand")

@@ -245,32 +245,104 @@ def _le_bytes(a: np.ndarray) -> bytes:
 # ----------------------------------------------------------------------------- decoding
 
 
-def decode(codec: Codec, buf: memoryview) -> np.ndarray:
-    """Decode a payload into a flat array: uint8 for raw codecs, the element width otherwise."""
+def decode(codec: Codec, buf: memoryview, nbytes: int, elem_size: int | None = None) -> np.ndarray:
+    """Decode a payload into a flat array of exactly `nbytes` bytes: uint8 for raw codecs, the
+    element width otherwise.
+
+    `nbytes` is the size the tensor's dims and type declare and `elem_size` its element width
+    (None when it has none of 1, 2, 4, 8 bytes). Every count a payload states is checked against
+    them before anything is allocated, and decompression stops at `nbytes`: a small section cannot
+    claim more memory than the tensor it decodes to (about 1x; 2x for the codebook codec on
+    elements wider than a byte, index plus values)."""
     cur = Cursor(buf)
     if codec in (Codec.STORED, Codec.ZLIB, Codec.LZMA):
-        return _decode_raw(codec, cur)
-    if codec == Codec.CODEBOOK:
-        return _decode_codebook(cur)
-    if codec == Codec.SPARSE:
-        return _decode_sparse(cur)
+        return _decode_raw(codec, cur, nbytes)
+    if codec in (Codec.CODEBOOK, Codec.SPARSE):
+        e = _element_size(cur)
+        if e != elem_size:
+            raise PayloadError(
+                f"elements of {e} bytes, the tensor's type has {elem_size or 'other'}-byte ones"
+            )
+        decoder = _decode_codebook if codec == Codec.CODEBOOK else _decode_sparse
+        return decoder(cur, e, nbytes // e)
     if codec == Codec.BITGROUPS:
-        return _decode_bitgroups(cur)
+        return _decode_bitgroups(cur, nbytes)
     raise PayloadError(f"unknown tensor codec {int(codec)}")
 
 
-def _decode_raw(codec: Codec, cur: Cursor) -> np.ndarray:
-    n = cur.u64()
-    body = cur.take(len(cur.buf) - cur.pos)
+INFLATE_CHUNK = 256 << 10  # decompression output per step
+
+
+def inflate(codec: Codec, data: memoryview | bytes, limit: int, exact: bool = False
+            ) -> bytearray:
+    """Decompress a zlib or LZMA-alone stream whose output must end within `limit` bytes (with
+    `exact`, at exactly `limit`: the buffer is then allocated once, at that size).
+
+    The output is produced a chunk at a time, so a bomb costs at most the limit and a chunk;
+    the one-call forms (zlib.decompress ...) join their output blocks at the end, twice the
+    output at the peak, and stop at no limit."""
+    name = codec.name.lower()
+    if codec == Codec.ZLIB:
+        step, ended, rest = _zlib_steps(data)
+    elif codec == Codec.LZMA:
+        step, ended, rest = _lzma_steps(data)
+    else:
+        raise PayloadError(f"codec {codec.name} is not a compressor")
+    out = bytearray(limit) if exact else bytearray()
+    size = 0
     try:
-        if codec == Codec.STORED:
-            data = body
-        elif codec == Codec.ZLIB:
-            data = zlib.decompress(body)
-        else:
-            data = lzma.decompress(body, format=lzma.FORMAT_ALONE)
+        while not ended():
+            chunk = step()
+            if not chunk:
+                raise PayloadError(f"{name} data ends early (truncated stream)")
+            if size + len(chunk) > limit:
+                raise PayloadError(f"{name} data inflates past the {limit} bytes declared")
+            out[size : size + len(chunk)] = chunk
+            size += len(chunk)
     except (zlib.error, lzma.LZMAError) as e:
-        raise PayloadError(f"{codec.name.lower()} data does not decompress: {e}") from e
+        raise PayloadError(f"{name} data does not decompress: {e}") from e
+    if rest():
+        raise PayloadError(f"{len(rest())} bytes after the end of the {name} stream")
+    if exact and size != limit:
+        raise PayloadError(f"{name} data holds {size} bytes, its header says {limit}")
+    return out
+
+
+def _zlib_steps(data: memoryview | bytes):
+    z = zlib.decompressobj()
+    pending = [data]
+
+    def step() -> bytes:
+        chunk = z.decompress(pending[0], INFLATE_CHUNK)
+        pending[0] = z.unconsumed_tail
+        return chunk
+
+    return step, lambda: z.eof, lambda: z.unused_data
+
+
+# An LZMA stream states its dictionary size, which the decoder allocates; the writer's preset 9
+# uses 64 MiB, so a stream asking for more (up to 4 GiB) is refused before the allocation.
+LZMA_MEMLIMIT = (64 << 20) + (1 << 20)
+
+
+def _lzma_steps(data: memoryview | bytes):
+    x = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE, memlimit=LZMA_MEMLIMIT)
+    pending = [data]
+
+    def step() -> bytes:
+        chunk = x.decompress(pending[0], max_length=INFLATE_CHUNK)
+        pending[0] = b""  # the decompressor keeps what it has not used yet
+        return chunk
+
+    return step, lambda: x.eof, lambda: x.unused_data
+
+
+def _decode_raw(codec: Codec, cur: Cursor, nbytes: int) -> np.ndarray:
+    n = cur.u64()
+    if n != nbytes:
+        raise PayloadError(f"raw payload of {n} bytes, the tensor's dims declare {nbytes}")
+    body = cur.take(len(cur.buf) - cur.pos)
+    data = body if codec == Codec.STORED else inflate(codec, body, n, exact=True)
     if len(data) != n:
         raise PayloadError(f"raw payload holds {len(data)} bytes, its header says {n}")
     return np.frombuffer(data, dtype=np.uint8)
@@ -290,45 +362,54 @@ def _element_size(cur: Cursor) -> int:
     return e
 
 
-def _decode_codebook(cur: Cursor) -> np.ndarray:
-    e = _element_size(cur)
+def _decode_codebook(cur: Cursor, e: int, count: int) -> np.ndarray:
     book = _read_book(cur, e)
-    idx = huffman.decode(cur, max_alphabet=book.size)
+    idx = huffman.decode(cur, max_alphabet=book.size, count=count)
     cur.done()
-    out = np.empty(idx.size, dtype=book.dtype)
+    # 1-byte elements are looked up in place: the indices become the tensor, no second array
+    out = idx if e == 1 else np.empty(idx.size, dtype=book.dtype)
     _native_call(_cnative.codebook_gather, idx, book, out)
     return out
 
 
-def _decode_sparse(cur: Cursor) -> np.ndarray:
-    e = _element_size(cur)
+def _decode_sparse(cur: Cursor, e: int, count: int) -> np.ndarray:
     gap_bits = cur.u8()
     if not 1 <= gap_bits <= 8:
         raise PayloadError(f"gap_bits {gap_bits}, expected 1..8")
     n = cur.u64()
+    if n != count:
+        raise PayloadError(f"sparse payload of {n} elements, the tensor's dims declare {count}")
     fill = np.frombuffer(cur.take(e), dtype=_UNSIGNED[e])[0]
     book = _read_book(cur, e)
     if book.size > 255:
         raise PayloadError(f"sparse codebook of {book.size} entries, at most 255 allowed")
-    gaps = huffman.decode(cur, max_alphabet=1 << gap_bits)
-    vals = huffman.decode(cur, max_alphabet=book.size + 1)
+    # every entry occupies an element: at most n of them
+    m, gap_lengths, gap_payload = huffman.read_header(cur, 1 << gap_bits, max_symbols=n)
+    m_vals, val_lengths, val_payload = huffman.read_header(cur, book.size + 1, max_symbols=n)
     cur.done()
-    if gaps.size != vals.size:
-        raise PayloadError(f"{gaps.size} gaps but {vals.size} values")
+    if m != m_vals:
+        raise PayloadError(f"{m} gaps but {m_vals} values")
     out = np.zeros(n, dtype=book.dtype) if fill == 0 else np.full(n, fill, dtype=book.dtype)
-    _native_call(_cnative.sparse_scatter, gaps, vals, book.size, book, out)
+    _native_call(
+        _cnative.sparse_decode,
+        gap_lengths, gap_payload, val_lengths, val_payload, m, book.size, book, out,
+    )
     return out
 
 
-def _decode_bitgroups(cur: Cursor) -> np.ndarray:
+def _decode_bitgroups(cur: Cursor, nbytes: int) -> np.ndarray:
     keep, group_bits, groups = cur.u32(), cur.u32(), cur.u64()
     if not 0 <= keep <= group_bits or group_bits == 0 or (groups * group_bits) % 8:
         raise PayloadError(f"bitgroups of {groups} x {group_bits} bits keeping {keep}: invalid")
+    if groups * group_bits != 8 * nbytes:
+        raise PayloadError(
+            f"bitgroups of {groups} x {group_bits} bits, the tensor's dims declare {nbytes} bytes"
+        )
     kept = np.frombuffer(cur.take((keep * groups + 7) // 8), np.uint8)
     cur.done()
-    bits = np.zeros((groups, group_bits), np.uint8)
-    bits[:, :keep] = np.unpackbits(kept, count=keep * groups, bitorder="little").reshape(groups, keep)
-    return np.packbits(bits.reshape(-1), bitorder="little")
+    out = np.zeros(nbytes, np.uint8)
+    _native_call(_cnative.bitgroups_expand, kept, keep, group_bits, groups, out)
+    return out
 
 
 def _native_call(fn, *args) -> None:

@@ -21,6 +21,14 @@ VERSION = 1
 HEADER = struct.Struct("<8sHHIII")  # magic, version, flags, section count, table CRC, header CRC
 ENTRY = struct.Struct("<BBHIQQII")  # kind, codec, reserved, index, offset, length, CRC, reserved
 
+# The graph section states no decompressed size, so its inflation is bounded by the section's
+# own length: at most GRAPH_MAX_RATIO times it (zlib cannot exceed 1032:1; the writer keeps a
+# graph codec only within this ratio), or GRAPH_MIN_LIMIT for small sections, and never past
+# protobuf's 2 GiB message limit. A small file cannot make the reader allocate much more.
+GRAPH_MAX_RATIO = 1100
+GRAPH_MIN_LIMIT = 64 << 20
+PROTOBUF_MAX_BYTES = (2 << 30) - 1
+
 HEADER_SECTION = "header"
 TABLE_SECTION = "section table"
 GRAPH_SECTION = "graph"
@@ -77,6 +85,11 @@ def pack_header(entries: list[Entry]) -> bytes:
     head = HEADER.pack(MAGIC, VERSION, 0, len(entries), crc32(table), 0)
     head = head[:-4] + struct.pack("<I", crc32(head[:-4]))
     return head + table
+
+
+def graph_limit(section_length: int) -> int:
+    """Most bytes a graph section of this length may inflate to (see GRAPH_MAX_RATIO)."""
+    return min(PROTOBUF_MAX_BYTES, max(GRAPH_MIN_LIMIT, GRAPH_MAX_RATIO * section_length))
 
 
 def prefix_size(n_sections: int) -> int:

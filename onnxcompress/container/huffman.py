@@ -187,9 +187,19 @@ def read_lengths(cur: Cursor, alphabet: int) -> np.ndarray:
     return lengths
 
 
-def read_header(cur: Cursor, max_alphabet: int) -> tuple[int, np.ndarray, memoryview]:
-    """Parse one stream: (symbol count, code lengths, payload bytes)."""
+def read_header(
+    cur: Cursor, max_alphabet: int, max_symbols: int | None = None
+) -> tuple[int, np.ndarray, memoryview]:
+    """Parse one stream: (symbol count, code lengths, payload bytes).
+
+    The symbol count is checked against `max_symbols` (what the tensor's dims leave room for)
+    and against the payload (a code of two or more symbols spends at least a bit on each)
+    before the caller allocates anything for the symbols."""
     n = read_varint(cur)
+    if max_symbols is not None and n > max_symbols:
+        raise PayloadError(
+            f"Huffman stream of {n} symbols, the tensor's dims leave room for {max_symbols}"
+        )
     alphabet = read_varint(cur)
     if alphabet > max_alphabet:
         raise PayloadError(
@@ -199,12 +209,17 @@ def read_header(cur: Cursor, max_alphabet: int) -> tuple[int, np.ndarray, memory
         raise PayloadError(f"Huffman stream of {n} symbols with an alphabet of {alphabet}")
     lengths = read_lengths(cur, alphabet)
     payload = cur.take(read_varint(cur))
+    if np.count_nonzero(lengths) > 1 and n > 8 * len(payload):
+        raise PayloadError(f"Huffman stream of {n} symbols in only {len(payload)} bytes")
     return n, lengths, payload
 
 
-def decode(cur: Cursor, max_alphabet: int = 256) -> np.ndarray:
-    """Read one stream at the cursor and decode it with the C decoder."""
-    n, lengths, payload = read_header(cur, max_alphabet)
+def decode(cur: Cursor, max_alphabet: int = 256, count: int | None = None) -> np.ndarray:
+    """Read one stream at the cursor and decode it with the C decoder; with `count`, the stream
+    must hold exactly that many symbols (checked before decoding)."""
+    n, lengths, payload = read_header(cur, max_alphabet, count)
+    if count is not None and n != count:
+        raise PayloadError(f"Huffman stream of {n} symbols, the tensor's dims need {count}")
     if n == 0:
         if len(payload):
             raise PayloadError("an empty Huffman stream with payload bytes")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
@@ -86,7 +88,7 @@ def tensor_bytes(t: TensorProto) -> bytes | None:
 
 def expected_nbytes(t: TensorProto) -> int | None:
     """raw_data size the dims and data type call for, or None when unknown."""
-    n = int(np.prod(t.dims, dtype=np.int64))
+    n = math.prod(t.dims)  # exact (np.prod in int64 would wrap on absurd dims)
     if t.data_type in PACKED_4BIT:
         return (n + 1) // 2
     width = element_width(t.data_type)

@@ -10,10 +10,11 @@ hands ONNX Runtime numpy arrays instead (see `ort_session`).
 from __future__ import annotations
 
 import logging
-import lzma
+import math
 import os
-import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +37,11 @@ from .format import (
     PayloadError,
     SectionKind,
     crc32,
+    graph_limit,
     prefix_size,
     tensor_section,
 )
-from .protos import clear_data, expected_nbytes
+from .protos import PACKED_4BIT, clear_data, element_width
 
 log = logging.getLogger(__name__)
 
@@ -69,49 +71,69 @@ def read_container(path: str | os.PathLike) -> onnx.ModelProto:
     return _to_model(_parse(_read_file(path), str(path)))
 
 
-def read_container_bytes(data: bytes) -> onnx.ModelProto:
-    """Like read_container, from the container's bytes."""
-    return _to_model(_parse(memoryview(data), "<bytes>"))
+def read_container_bytes(data: bytes, where: str = "<bytes>") -> onnx.ModelProto:
+    """Like read_container, from the container's bytes; `where` names them in errors."""
+    return _to_model(_parse(memoryview(data), where))
 
 
-def load_for_ort(path: str | os.PathLike) -> tuple[bytes, dict[str, np.ndarray]]:
+def load_for_ort(
+    source: str | os.PathLike | bytes, where: str | None = None
+) -> tuple[bytes, dict[str, np.ndarray]]:
     """(model bytes, arrays) for ONNX Runtime without building a proto of the big weights.
 
-    Initializers of at least EXTERNAL_MIN_BYTES with a numpy dtype ORT accepts, which some node
-    consumes (ORT drops unused ones before it would take the arrays), are left out of the model
-    bytes (marked external) and returned as arrays; feed them to
-    `SessionOptions.add_external_initializers` and keep them alive as long as the session.
+    `source` is a container file or a container's bytes (`where` names them in errors).
+    Initializers of at least EXTERNAL_MIN_BYTES with a dtype ORT takes from numpy (bfloat16 and
+    float8 as onnx's ml_dtypes arrays), which some node consumes, are left out of the model bytes
+    (marked external) and returned as arrays; feed them to
+    `SessionOptions.add_external_initializers` (`session_from_arrays` does) and keep them alive as
+    long as the session. Initializers nothing uses are decoded (so a damaged one is still
+    refused) and left out: ORT would drop them, after parsing a copy of each.
     """
-    p = _parse(_read_file(path), str(path))
+    if isinstance(source, bytes | bytearray | memoryview):
+        p = _parse(memoryview(source), where or "<bytes>")
+    else:
+        p = _parse(_read_file(source), where or str(source))
     model = _graph(p)
-    used = _consumed_names(model.graph)
+    used = _consumed_names(model.graph) | {i.name for i in model.graph.input}
     arrays: dict[str, np.ndarray] = {}
+    unused = []
     for e in p.tensors:
         t = model.graph.initializer[e.index]
         flat = _decode_tensor(p, e, t)
-        dtype = _ort_dtype(t.data_type)
         clear_data(t)
-        if dtype is None or flat.nbytes < EXTERNAL_MIN_BYTES or t.name not in used:
+        if t.name not in used:
+            unused.append(e.index)
+            continue
+        dtype = _ort_dtype(t.data_type)
+        if dtype is None or flat.nbytes < EXTERNAL_MIN_BYTES:
             t.raw_data = flat.tobytes()
             continue
         arrays[t.name] = flat.view(dtype).reshape(tuple(t.dims))
         t.data_location = TensorProto.EXTERNAL
         entry = t.external_data.add()
         entry.key, entry.value = "location", EXTERNAL_LOCATION
+    for index in sorted(unused, reverse=True):
+        del model.graph.initializer[index]
     return model.SerializeToString(), arrays
 
 
-def ort_session(path: str | os.PathLike, sess_options=None, providers=None):
-    """An onnxruntime.InferenceSession over a container, through load_for_ort's fast path.
+def ort_session(source: str | os.PathLike | bytes, sess_options=None, providers=None):
+    """An onnxruntime.InferenceSession over a container (file or bytes), through load_for_ort's
+    fast path (see session_from_arrays)."""
+    return session_from_arrays(*load_for_ort(source), sess_options, providers)
+
+
+def session_from_arrays(model_bytes: bytes, arrays: dict[str, np.ndarray], sess_options=None,
+                        providers=None):
+    """An onnxruntime.InferenceSession over load_for_ort's result.
 
     The arrays are registered on `sess_options` (pass a fresh one per session) and attached to
     the session (`_onnxcompress_arrays`, with their OrtValues) to live as long as it does.
     """
     import onnxruntime as ort
 
-    model_bytes, arrays = load_for_ort(path)
     so = sess_options or ort.SessionOptions()
-    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
+    values = [_ort_value(ort, a) for a in arrays.values()]
     if arrays:
         so.add_external_initializers(list(arrays), values)
     sess = ort.InferenceSession(model_bytes, so, providers=providers or ["CPUExecutionProvider"])
@@ -226,37 +248,109 @@ def _section(p: _Parsed, e: Entry, name: str) -> memoryview:
 def _graph(p: _Parsed) -> onnx.ModelProto:
     data = _section(p, p.graph, GRAPH_SECTION)
     try:
-        if p.graph.codec == Codec.ZLIB:
-            data = zlib.decompress(data)
-        elif p.graph.codec == Codec.LZMA:
-            data = lzma.decompress(data, format=lzma.FORMAT_ALONE)
+        if p.graph.codec in (Codec.ZLIB, Codec.LZMA):
+            data = codecs.inflate(p.graph.codec, data, graph_limit(len(data)))
         elif p.graph.codec != Codec.STORED:
             raise _fail(p.where, GRAPH_SECTION, f"codec {p.graph.codec.name} is not for graphs")
         model = onnx.ModelProto()
-        model.ParseFromString(bytes(data))
-    except (zlib.error, lzma.LZMAError, DecodeError) as e:
+        model.ParseFromString(data)  # any bytes-like object: no copy of an inflated graph
+    except (PayloadError, DecodeError, RuntimeError, ValueError) as e:
         raise _fail(p.where, GRAPH_SECTION, f"does not decode: {e}") from e
+    except MemoryError as e:
+        raise _fail(p.where, GRAPH_SECTION, "too large to decode in the memory available") from e
     n = len(model.graph.initializer)
     bad = [e.index for e in p.tensors if e.index >= n]
     if bad:
         raise _fail(p.where, TABLE_SECTION, f"initializer index {bad[0]} past the {n} in the graph")
+    external = next(_external_tensors(model.graph), None)
+    if external is not None:
+        # the format holds every byte of a model: a reference to another file would make `run`
+        # read, and `unpack` point to, a file the container's author chose
+        raise _fail(
+            p.where,
+            tensor_section(external),
+            "declares external data; a container holds all of its data, so it is refused",
+        )
     return model
+
+
+def _external_tensors(graph: onnx.GraphProto) -> Iterator[str]:
+    """Names of the tensors anywhere in the graph (initializers, sparse initializers, Constant
+    and other tensor attributes, subgraphs) that say their data lives in another file."""
+    for t in graph.initializer:
+        if t.data_location == TensorProto.EXTERNAL or len(t.external_data):
+            yield t.name
+    for sp in graph.sparse_initializer:
+        for t in (sp.values, sp.indices):
+            if t.data_location == TensorProto.EXTERNAL or len(t.external_data):
+                yield t.name or sp.values.name
+    for node in graph.node:
+        for a in node.attribute:
+            tensors = ([a.t] if a.HasField("t") else []) + list(a.tensors)
+            if a.HasField("sparse_tensor"):
+                tensors += [a.sparse_tensor.values, a.sparse_tensor.indices]
+            for t in tensors:
+                if t.data_location == TensorProto.EXTERNAL or len(t.external_data):
+                    yield t.name or f"{node.name}.{a.name}"
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _external_tensors(g)
+
+
+def _declared(t: TensorProto, name: str, where: str) -> tuple[int, int | None]:
+    """(bytes, element width or None) that the initializer's dims and type declare: the most its
+    section may decode to, known before anything is allocated."""
+    if any(d < 0 for d in t.dims):
+        raise _fail(where, name, f"negative dims {list(t.dims)}")
+    count = math.prod(t.dims)  # exact: an attacker's dims may overflow int64
+    width = element_width(t.data_type)
+    if t.data_type in PACKED_4BIT:
+        want, width = (count + 1) // 2, None
+    elif width is None or t.data_type == TensorProto.STRING:
+        raise _fail(where, name, f"a tensor of type {_type_name(t.data_type)} has no data section")
+    else:
+        want = count * width
+    memory = physical_memory()
+    if memory is not None and want > memory:
+        # dims alone could otherwise send a few hundred bytes of section into the OOM killer
+        raise _fail(where, name, f"its dims {list(t.dims)} declare {want} bytes, more than this "
+                                 f"machine's {memory} bytes of memory")
+    return want, width if width in codecs.ELEMENT_SIZES else None
+
+
+@lru_cache(maxsize=1)
+def physical_memory() -> int | None:
+    """Bytes of RAM of this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _type_name(data_type: int) -> str:
+    try:
+        return TensorProto.DataType.Name(data_type)
+    except ValueError:
+        return f"#{data_type}"
 
 
 def _decode_tensor(p: _Parsed, e: Entry, t: TensorProto) -> np.ndarray:
     name = tensor_section(t.name)
     data = _section(p, e, name)
+    want, width = _declared(t, name, p.where)
     try:
-        flat = codecs.decode(e.codec, data)
+        flat = codecs.decode(e.codec, data, want, width)
     except PayloadError as err:
         raise _fail(p.where, name, str(err)) from err
-    want = expected_nbytes(t)
-    if want is not None and flat.nbytes != want:
+    except MemoryError as err:
+        raise _fail(
+            p.where, name, f"its dims {list(t.dims)} need {want} bytes, more than is available"
+        ) from err
+    if flat.nbytes != want:
         raise _fail(
             p.where,
             name,
             f"decodes to {flat.nbytes} bytes, dims {list(t.dims)} of "
-            f"{TensorProto.DataType.Name(t.data_type)} need {want}",
+            f"{_type_name(t.data_type)} need {want}",
         )
     return flat
 
@@ -285,8 +379,26 @@ _ORT_DTYPES = {
     TensorProto.UINT64: np.uint64,
     TensorProto.BOOL: np.bool_,
 }
+# Types numpy lacks (onnx's ml_dtypes arrays), which ORT takes as the raw bits of the same width
+_ORT_BITS = frozenset({TensorProto.BFLOAT16, TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ,
+                       TensorProto.FLOAT8E5M2, TensorProto.FLOAT8E5M2FNUZ})
 
 
 def _ort_dtype(data_type: int) -> np.dtype | None:
+    if data_type in _ORT_BITS:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type))
     dtype = _ORT_DTYPES.get(data_type)
     return None if dtype is None else np.dtype(dtype).newbyteorder("<")
+
+
+_NATIVE = frozenset(np.dtype(d).name for d in _ORT_DTYPES.values())
+
+
+def _ort_value(ort, a: np.ndarray):
+    """An OrtValue over `a`'s memory (types numpy lacks go as their bits)."""
+    if a.dtype.name in _NATIVE:
+        return ort.OrtValue.ortvalue_from_numpy(a)
+    bits = a.view(f"<u{a.dtype.itemsize}")
+    return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+        bits, onnx.helper.np_dtype_to_tensor_dtype(a.dtype)
+    )

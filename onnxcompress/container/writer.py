@@ -26,7 +26,16 @@ from onnx import TensorProto
 from .. import ops
 from ..errors import BadInputError
 from . import codecs
-from .format import Codec, Entry, SectionKind, crc32, pack_header, prefix_size
+from .format import (
+    PROTOBUF_MAX_BYTES,
+    Codec,
+    Entry,
+    SectionKind,
+    crc32,
+    graph_limit,
+    pack_header,
+    prefix_size,
+)
 from .protos import (
     clear_data,
     element_width,
@@ -216,13 +225,20 @@ def _array_bytes(t: TensorProto, arrays: Mapping[str, np.ndarray]) -> memoryview
 
 
 def _compress_graph(data: bytes) -> tuple[Codec, bytes]:
-    """The smallest of stored, zlib and LZMA for the serialized graph."""
+    """The smallest of stored, zlib and LZMA for the serialized graph, among those a reader
+    inflates (format.graph_limit: LZMA beyond GRAPH_MAX_RATIO leaves the graph to zlib)."""
+    if len(data) > PROTOBUF_MAX_BYTES:
+        raise BadInputError(
+            f"the graph without its weights is {len(data)} bytes, more than protobuf's "
+            f"{PROTOBUF_MAX_BYTES}; move large Constant nodes into initializers"
+        )
     options = [
         (Codec.STORED, data),
         (Codec.ZLIB, zlib.compress(data, 9)),
         (Codec.LZMA, lzma.compress(data, format=lzma.FORMAT_ALONE, preset=9)),
     ]
-    return min(options, key=lambda o: (len(o[1]), o[0]))
+    readable = [o for o in options if len(data) <= graph_limit(len(o[1]))]
+    return min(readable, key=lambda o: (len(o[1]), o[0]))
 
 
 def _write_atomic(path: Path, chunks: list[bytes]) -> None:

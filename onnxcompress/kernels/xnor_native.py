@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.machinery
+import operator
 import warnings
 import weakref
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ops import OP_MODES, check_op_mode, conv_output_hw, words_per_tap
+from ..ops import ATTR_MAX, OP_MODES, check_conv_attrs, check_op_mode, conv_output_hw, words_per_tap
 from .xnor_ref import check_packed, pack_weights, unpack_weights, xnor_conv_ref
 
 __all__ = [
@@ -51,6 +52,10 @@ _ERRORS = {
 
 _vp = ctypes.c_void_p
 _i32 = ctypes.c_int32
+_sz = ctypes.c_size_t
+# The C pool never runs more than this many threads per call (xnor_conv.c); asking for more is
+# allowed and means this many (passed clamped, so a huge count is never truncated by ctypes).
+KERNEL_MAX_THREADS = 64
 
 
 class _Geom(ctypes.Structure):
@@ -106,14 +111,17 @@ _int, _i64, _f64 = ctypes.c_int, ctypes.c_int64, ctypes.c_double
 _GEOM, _TIMING = ctypes.POINTER(_Geom), ctypes.POINTER(_Timing)
 # name: (argtypes, restype), as declared in csrc/xnor/xnor.h
 _SIGNATURES = {
-    "xnor_conv2d": ([_GEOM, _int, _vp, _vp, _vp, _vp, _vp, _int, _int, _TIMING], _int),
+    "xnor_conv2d": (
+        [_GEOM, _int, _vp, _sz, _vp, _sz, _vp, _vp, _vp, _sz, _int, _int, _TIMING],
+        _int,
+    ),
     "xnor_weights_create": (
-        [_int, _int, _i32, _i32, _i32, _i32, _vp, _int, ctypes.POINTER(_vp)],
+        [_int, _int, _i32, _i32, _i32, _i32, _vp, _sz, _int, ctypes.POINTER(_vp)],
         _int,
     ),
     "xnor_weights_free": ([_vp], None),
     "xnor_weights_bytes": ([_vp], _i64),
-    "xnor_conv2d_prepared": ([_vp, _GEOM, _vp, _vp, _vp, _vp, _int, _TIMING], _int),
+    "xnor_conv2d_prepared": ([_vp, _GEOM, _vp, _sz, _vp, _vp, _vp, _sz, _int, _TIMING], _int),
     "xnor_path_supported": ([_int], _int),
     "xnor_best_path": ([], _int),
     "xnor_measure_ghz": ([_i64], _f64),
@@ -172,11 +180,17 @@ def _addr(a: np.ndarray) -> int:
     return a.ctypes.data
 
 
-def _pair(v: Sequence[int], name: str, n: int = 2) -> tuple[int, ...]:
-    t = tuple(map(int, v))
-    if len(t) != n:
-        raise ValueError(f"XnorConv: {name} needs {n} values, got {list(v)}")
-    return t
+def _threads(threads: int) -> int:
+    """The thread count for the C call: an int >= 1, clamped to what the pool runs."""
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"XnorConv: threads must be an integer >= 1, got {threads!r}")
+    return min(int(threads), KERNEL_MAX_THREADS)
+
+
+def _int32(name: str, value: int) -> int:
+    if not 1 <= value <= ATTR_MAX:
+        raise ValueError(f"XnorConv: {name} = {value} is outside 1..{ATTR_MAX} (the C kernels' int32)")
+    return value
 
 
 def _vector(v: np.ndarray, m: int, name: str) -> np.ndarray:
@@ -202,8 +216,12 @@ def _geometry(
     x_shape: tuple[int, ...], m: int, ks: tuple, st: tuple, pd: tuple, dl: tuple
 ) -> tuple[_Geom, tuple[int, int, int, int]]:
     """The C geometry and output shape of one call (a runtime repeats the same few)."""
+    for name, v in zip("NCHW", x_shape):
+        _int32(f"input dimension {name}", v)
+    _int32("M (output channels)", m)
     n, c, h, w = x_shape
     oh, ow = conv_output_hw((h, w), ks, st, pd, dl)
+    # ks, st, pd, dl passed ops.check_conv_attrs: no field of _Geom is truncated
     return _Geom(n, c, h, w, m, *ks, *st, *dl, *pd), (n, m, oh, ow)
 
 
@@ -226,8 +244,8 @@ class XnorWeights:
         path: str = "auto",
         threads: int = 1,
     ):
-        self.kernel_shape = _pair(kernel_shape, "kernel_shape")
-        self.channels = int(channels)
+        self.kernel_shape = check_conv_attrs(kernel_shape)[0]
+        self.channels = _int32("channels", operator.index(channels))
         self.mode = check_op_mode(mode)
         self.packed = check_packed(packed, self.channels, self.kernel_shape)
         self.m = self.packed.shape[0]
@@ -242,7 +260,8 @@ class XnorWeights:
                 self.channels,
                 *self.kernel_shape,
                 self.packed.ctypes.data,
-                max(1, int(threads)),
+                self.packed.nbytes // 8,
+                _threads(threads),
                 ctypes.byref(h),
             )
             if rc != 0:
@@ -291,20 +310,9 @@ def _conv(
     timed: bool = False,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """The shared body of ``xnor_conv`` and ``xnor_conv_timed``."""
-    if group != 1:
-        raise ValueError(
-            f"XnorConv supports group=1 only, got group={group}; grouped and "
-            "depthwise convolutions are left in float"
-        )
+    ks, st, pd, dl = check_conv_attrs(kernel_shape, strides, pads, dilations, group)
     mode = check_op_mode(mode)
-    ks, st, dl = (
-        _pair(kernel_shape, "kernel_shape"),
-        _pair(strides, "strides"),
-        _pair(dilations, "dilations"),
-    )
-    pd = _pair(pads, "pads", 4)
-    if threads < 1:
-        raise ValueError(f"XnorConv: threads must be >= 1, got {threads}")
+    threads = _threads(threads)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 4:
         raise ValueError(f"XnorConv expects a 4-D NCHW float32 input, got shape {x.shape}")
@@ -341,10 +349,12 @@ def _conv(
             prepared._handle,
             ctypes.byref(geom),
             _addr(x),
+            x.size,
             _addr(al),
             bias_ptr,
             _addr(y),
-            int(threads),
+            y.size,
+            threads,
             tm_ref,
         )
     else:
@@ -352,11 +362,14 @@ def _conv(
             ctypes.byref(geom),
             OP_MODES.index(mode),
             _addr(x),
+            x.size,
             _addr(wb),
+            wb.nbytes // 8,
             _addr(al),
             bias_ptr,
             _addr(y),
-            int(threads),
+            y.size,
+            threads,
             PATHS.index(chosen),
             tm_ref,
         )

@@ -11,7 +11,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..ops import MODE_SIGN, check_op_mode, conv_output_hw, packed_row_bytes, words_per_tap
+from ..ops import (
+    MODE_SIGN,
+    check_conv_attrs,
+    check_op_mode,
+    conv_output_hw,
+    packed_row_bytes,
+    words_per_tap,
+)
 
 
 def sign_pm1(x: np.ndarray) -> np.ndarray:
@@ -87,15 +94,12 @@ def xnor_conv_ref(
     group: int = 1,
 ) -> np.ndarray:
     """XnorConv exactly as specified in ``ops.py`` (float32 NCHW in and out)."""
-    if group != 1:
-        raise ValueError(f"XnorConv supports group=1 only, got group={group}")
+    (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = check_conv_attrs(
+        kernel_shape, strides, pads, dilations, group
+    )
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 4:
         raise ValueError(f"XnorConv expects a 4-D NCHW input, got shape {x.shape}")
-    kh, kw = (int(v) for v in kernel_shape)
-    sh, sw = (int(v) for v in strides)
-    dh, dw = (int(v) for v in dilations)
-    pt, pl, pb, pr = (int(v) for v in pads)
     n, c, h, w = x.shape
     wpm1 = unpack_weights(packed_w, c, (kh, kw)).astype(np.float64)
     oh, ow = conv_output_hw((h, w), (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw))

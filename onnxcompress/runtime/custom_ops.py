@@ -19,6 +19,13 @@ values once more in the string attribute ``ops.CONV_ATTRS`` (``ops.encode_conv_a
 Python op reads. Every declared attribute must be present on the node, so the converter always
 writes ``mode`` and ``CONV_ATTRS``, and always writes the bias input B (zeros when the layer
 has none): these Python ops have no optional inputs.
+
+Failures: an exception that leaves a Python op ends the process (onnxruntime-extensions' C++ side
+cannot pass it on), so the op body never raises. Under ``Session.run`` it records the exception
+in the run's scope (``run_context``), which stops the run and makes ``Session.run`` raise it;
+under a plain onnxruntime session it logs the error, warns, and returns an empty output.
+``Session`` also checks every XnorConv node before ONNX Runtime sees the model
+(``model_check``), so bad attributes are refused when the session is created.
 """
 
 from __future__ import annotations
@@ -26,9 +33,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import mmap
-import os
 import threading
-from collections.abc import Sequence
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -36,7 +42,9 @@ import numpy as np
 import onnxruntime as ort
 
 from .. import ops
-from ..ops import CONV_ATTRS, decode_conv_attrs
+from ..ops import CONV_ATTRS, decode_op_attrs
+from . import ocos_hook, run_context
+from .threads import cpu_count
 
 log = logging.getLogger(__name__)
 
@@ -48,36 +56,25 @@ _registered = False
 # of the packed weights on every call (new address each time), so layers are found by geometry
 # and the copy is compared to the cached bits: equal bytes, not an address, select the prepared
 # layout (~0.4 us for a 9 KB layer as one bytes comparison, ~20 us for VGG's 295 KB with numpy,
-# against 25-2000 us of kernel).
+# against 25-2000 us of kernel).  The cache lives in each Session's OpState; a plain
+# onnxruntime session uses _PLAIN's, with every CPU for the kernel.
 _PREPARED_PER_GEOMETRY = 64   # layers sharing one geometry; the oldest is dropped past this
 SMALL_WEIGHTS = 64 << 10      # bytes up to which the cache compares whole bytes objects
-_prepared: dict[tuple, list[tuple[bytes, object]]] = {}
-_threads = max(1, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 1
-
-
-def set_threads(threads: int | None) -> None:
-    """Threads every XnorConv call in this process may use (ONNX Runtime does not tell Python
-    ops its intra-op setting); None restores the default, all CPUs this process may run on.
-    The kernel keeps small layers on one thread whatever this says."""
-    global _threads
-    if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    if int(threads) < 1:
-        raise ValueError(f"XnorConv threads must be >= 1, got {threads}")
-    _threads = int(threads)
+_PLAIN = run_context.OpState(threads=cpu_count())
 
 
 @lru_cache(maxsize=1024)
-def _geometry(conv_attrs: str) -> dict[str, object]:
-    return decode_conv_attrs(conv_attrs)
+def _attributes(mode: str, conv_attrs: str) -> dict[str, object]:
+    return decode_op_attrs(mode, conv_attrs)
 
 
-def _prepared_weights(w_bits: np.ndarray, channels: int, kernel_shape: tuple, mode: str) -> object:
-    """The XnorWeights for these bits, prepared on first sight and kept for the process."""
+def _prepared_weights(cache: dict, w_bits: np.ndarray, channels: int, kernel_shape: tuple,
+                      mode: str) -> object:
+    """The XnorWeights for these bits, prepared on first sight and kept in `cache`."""
     from ..kernels.xnor_native import prepare_weights
 
     key = (mode, channels, kernel_shape, w_bits.shape)
-    bucket = _prepared.setdefault(key, [])
+    bucket = cache.setdefault(key, [])
     # small layers: one bytes comparison (0.4 us for 9 KB); large ones: numpy's (no copy)
     small = w_bits.nbytes <= SMALL_WEIGHTS
     seen = w_bits.tobytes() if small else w_bits.reshape(-1)[:64].tobytes()  # all, or a head
@@ -91,19 +88,16 @@ def _prepared_weights(w_bits: np.ndarray, channels: int, kernel_shape: tuple, mo
     return prepared
 
 
-def _xnor_conv_op(
-    x: np.ndarray, w_bits: np.ndarray, alpha: np.ndarray, bias: np.ndarray, **attrs: object
-) -> np.ndarray:
-    """The body onnxruntime-extensions calls for each XnorConv node."""
+def _compute(state: run_context.OpState, x: np.ndarray, w_bits: np.ndarray, alpha: np.ndarray,
+             bias: np.ndarray, attrs: dict) -> np.ndarray:
+    """XnorConv of one node with `state`'s threads and weight cache; raises on bad input."""
     from ..kernels.xnor_native import xnor_conv
 
-    geo = _geometry(str(attrs[CONV_ATTRS]))
-    mode = str(attrs[ops.ATTR_MODE])
-    kernel_shape = geo[ops.ATTR_KERNEL_SHAPE]
-    group = int(geo[ops.ATTR_GROUP])
+    geo = _attributes(str(attrs[ops.ATTR_MODE]), str(attrs[CONV_ATTRS]))
+    mode, kernel_shape = geo[ops.ATTR_MODE], geo[ops.ATTR_KERNEL_SHAPE]
     weights = w_bits
-    if group == 1 and x.ndim == 4 and mode in ops.OP_MODES:   # else xnor_conv explains
-        weights = _prepared_weights(w_bits, int(x.shape[1]), tuple(kernel_shape), mode)
+    if x.ndim == 4:   # else xnor_conv explains
+        weights = _prepared_weights(state.prepared, w_bits, int(x.shape[1]), kernel_shape, mode)
     return xnor_conv(
         x,
         weights,
@@ -113,10 +107,37 @@ def _xnor_conv_op(
         strides=geo[ops.ATTR_STRIDES],
         pads=geo[ops.ATTR_PADS],
         dilations=geo[ops.ATTR_DILATIONS],
-        group=group,
         mode=mode,
-        threads=_threads,
+        threads=state.threads,
     )
+
+
+# What a failed call returns: an empty tensor, never a plausible result (a shape that also fails
+# to broadcast against the op's usual consumers).
+_FAILED = np.empty((0, 0, 0, 0), dtype=np.float32)
+
+
+def _xnor_conv_op(
+    x: np.ndarray, w_bits: np.ndarray, alpha: np.ndarray, bias: np.ndarray, **attrs: object
+) -> np.ndarray:
+    """The body onnxruntime-extensions calls for each XnorConv node; it never raises."""
+    scope = run_context.current()
+    try:
+        return _compute(scope.ops if scope else _PLAIN, x, w_bits, alpha, bias, attrs)
+    except BaseException as exc:  # raising here would end the process
+        if scope is not None:
+            scope.fail(exc)  # Session.run re-raises it, KeyboardInterrupt included
+            return _FAILED
+        if not isinstance(exc, Exception):
+            raise  # a plain session cannot pass it on: the interrupt ends the process
+        log.error("XnorConv failed in a plain onnxruntime session: %s", exc)
+        warnings.warn(
+            f"XnorConv failed and returned an empty output: {exc} (run the model with "
+            "onnxcompress.runtime.Session to get this as an exception)",
+            RuntimeWarning,
+            stacklevel=1,
+        )
+        return _FAILED
 
 
 def register() -> str:
@@ -138,38 +159,17 @@ def register() -> str:
                 outputs=[t.dt_float],
                 attrs={ops.ATTR_MODE: t.dt_string, CONV_ATTRS: t.dt_string},
             )(_xnor_conv_op)
-            _install_array_results(opdef)
+            try:
+                ocos_hook.route_to_array_results(opdef, _xnor_conv_op)
+            except ocos_hook.HookUnavailable as exc:
+                warnings.warn(
+                    f"XnorConv: {exc}; its results go through onnxruntime-extensions' list "
+                    "marshalling (same values, about ten times slower on large outputs)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             _registered = True
     return ox.get_library_path()
-
-
-def _install_array_results(opdef: object) -> None:
-    """Hand XnorConv's output to ONNX Runtime as an array, every other Python op as before.
-
-    onnxruntime-extensions returns a Python op's result to its C++ side as
-    ``result.flatten().tolist()``: about 1 s for a [1000, 64, 14, 14] output, ten times the
-    kernel. Its C++ side takes the flat float32 array as well, so the handler installed here
-    passes the array for XnorConv and calls the stock handler for any other op. It relies on
-    the extensions' ``_ocos`` module; when that is not as expected, the stock handler stays
-    (slower, same results).
-    """
-    try:
-        from onnxruntime_extensions import _ocos
-
-        stock = _ocos._on_pyop_invocation
-        our_id = opdef._nativedef.obj_id
-        cast = opdef.cast_attributes
-    except (ImportError, AttributeError) as exc:
-        log.info("XnorConv: keeping onnxruntime-extensions' list marshalling (%s)", exc)
-        return
-
-    def handler(k_id: int, feed: Sequence[np.ndarray], attributes: dict) -> tuple:
-        if k_id != our_id:
-            return stock(k_id, feed, attributes)
-        y = _xnor_conv_op(*feed, **cast(attributes))
-        return (k_id, y.shape, np.ascontiguousarray(y, dtype=np.float32).reshape(-1))
-
-    _ocos.PyCustomOpDef.install_hooker(handler)
 
 
 def add_to(so: ort.SessionOptions) -> ort.SessionOptions:

@@ -232,7 +232,7 @@ def test_bitgroups_codec_is_exact_and_stores_only_the_live_bits(group_bits: int,
     enc = codecs.encode(data, 1, group_bits=group_bits)
     assert enc.codec == Codec.BITGROUPS
     assert len(enc.payload) == codecs.BITGROUPS_HEAD.size + (90 * keep + 7) // 8
-    assert codecs.decode(enc.codec, memoryview(enc.payload)).tobytes() == data
+    assert codecs.decode(enc.codec, memoryview(enc.payload), len(data)).tobytes() == data
 
 
 def test_bitgroups_codec_is_not_offered_when_every_bit_is_live():
@@ -252,10 +252,12 @@ def test_bitgroups_payload_errors_are_specific():
 
     bad = struct.pack("<IIQ", 65, 64, 2) + bytes(17)
     with pytest.raises(PayloadError, match="keeping 65: invalid"):
-        codecs.decode(Codec.BITGROUPS, memoryview(bad))
+        codecs.decode(Codec.BITGROUPS, memoryview(bad), 16)
     short = struct.pack("<IIQ", 32, 64, 4) + bytes(15)
     with pytest.raises(PayloadError, match="needs 16 bytes"):
-        codecs.decode(Codec.BITGROUPS, memoryview(short))
+        codecs.decode(Codec.BITGROUPS, memoryview(short), 32)
+    with pytest.raises(PayloadError, match="the tensor's dims declare 8 bytes"):
+        codecs.decode(Codec.BITGROUPS, memoryview(short[:16] + bytes(16)), 8)
 
 
 def test_container_from_arrays_equals_container_from_the_full_proto(tmp_path: Path) -> None:

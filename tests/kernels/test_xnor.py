@@ -7,6 +7,7 @@ compared with a tolerance.  The portable ONNX form run by ONNX Runtime is checke
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 import warnings
@@ -455,3 +456,76 @@ def test_many_threads_share_the_pool_and_agree():
     for t in ts:
         t.join()
     assert not bad
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    ("attrs", "message"),
+    [
+        ({"strides": (2**32 + 1, 1)}, r"strides \[4294967297, 1\] holds 4294967297, outside"),
+        ({"strides": (0, 1)}, "strides .* holds 0, outside 1..2147483647"),
+        ({"dilations": (1, -2)}, "dilations .* holds -2"),
+        ({"pads": (0, 0, 0, -1)}, "pads .* holds -1, outside 0.."),
+        ({"pads": (2**31, 0, 0, 0)}, "pads .* holds 2147483648"),
+        ({"pads": (1, 1)}, "pads needs 4 values"),
+        ({"kernel_shape": (3, 3, 3)}, "kernel_shape needs 2 values"),
+        ({"strides": (1.5, 1)}, "strides must be integers"),
+        ({"group": 2}, "group=1 only"),
+        ({"mode": "xor"}, "unknown mode 'xor'"),
+        ({"threads": 0}, "threads must be an integer >= 1"),
+    ],
+)
+def test_every_attribute_is_checked_before_the_kernel(path: str, attrs: dict, message: str):
+    """Values the C kernel would truncate to int32 (a stride of 2**32 + 1 became 1 there while
+    the output was sized from the full value: heap corruption) are refused on every path."""
+    x, packed, alpha, bias, base = make_case("3x3-c3-pad1")
+    with pytest.raises(ValueError, match=message):
+        xn.xnor_conv(x, packed, alpha, bias, path=path, **{**base, **attrs})
+
+
+def test_huge_thread_counts_are_clamped_not_truncated():
+    x, packed, alpha, bias, attrs = make_case("3x3-c64")
+    got = xn.xnor_conv(x, packed, alpha, bias, threads=2**32 + 1, **attrs)
+    np.testing.assert_array_equal(got, xnor_conv_ref(x, packed, alpha, bias, **attrs))
+
+
+def test_the_c_kernel_refuses_buffers_smaller_than_its_geometry():
+    """The C side's own guard: a caller whose idea of the shapes differs from the geometry gets
+    XNOR_EARG (-1) before anything is read or written."""
+    lib = xn.library()
+    if lib is None:
+        pytest.skip("native library not built")
+    x, packed, alpha, _, attrs = make_case("3x3-c3-pad1")
+    geom, shape = xn._geometry(x.shape, packed.shape[0], (3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+    y = np.zeros(shape, np.float32)
+    words = packed.nbytes // 8
+    args = (x.ctypes.data, x.size, packed.ctypes.data, words, alpha.ctypes.data, None,
+            y.ctypes.data)
+    for x_len, w_words, y_len in [(x.size - 1, words, y.size), (x.size, words - 1, y.size),
+                                  (x.size, words, y.size - 1)]:
+        rc = lib.xnor_conv2d(ctypes.byref(geom), 0, args[0], x_len, args[2], w_words, args[4],
+                             None, args[6], y_len, 1, 0, None)
+        assert rc == -1
+    assert not y.any()
+    rc = lib.xnor_conv2d(ctypes.byref(geom), 0, args[0], x.size, args[2], words, args[4], None,
+                         args[6], y.size, 1, 0, None)
+    assert rc == 0
+    np.testing.assert_array_equal(y, xnor_conv_ref(x, packed, alpha, None, **attrs))
+
+
+def test_conv_attrs_strings_are_checked_like_the_lists():
+    ok = ops.decode_conv_attrs(" kernel_shape = 3,3 ; strides=2,2")
+    assert ok[ops.ATTR_STRIDES] == (2, 2)
+    for text, message in [
+        ("kernel_shape=3,3;strides=4294967297,1", "outside 1..2147483647"),
+        ("kernel_shape=3,3;group=2", "group=1 only"),
+        ("kernel_shape=3,3;group=1,1", "group needs 1 value"),
+        ("kernel_shape=3,x", "not a list of integers"),
+        ("kernel_shape=3,3;kernel_shape=5,5", "repeated conv_attrs entry"),
+        ("strides=1,1", "lacks kernel_shape"),
+        ("kernel_shape=" + "9" * 5000, "not a list of integers"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ops.decode_conv_attrs(text)
+    with pytest.raises(ValueError, match="unknown mode"):
+        ops.decode_op_attrs("XNOR", "kernel_shape=1,1")

@@ -17,6 +17,7 @@ from onnxcompress.container import write_container
 from onnxcompress.kernels import xnor_native
 from onnxcompress.kernels.xnor_ref import pack_weights, xnor_conv_ref
 from onnxcompress.runtime import Session, custom_ops
+from onnxcompress.runtime.run_context import OpState, run_scope
 
 from ..passes.binary_nets import binarize, binary_net, float_net, images, run_ort
 
@@ -129,7 +130,7 @@ def test_other_python_ops_keep_the_stock_result_path():
 @pytest.mark.parametrize("m", [8, 512])  # 2.3 KB of bits: bytes comparison; 74 KB: numpy's
 def test_op_prepares_each_layer_once_and_tells_same_shaped_layers_apart(monkeypatch, m: int):
     """Layers are cached by their bits, not by the (fresh every call) array address."""
-    monkeypatch.setattr(custom_ops, "_prepared", {})
+    state = OpState(threads=1)
     rng = np.random.default_rng(5)
     attrs = {ops.ATTR_MODE: "xnor",
              ops.CONV_ATTRS: ops.encode_conv_attrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1))}
@@ -137,20 +138,12 @@ def test_op_prepares_each_layer_once_and_tells_same_shaped_layers_apart(monkeypa
     layers = [pack_weights(rng.standard_normal((m, 70, 3, 3))) for _ in range(2)]
     layers[1][0][:, :64] = layers[0][0][:, :64]  # same first bytes: the full comparison decides
     bias = np.zeros(m, np.float32)
-    for _ in range(3):
-        for bits, alpha in layers:
-            got = custom_ops._xnor_conv_op(x, bits.copy(), alpha, bias, **attrs)
-            want = xnor_conv_ref(x, bits, alpha, bias, kernel_shape=(3, 3), pads=(1, 1, 1, 1))
-            np.testing.assert_array_equal(got, want)
-    (bucket,) = custom_ops._prepared.values()
+    with run_scope(state, ort.RunOptions()) as scope:
+        for _ in range(3):
+            for bits, alpha in layers:
+                got = custom_ops._xnor_conv_op(x, bits.copy(), alpha, bias, **attrs)
+                want = xnor_conv_ref(x, bits, alpha, bias, kernel_shape=(3, 3), pads=(1, 1, 1, 1))
+                np.testing.assert_array_equal(got, want)
+    assert scope.error is None
+    (bucket,) = state.prepared.values()
     assert len(bucket) == 2
-
-
-def test_op_threads_setting(monkeypatch):
-    monkeypatch.setattr(custom_ops, "_threads", custom_ops._threads)
-    custom_ops.set_threads(2)
-    assert custom_ops._threads == 2
-    onnxcompress.runtime.session_options(threads=1)
-    assert custom_ops._threads == 1
-    with pytest.raises(ValueError, match="threads must be >= 1"):
-        custom_ops.set_threads(0)

@@ -50,12 +50,19 @@ static int run_all(const xnor_geom *g, int32_t oh, int32_t ow, int variant) {
     for (size_t i = 0; i < nx; ++i) x[i] = (float)((int)(next() % 7) - 3);
     for (size_t i = 0; i < nw; ++i) w[i] = next();
     for (int i = 0; i < g->m; ++i) alpha[i] = bias[i] = 0.5f;
+    /* buffers one element short of what the geometry needs are refused before any access */
+    if (xnor_conv2d(g, 0, x, nx - 1, w, nw, alpha, NULL, y, ny, 1, 0, NULL) != XNOR_EARG ||
+        xnor_conv2d(g, 0, x, nx, w, nw - 1, alpha, NULL, y, ny, 1, 0, NULL) != XNOR_EARG ||
+        xnor_conv2d(g, 0, x, nx, w, nw, alpha, NULL, y, ny - 1, 1, 0, NULL) != XNOR_EARG) {
+        fprintf(stderr, "a short buffer was not refused\n");
+        calls = -1;
+    }
     for (int path = 0; path < XNOR_PATH_COUNT && calls >= 0; ++path) {
         if (!xnor_path_supported(path)) continue;
         for (int mode = 0; mode < 3; ++mode) {   /* xnor, bwn, sign */
             xnor_timing tm;
-            int rc = xnor_conv2d(g, mode, x, w, alpha, (variant & 1) ? bias : NULL, y,
-                                 between(1, 3), path, (variant & 2) ? &tm : NULL);
+            int rc = xnor_conv2d(g, mode, x, nx, w, nw, alpha, (variant & 1) ? bias : NULL, y,
+                                 ny, between(1, 3), path, (variant & 2) ? &tm : NULL);
             if (rc != XNOR_OK) {
                 fprintf(stderr, "path %d mode %d: status %d\n", path, mode, rc);
                 calls = -1;
