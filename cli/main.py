@@ -45,6 +45,9 @@ def _fail(e: BaseException, code: int, verbose: bool, prefix: str = "") -> None:
     if verbose:
         import traceback
 
+        detail = getattr(e, "detail", None)  # ONNX Runtime's whole message, when cut short
+        if detail:
+            click.echo(detail, err=True)
         click.echo("".join(traceback.format_exception(e)), err=True)
     elif len(" ".join(message.split())) > MESSAGE_CHARS or code == EXIT_INTERNAL:
         click.echo("  (run with -v for the full message)", err=True)
@@ -375,7 +378,7 @@ def unpack(container, output):
               help="Save all outputs to this .npz.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads for ONNX Runtime (intra-op) and for the XnorConv kernel "
-                   "(default: all CPUs).")
+                   "(default: all CPUs; at most 4 per CPU).")
 def run(model, input_path, output, threads):
     """Run a .onnx or .onnxc model on ONNX Runtime and print (or save) its outputs.
 

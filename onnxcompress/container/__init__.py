@@ -7,7 +7,14 @@ docs/FORMAT.md for the byte layout.
 
 from __future__ import annotations
 
-from .reader import is_container, load_for_ort, ort_session, read_container, read_container_bytes
+from .reader import (
+    is_container,
+    load_for_ort,
+    ort_session,
+    read_container,
+    read_container_bytes,
+    stored_tensors,
+)
 from .writer import ContainerReport, TensorRow, container_bytes, write_container
 
 __all__ = [
@@ -19,5 +26,6 @@ __all__ = [
     "ort_session",
     "read_container",
     "read_container_bytes",
+    "stored_tensors",
     "write_container",
 ]

@@ -71,6 +71,14 @@ def read_container(path: str | os.PathLike) -> onnx.ModelProto:
     return _to_model(_parse(_read_file(path), str(path)))
 
 
+def stored_tensors(path: str | os.PathLike) -> dict[str, tuple[str, int]]:
+    """Initializer name -> (codec, stored bytes), read off the section table and the graph:
+    what `report` shows of a container, without decoding (or re-encoding) a weight."""
+    p = _parse(_read_file(path), str(path))
+    inits = _graph(p).graph.initializer
+    return {inits[e.index].name: (e.codec.name.lower(), e.length) for e in p.tensors}
+
+
 def read_container_bytes(data: bytes, where: str = "<bytes>") -> onnx.ModelProto:
     """Like read_container, from the container's bytes; `where` names them in errors."""
     return _to_model(_parse(memoryview(data), where))

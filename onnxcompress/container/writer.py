@@ -9,11 +9,9 @@ renamed over it, so a crash never leaves half a container under the final name.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import lzma
 import os
-import tempfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from onnx import TensorProto
 
 from .. import ops
 from ..errors import BadInputError
+from ..files import write_bytes
 from . import codecs
 from .format import (
     PROTOBUF_MAX_BYTES,
@@ -101,7 +100,7 @@ def write_container(
     path = Path(path)
     chunks, rows, graph_bytes = encode_container(model, tensor_kinds=tensor_kinds, arrays=arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, chunks)
+    write_bytes(path, chunks)  # the one atomic writer: never half a container
     total = sum(len(c) for c in chunks)
     log.info("wrote %s: %d bytes, %d tensors", path, total, len(rows))
     return ContainerReport(str(path), total, graph_bytes, rows)
@@ -239,19 +238,3 @@ def _compress_graph(data: bytes) -> tuple[Codec, bytes]:
     ]
     readable = [o for o in options if len(data) <= graph_limit(len(o[1]))]
     return min(readable, key=lambda o: (len(o[1]), o[0]))
-
-
-def _write_atomic(path: Path, chunks: list[bytes]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

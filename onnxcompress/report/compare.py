@@ -9,17 +9,15 @@ import numpy as np
 from .. import data as D
 from .. import metrics as M
 from .. import registry
-from ..container import ContainerReport, is_container
-from ..container.writer import encode_container
+from ..container import is_container, stored_tensors
 from ..graph import to_graph
-from ..io import file_size, load_any, tensor_kinds
+from ..io import file_size, load_any
 from ..runtime import Session
 from . import bench
 from .stats import (
     Evaluator,
     Report,
     StageRow,
-    coding_summary,
     layer_rows,
     original_weights,
     unknown_op_types,
@@ -39,17 +37,15 @@ def compare(model_path: str | Path, baseline: str | Path | None = None,
     scored = M.scored_output(graph, output)
     chosen = M.choose_metric(graph, scored, bool(ds and ds.labels is not None), metric,
                              bool(ds and ds.targets is not None))
-    creport = _container_report(model, model_path)
-    stored = {t.name: t.stored_bytes for t in creport.tensors} if creport else None
-    codecs = {t.name: t.codec for t in creport.tensors} if creport else None
+    sections = stored_tensors(model_path) if is_container(model_path) else None
+    stored = {name: size for name, (_, size) in sections.items()} if sections else None
+    codecs = {name: codec for name, (codec, _) in sections.items()} if sections else None
     rep = Report(model=str(baseline or model_path), output=str(model_path),
                  scored_output=scored, metric=chosen.value, units=M.UNITS[chosen],
                  unknown_ops=unknown_op_types(model, registry.known_ops()),
                  layers=layer_rows(model, stored, codecs,
                                    original_weights(base_model) if base_model else None,
                                    feeds=ds.feeds if ds else None))
-    if creport is not None:
-        rep.container = coding_summary(creport)
     size = file_size(model_path)
     base_size = file_size(baseline) if baseline else size
     # one session per file serves scoring and the latency measurement
@@ -76,12 +72,3 @@ def compare(model_path: str | Path, baseline: str | Path | None = None,
     if base_model:
         rep.judge()
     return rep
-
-
-def _container_report(model, path) -> ContainerReport | None:
-    """Per-tensor coded sizes of a container: encoding is deterministic, so re-encode."""
-    if not is_container(path):
-        return None
-    chunks, rows, graph_bytes = encode_container(model, tensor_kinds=tensor_kinds(model))
-    return ContainerReport(str(path), sum(len(c) for c in chunks), graph_bytes, rows)
-

@@ -147,16 +147,15 @@ def test_failed_write_leaves_the_old_file(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "m.onnxc"
     path.write_bytes(b"old")
 
-    def boom(chunks):  # fail half way through writing
-        raise OSError("disk full")
+    def boom(fd):  # fail half way through writing
+        raise OSError(28, "No space left on device")
 
-    from onnxcompress.container import writer
+    from onnxcompress import files
 
-    real = writer.os.fsync
-    monkeypatch.setattr(writer.os, "fsync", lambda fd: boom(None))
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(files.os, "fsync", boom)
+    with pytest.raises(BadInputError, match="no space left"):
         write_container(net(), path)
-    monkeypatch.setattr(writer.os, "fsync", real)
+    monkeypatch.undo()
     assert path.read_bytes() == b"old"
     assert sorted(os.listdir(tmp_path)) == ["m.onnxc"]
 
