@@ -1,9 +1,11 @@
-"""Container fuzzing at scale: the seeded mutation loop of tests/robustness (through
-runtime.Session, in a child process restarted after a crash or hang), and the peak memory of
-small sections that claim a lot ("bombs").
+"""Container and model fuzzing at scale: the seeded mutation loops of tests/robustness (through
+runtime.Session, or for `--target model` through the whole compress job, in a child process
+restarted after a crash or hang), and the peak memory of small sections that claim a lot
+("bombs", container target).
 
-    python benchmarks/fuzz_container.py [--cases 20000] [--seed 0] [--timeout 60]
-                                        [--bomb-mib 256] [--workdir DIR] [--json OUT]
+    python benchmarks/fuzz_container.py [--target container|model] [--cases 20000] [--seed 0]
+                                        [--timeout 60] [--bomb-mib 256] [--workdir DIR]
+                                        [--json OUT]
 
 Prints the count of each class (refused, same, changed; FAILURE classes crash, hang, error,
 silent: see tests/robustness/fuzz_harness.py), every failure with the command that replays it,
@@ -25,7 +27,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.robustness.bombs import measure_bombs  # after the path set-up
-from tests.robustness.fuzz_harness import CLASSES, FAILURES, fuzz, write_seeds
+from tests.robustness.fuzz_harness import (
+    CLASSES,
+    FAILURES,
+    fuzz,
+    write_model_seeds,
+    write_seeds,
+)
 
 BOMB_LIMIT = 2.0  # peak memory over the declared tensor size
 NOISE = 4 << 20  # what the interpreter and ONNX Runtime allocate around a load, whatever its size
@@ -33,6 +41,7 @@ NOISE = 4 << 20  # what the interpreter and ONNX Runtime allocate around a load,
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--target", choices=["container", "model"], default="container")
     p.add_argument("--cases", type=int, default=20000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per case before 'hang'")
@@ -44,7 +53,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = a.workdir or Path(tmp)
         seeds = work / "seeds"
-        write_seeds(seeds)
+        (write_model_seeds if a.target == "model" else write_seeds)(seeds)
         start = time.monotonic()
 
         def progress(done: int, counts) -> None:
@@ -64,19 +73,22 @@ def main() -> int:
                   f"{f['case']}")
 
         declared = a.bomb_mib << 20
-        print(f"\nbombs, declared tensor {a.bomb_mib} MiB (peak above the start / declared):")
-        bombs = measure_bombs(work / "bombs", declared)
+        bombs = {}
+        if a.target == "container":
+            print(f"\nbombs, declared tensor {a.bomb_mib} MiB (peak above the start / declared):")
+            bombs = measure_bombs(work / "bombs", declared)
         worst = max((r["ratio"] for n, r in bombs.items() if r["ratio"] is not None
                      and not n.startswith("graph")), default=None)
         for name, r in bombs.items():
             ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
             size = r.get("file_bytes", "?")
             print(f"  {name:18s} {ratio:>7s}  file {size} B  {r['outcome'][:90]}")
-        print(f"worst tensor bomb: {worst:.2f}x the declared size" if worst is not None else "")
+        if worst is not None:
+            print(f"worst tensor bomb: {worst:.2f}x the declared size")
 
         if a.json:
             a.json.write_text(json.dumps({
-                "cases": a.cases, "seed": a.seed, "seconds": took,
+                "target": a.target, "cases": a.cases, "seed": a.seed, "seconds": took,
                 "counts": dict(result.counts), "failures": result.failures,
                 "bomb_declared_bytes": declared, "bombs": bombs, "worst_bomb_ratio": worst,
             }, indent=2))

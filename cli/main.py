@@ -24,6 +24,7 @@ Exit codes: 0 success; 2 bad input (file, data, option, recipe); 3 the accuracy 
 (a bug: -v shows the traceback).
 """
 
+ONE_PASS_SEARCHES = {"prune": "auto-prune", "cluster": "auto-cluster"}
 EXIT_INTERNAL = 4  # an error onnxcompress did not expect
 EXIT_INTERRUPTED = 130
 MESSAGE_CHARS = 400  # longer messages (ONNX Runtime's run for lines) are cut; -v shows all
@@ -164,12 +165,16 @@ def fidelity_options(f):
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", "output", type=click.Path(dir_okay=False),
               help="Output: .onnxc (container, smallest) or .onnx. Default: MODEL.onnxc")
-@click.option("--recipe", default="deep-compression", show_default=True,
-              help="Built-in recipe (deep-compression, prune-only, cluster-only) or a .toml/.yaml "
+@click.option("--recipe", default="auto", show_default=True,
+              help="auto: search per layer (sparsity, bits, or untouched) for the smallest "
+                   "model within --max-accuracy-drop (default 0.5), measured on held-out "
+                   "--calib samples (auto-prune / auto-cluster search one pass only); or a "
+                   "fixed recipe: deep-compression, prune-only, cluster-only, or a .toml/.yaml "
                    "file of steps.")
 @data_options
 def compress(model, output, recipe, **data):
-    """Run a compression recipe (default: prune → cluster → Huffman container).
+    """Make the smallest model within an accuracy budget (default: a per-layer search over
+    pruning and k-means sharing, then the Huffman container).
 
     \b
     Example:
@@ -198,8 +203,13 @@ def _run_one_pass(name, model, output, settings, suffix, data: dict) -> None:
     from onnxcompress.recipe import make_config
 
     settings = {k: v for k, v in settings.items() if v is not None}
+    output = output or _default_out(model, suffix)
+    if not settings and data["max_accuracy_drop"] is not None and data["calib"] \
+            and name in ONE_PASS_SEARCHES:  # the budget is the only knob: search it per layer
+        _compress(model, output, ONE_PASS_SEARCHES[name], data)
+        return
     step = Step(name, make_config(name, settings, where=f"onnxcompress {name}"))
-    _compress(model, output or _default_out(model, suffix), [step], data)
+    _compress(model, output, [step], data)
 
 
 def _check_paths(model, output, json_path, calib=None, eval_data=None, baseline=None) -> None:

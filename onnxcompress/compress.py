@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 
 from . import data as D
 from . import metrics as M
-from . import registry
+from . import registry, search
 from .calibration import Calibration
 from .errors import BadInputError, UnsupportedModelError
 from .files import check_outputs
@@ -43,22 +43,28 @@ from .runtime import Session
 
 log = logging.getLogger(__name__)
 
+# recipes that search per layer within the budget: (prune?, cluster?)
+SEARCHES = {"auto": (True, True), "auto-prune": (True, False), "auto-cluster": (False, True)}
+
 
 def compress(input_path: str | Path, output_path: str | Path, *,
-             recipe: str | Path | list[Step] = "deep-compression",
+             recipe: str | Path | list[Step] = "auto",
              calib: str | Path | None = None, eval_data: str | Path | None = None,
              max_accuracy_drop: float | None = None, measure_latency: bool = True,
              metric: str | None = None, output: str | None = None,
              progress: Callable[[str], None] = lambda m: None) -> Report:
     """Compress `input_path` into `output_path` (.onnx or .onnxc) and return the report.
 
+    `recipe` "auto" (the default), "auto-prune" or "auto-cluster" search per layer for the
+    smallest model within `max_accuracy_drop` (search/); any other recipe runs as written.
     Fidelity is measured on the model output `output` (default: the one that carries its
     answer) by `metric` (default: chosen from that output; see metrics.py)."""
     input_path, output_path = Path(input_path), Path(output_path)
-    _check_budget(max_accuracy_drop, eval_data)
+    _check_budget(max_accuracy_drop, eval_data, calib)
     check_outputs([("output", output_path)],
                   [("model", input_path), ("calibration file", calib), ("evaluation file", eval_data)])
-    steps = recipe if isinstance(recipe, list) else load_recipe(recipe)
+    searching = isinstance(recipe, str) and recipe in SEARCHES
+    steps = recipe if isinstance(recipe, list) else None if searching else load_recipe(recipe)
     progress(f"loading {input_path}")
     # the weights come as numpy arrays beside a proto without them: one copy of the model
     model, arrays = normalize_file(input_path)
@@ -94,6 +100,18 @@ def compress(input_path: str | Path, output_path: str | Path, *,
         report.stages.append(StageRow("original", base_size, 1.0))
     calibration = Calibration(calib_ds, scored, chosen) if calib_ds else None
     ctx = Context(calibration, progress)
+    plan = None
+    if searching and calibration is None:
+        report.notes.append("no calibration data: the budget search needs some, so the fixed "
+                            "deep-compression recipe ran (pass --calib for a searched one)")
+        steps = load_recipe("deep-compression")
+    elif searching:
+        prune_on, cluster_on = SEARCHES[recipe]
+        plan = search.plan(graph, calibration, max_accuracy_drop, prune=prune_on,
+                           cluster=cluster_on, progress=progress)
+        steps, ctx = plan.steps, Context(plan.fit, progress)  # fitted as the trials were
+        report.notes.extend(plan.notes())
+        report.search = plan.facts()
     steps = [with_budget(s, max_accuracy_drop) for s in steps]
 
     def after_step(step: Step, pass_report: PassReport) -> None:
@@ -131,17 +149,24 @@ def compress(input_path: str | Path, output_path: str | Path, *,
         report.latency_ms["original"] = bench.latency_ms(base_sess, feeds)
         report.latency_ms[report.stages[-1].stage] = bench.latency_ms(out_sess, feeds)
     report.judge()
+    if plan is not None and report.accuracy_drop is None:  # no --eval: the search's measure
+        report.accuracy_drop = plan.drop
+        report.within_budget = plan.drop <= plan.budget + 1e-9 if report.budget is not None \
+            else None
+        report.notes.append(f"drop measured on {plan.held_out} held-out calibration samples "
+                            "(no --eval data)")
     return report
 
 
-def _check_budget(budget: float | None, eval_data: str | Path | None) -> None:
+def _check_budget(budget: float | None, eval_data: str | Path | None,
+                  calib: str | Path | None) -> None:
     if budget is None:
         return
     if not math.isfinite(budget) or budget < 0:
         raise BadInputError(f"--max-accuracy-drop must be a number of points >= 0, got {budget}")
-    if eval_data is None:
-        raise BadInputError("--max-accuracy-drop needs evaluation data (--eval) to measure the "
-                            "drop; without it the budget could not be checked")
+    if eval_data is None and calib is None:
+        raise BadInputError("--max-accuracy-drop needs data to measure the drop on: --eval (and "
+                            "--calib, whose held-out half steers the search)")
 
 
 def _check_finite(graph: gs.Graph, path: Path) -> None:

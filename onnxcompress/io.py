@@ -75,7 +75,7 @@ def check_path(path: str, where: str) -> None:
     """Full onnx.checker pass (with shape inference) on a file; BadInputError with its words."""
     try:
         onnx.checker.check_model(path, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as e:
         raise BadInputError(f"{where}: invalid ONNX model: {first_line(e)}") from e
 
 

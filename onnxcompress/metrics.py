@@ -85,6 +85,51 @@ def drop(metric: Metric, outputs: np.ndarray, reference: np.ndarray,
             - score(metric, outputs, reference, labels, targets))
 
 
+def distortion(metric: Metric, outputs: np.ndarray, reference: np.ndarray) -> float:
+    """A smooth stand-in for the metric's drop, for searches: it grows with every change of the
+    outputs, where a count of flipped argmaxes moves in steps. Class scores: 100 x mean
+    KL(softmax(reference) || softmax(outputs)); cosine: 100 x (1 - mean cosine); otherwise:
+    100 x relative squared error."""
+    if metric in (Metric.TOP1, Metric.AGREEMENT):
+        p = _log_probs(reference)
+        q = _log_probs(outputs)
+        return float(100 * (np.exp(p) * (p - q)).sum(axis=1).mean())
+    if metric is Metric.COSINE:
+        return 100.0 - score(Metric.COSINE, outputs, reference)
+    return -score(Metric.MSE, outputs, reference)
+
+
+def _log_probs(x: np.ndarray) -> np.ndarray:
+    """Log-probabilities of class scores: logits through log-softmax; rows that already are
+    probabilities (non-negative, summing to 1) through log."""
+    x = x.reshape(len(x), -1).astype(np.float64)
+    if x.min() >= 0 and np.allclose(x.sum(axis=1), 1.0, atol=1e-3):
+        return np.log(np.maximum(x, 1e-12))
+    x = x - x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def standard_error(metric: Metric, outputs: np.ndarray, reference: np.ndarray,
+                   labels: np.ndarray | None = None) -> float:
+    """Standard error of the metric's drop over these samples: how far the drop measured on
+    them may sit from the drop on the data the model will meet (paired: only samples whose
+    answer changed count for argmax metrics)."""
+    n = len(outputs)
+    if metric is Metric.TOP1:
+        changed = (top1(outputs) == labels) != (top1(reference) == labels)
+        return float(100 * np.sqrt(changed.sum()) / n)
+    if metric is Metric.AGREEMENT:
+        return float(100 * np.sqrt((top1(outputs) != top1(reference)).sum()) / n)
+    y = outputs.reshape(n, -1).astype(np.float64)
+    y0 = reference.reshape(n, -1).astype(np.float64)
+    if metric is Metric.COSINE:
+        cos = (y * y0).sum(1) / np.maximum(np.linalg.norm(y, axis=1) * np.linalg.norm(y0, axis=1),
+                                           1e-30)
+        return float(100 * cos.std() / np.sqrt(n))
+    per = ((y - y0) ** 2).sum(1) / max(float((y0 * y0).sum()) / n, 1e-30)
+    return float(100 * per.std() / np.sqrt(n))
+
+
 # ----------------------------------------------------------------------------- choosing
 
 

@@ -21,7 +21,7 @@ LAYERS = {
     "io": 5, "normalize": 5, "data": 5, "graph": 5, "metrics": 5,
     "scope": 6, "calibration": 6, "compensate": 6,
     "passes": 7,
-    "registry": 8, "pipeline": 8, "recipe": 8, "report": 8,
+    "registry": 8, "pipeline": 8, "recipe": 8, "report": 8, "search": 8,
     "compress": 9,
     "__init__": 0, "__main__": 10,
 }  # fmt: skip

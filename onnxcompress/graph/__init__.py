@@ -18,6 +18,7 @@ from .weights import (
     resolve_weight,
     weight_index,
     weight_of,
+    weight_size,
     weight_sources,
 )
 
@@ -25,5 +26,5 @@ __all__ = [
     "SAFE_OPS", "WEIGHT_INPUTS", "ConvGeometry", "GeometryError", "Weight", "conv_geometry",
     "downstream_nodes", "exported_size", "find_node", "fresh_name", "iter_weights",
     "resolve_weight", "to_graph", "to_light_model", "to_model", "unique_names", "unknown_ops",
-    "weight_index", "weight_of", "weight_sources",
+    "weight_index", "weight_of", "weight_size", "weight_sources",
 ]

@@ -173,6 +173,23 @@ def resolve_weight(node: gs.Node, index: int) -> tuple[np.ndarray, list[gs.Const
     return _eval_decoder(producer, vals), stored
 
 
+def weight_size(node: gs.Node, index: int) -> int | None:
+    """Elements of a layer's weight input, from the shapes of the constants it is decoded from
+    (their data is never read: it may not even be loaded)."""
+    tensor = node.inputs[index]
+    if isinstance(tensor, gs.Constant):
+        return int(np.prod(tensor.shape, dtype=np.int64))
+    if not tensor.inputs or tensor.inputs[0].op not in DECODE_OPS:
+        return None
+    producer = tensor.inputs[0]
+    if producer.op == "Gather":  # codebook[indices]: as many as the indices
+        return weight_size(producer, 1)
+    if producer.op == "Mul":
+        sizes = [weight_size(producer, i) for i in range(len(producer.inputs))]
+        return None if None in sizes else max(sizes)
+    return weight_size(producer, 0)
+
+
 def _eval_decoder(node: gs.Node, vals: list[np.ndarray]) -> np.ndarray:
     op = node.op
     if op == "Gather":

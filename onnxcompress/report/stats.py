@@ -19,6 +19,7 @@ from ..graph import (
     to_graph,
     unknown_ops,
     weight_index,
+    weight_size,
     weight_sources,
 )
 from ..graph.cost import dims_of, graph_costs
@@ -66,6 +67,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     container: dict[str, float] = field(default_factory=dict)  # coded symbols vs entropy
     passes: list[dict[str, Any]] = field(default_factory=list)  # what each pass did, per tensor
+    search: dict[str, Any] = field(default_factory=dict)  # the budget search: curves, choices
     scored_output: str | None = None  # the output the scores measure
     metric: str | None = None  # metrics.Metric value
     units: str | None = None  # of the scores, the drop and the budget
@@ -215,11 +217,9 @@ def original_weights(model: onnx.ModelProto) -> dict[str, int]:
         index = weight_index(node)
         if index is None:
             continue
-        t = node.inputs[index]
-        if isinstance(t, gs.Constant):
-            out[node.name] = int(np.prod(t.shape))
-        elif (r := resolve_weight(node, index)) is not None:
-            out[node.name] = int(r[0].size)
+        size = weight_size(node, index)
+        if size is not None:
+            out[node.name] = size
     return out
 
 

@@ -69,7 +69,8 @@ def test_prune_cluster_pack_run_unpack(tmp_path, tiny_model_path):
 def test_compress_writes_container_report_and_json(tmp_path, tiny_model_path, tiny_data_path):
     out, js = tmp_path / "small.onnxc", tmp_path / "r.json"
     r = cli("compress", tiny_model_path, "-o", out, "--calib", tiny_data_path, "--eval",
-            tiny_data_path, "--max-accuracy-drop", 100, "--json", js)
+            tiny_data_path, "--max-accuracy-drop", 100, "--json", js, "--recipe",
+            "deep-compression")
     assert r.exit_code == 0, r.output
     rep = json.loads(js.read_text())
     assert [s["stage"] for s in rep["stages"]] == ["original", "pruned", "clustered", "packed"]
@@ -86,6 +87,20 @@ def test_compress_writes_container_report_and_json(tmp_path, tiny_model_path, ti
     x = tiny_data()["input"]
     got = Session(out).run(None, {"input": x})[0]
     assert got.shape == (64, 4)
+
+
+def test_the_default_searches_within_the_budget(tmp_path, tiny_model_path, tiny_data_path):
+    out, js = tmp_path / "small.onnxc", tmp_path / "r.json"
+    r = cli("compress", tiny_model_path, "-o", out, "--calib", tiny_data_path, "--eval",
+            tiny_data_path, "--max-accuracy-drop", 2, "--json", js, "--no-latency")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(js.read_text())
+    assert rep["within_budget"] and rep["accuracy_drop"] <= 2
+    assert "budget search" in r.output
+    for layer, facts in rep["search"].items():  # every layer's curves and its setting
+        assert facts["prune_curve"]["0"] == [0.0, 0.0] and "8" in facts["cluster_curve"], layer
+        assert facts["chosen"].startswith("s=")
+    assert rep["stages"][-1]["ratio"] > 2
 
 
 def test_budget_exceeded_exits_3_and_still_writes(tmp_path, tiny_model_path, tiny_data_path):

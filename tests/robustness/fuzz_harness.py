@@ -1,4 +1,5 @@
-"""Seeded mutation fuzzing of the container reader through `runtime.Session`, and bomb memory.
+"""Seeded mutation fuzzing of the container reader through `runtime.Session` and of the model
+loader through `compress`, and bomb memory.
 
 Shared by tests/robustness/test_container_fuzz.py (a few hundred cases) and
 benchmarks/fuzz_container.py (tens of thousands). Case i mutates one of the seed containers with
@@ -11,6 +12,12 @@ a generator seeded by (seed, i), loads the bytes with `Session` and runs it on f
     FAILURE:  crash (the process died), hang (no answer within the timeout), error (any other
               exception type), silent (outputs changed though the CRCs were left as they were:
               a corruption the reader missed)
+
+The model target (`--target model`) mutates ONNX seed models (bytes anywhere, or the parsed
+model: dims, types, external data, attributes, names) and runs each through the whole job
+(load, check, normalize, prune, cluster, container, a session on the result): a case is
+`refused` (an onnxcompress error naming the file), `accepted` (compressed and run), or a
+FAILURE (crash, hang, error).
 
 Cases run in a child process (`python -m tests.robustness.fuzz_harness child ...`), so that a
 crash or hang costs one case: the parent records it and restarts the child after it. The
@@ -38,7 +45,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 FAILURES = ("crash", "hang", "error", "silent")
-CLASSES = ("refused", "same", "changed", *FAILURES)
+CLASSES = ("refused", "same", "changed", "accepted", *FAILURES)
 CHILD_MEMORY = 8 << 30  # address-space cap of the child: a runaway allocation fails, not the host
 INTERESTING = (0, 1, 2, 7, 8, 0x7F, 0x80, 0xFF, 0x100, 0xFFFF, 0x10000, 2**31 - 1, 2**31,
                2**32 - 1, 2**32, 2**32 + 1, 2**63 - 1, 2**63, 2**64 - 1)
@@ -281,8 +288,117 @@ def classify(data: bytes, feeds: dict, want: list[np.ndarray], crcs_recomputed: 
     return ("changed", "") if crcs_recomputed else ("silent", "outputs differ")
 
 
+# ----------------------------------------------------------------------------- model target
+
+
+def write_model_seeds(folder: Path) -> list[Path]:
+    """Seed ONNX models (Conv+BN+Gemm, Conv/Gemm/MatMul, an embedding with a tied head)."""
+    import onnx
+
+    from tests.conftest import tiny_cnn
+    from tests.passes import small_nets
+    from tests.passes.test_embeddings import lm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    seeds = {"tiny_cnn": tiny_cnn(), "small_net": small_nets.net(), "tied_lm": lm()}
+    paths = []
+    for name, model in seeds.items():
+        onnx.save(model, str(folder / f"{name}.onnx"))
+        paths.append(folder / f"{name}.onnx")
+    return paths
+
+
+def mutate_model(seed: int, case: int, originals: list[bytes]) -> tuple[int, bytes, str]:
+    """(seed model index, mutated bytes, description) of one model case."""
+    import onnx
+
+    rng = np.random.default_rng([seed, case])
+    which = int(rng.integers(0, len(originals)))
+    if rng.random() < 0.4:
+        data, what = _raw_mutation(rng, originals[which])
+        return which, data, what
+    model = onnx.ModelProto()
+    model.ParseFromString(originals[which])
+    if rng.random() < 0.3:
+        what = _edit_node(rng, model)
+    else:
+        what = _edit_model(rng, model)
+    return which, model.SerializeToString(), f"model-{what}"
+
+
+def _edit_node(rng: np.random.Generator, model) -> str:
+    """A node's attribute, input or op type changed, or the graph's inputs/outputs."""
+    nodes = list(model.graph.node)
+    node = nodes[int(rng.integers(0, len(nodes)))]
+    op = int(rng.integers(0, 5))
+    if op == 0 and node.attribute:
+        a = node.attribute[int(rng.integers(0, len(node.attribute)))]
+        if a.ints:
+            a.ints[int(rng.integers(0, len(a.ints)))] = int(rng.choice(INTERESTING) % 2**62)
+        else:
+            a.i = int(rng.choice([0, -1, 2, 2**31]))
+        return f"attr:{node.name or node.op_type}.{a.name}"
+    if op == 1 and node.input:
+        node.input[int(rng.integers(0, len(node.input)))] = str(rng.choice(["", "missing",
+                                                                            node.output[0]]))
+        return f"input:{node.op_type}"
+    if op == 2:
+        node.op_type = str(rng.choice(["Conv", "Gemm", "MatMul", "Gather", "Nonexistent"]))
+        return f"op:{node.op_type}"
+    if op == 3:
+        del model.graph.input[:]
+        return "no-inputs"
+    d = model.graph.output[0].type.tensor_type.shape.dim
+    if d:
+        d[-1].dim_value = int(rng.choice([0, 1, 3, 2**31]))
+    return "output-shape"
+
+
+def classify_model(data: bytes, work: Path) -> tuple[str, str]:
+    """(class, detail) of one mutated model through the whole compress job."""
+    from onnxcompress.compress import compress
+    from onnxcompress.errors import OnnxCompressError
+    from onnxcompress.passes import cluster, prune
+    from onnxcompress.pipeline import Step
+
+    src, out = work / "model.onnx", work / "out.onnxc"
+    src.write_bytes(data)
+    out.unlink(missing_ok=True)
+    steps = [Step("prune", prune.Config(sparsity=0.5)), Step("cluster", cluster.Config())]
+    try:
+        compress(src, out, recipe=steps, measure_latency=False)
+        from onnxcompress.runtime import Session
+
+        Session(out).get_outputs()
+    except OnnxCompressError as e:
+        if out.exists():
+            return "error", f"refused but wrote {out.name}: {e}"
+        return "refused", f"{type(e).__name__}: {str(e)[:160]}"
+    except Exception as e:  # noqa: BLE001 -- exactly what the fuzzer looks for
+        return "error", f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}"
+    return "accepted", ""
+
+
+def model_child(folder: Path, seed: int, start: int, end: int) -> None:
+    import tempfile
+
+    resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
+    names = sorted(p.stem for p in folder.glob("*.onnx"))
+    originals = [(folder / f"{n}.onnx").read_bytes() for n in names]
+    with tempfile.TemporaryDirectory(prefix="fuzz-model-") as tmp:
+        for case in range(start, end):
+            print(json.dumps({"case": case, "begin": True}), flush=True)
+            which, data, what = mutate_model(seed, case, originals)
+            cls, detail = classify_model(data, Path(tmp))
+            print(json.dumps({"case": case, "class": cls, "what": f"{names[which]}:{what}",
+                              "detail": detail}), flush=True)
+
+
 def child_main(folder: Path, seed: int, start: int, end: int) -> None:
     """Run cases start..end-1, one JSON line when each begins and one when it ends."""
+    if not any(folder.glob("*.onnxc")):
+        model_child(folder, seed, start, end)
+        return
     resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY, CHILD_MEMORY))
     names = sorted(p.stem for p in folder.glob("*.onnxc"))
     originals = [(folder / f"{n}.onnxc").read_bytes() for n in names]

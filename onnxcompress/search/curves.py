@@ -1,0 +1,124 @@
+"""Sensitivity curves: what each layer costs, compressed alone, at every setting of the ladders.
+
+For each weight, the rest of the model untouched, the layer is pruned at each sparsity (with
+the same compensation the prune pass applies, fitted on the fit half of the calibration data)
+and, separately, clustered at each bit width (with bias correction); each time the model's
+scored output on the held-out half is compared with the uncompressed model's, in the metric's
+smooth stand-in (metrics.distortion) and in the metric itself. A ladder stops at the first rung
+whose own drop already exceeds twice the whole budget: a rung above cannot be chosen.
+
+The curves also price every (sparsity, bits) pair of the layer in container bytes (space.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..calibration import GraphSession, Snapshot
+from ..calibration.service import variable_tensors
+from ..compensate import Compensator
+from ..data import Dataset
+from ..graph import Weight, iter_weights
+from ..kernels.masks import apply_mask, magnitude_mask
+from ..metrics import Metric, distortion, drop
+from . import space
+
+SIZE_SAMPLE = 1 << 20  # elements priced exactly; larger tensors are priced on a slice and scaled
+
+
+@dataclass
+class Curve:
+    """One layer's costs alone: distortion and metric drop per rung, bytes per setting."""
+
+    weight: str
+    layer: str
+    kind: str
+    params: int
+    prune: dict[float, tuple[float, float]] = field(default_factory=dict)  # s -> (dist, drop)
+    cluster: dict[int | None, tuple[float, float]] = field(default_factory=dict)
+    sizes: dict[space.Setting, int] = field(default_factory=dict)
+
+    def settings(self) -> list[space.Setting]:
+        """Every measured combination (a pruned and clustered layer counts both rungs)."""
+        return [space.Setting(s, b) for s in self.prune for b in self.cluster]
+
+    def distortion(self, setting: space.Setting) -> float:
+        return self.prune[setting.sparsity][0] + self.cluster[setting.bits][0]
+
+    def drop(self, setting: space.Setting) -> float:
+        return self.prune[setting.sparsity][1] + self.cluster[setting.bits][1]
+
+
+class _Outputs:
+    """The scored output of the live work graph on the held-out data (one session)."""
+
+    def __init__(self, graph: gs.Graph, output: str, data: Dataset, threads: int | None):
+        self.sess = GraphSession(graph, [output], variable_tensors(graph), threads)
+        self.output, self.data = output, data
+
+    def __call__(self) -> np.ndarray:
+        return np.concatenate([b[self.output] for b in self.sess.batches(self.data)])
+
+
+def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, output: str,
+            metric: Metric, budget: float, *, prune: bool = True, cluster: bool = True,
+            threads: int | None = 1, progress: Callable[[str], None] = lambda m: None
+            ) -> list[Curve]:
+    """The curves of every weight of `graph` (see the module docstring); `graph` is left as
+    it was (the work happens on a copy)."""
+    work = graph.copy()
+    weights = iter_weights(work)
+    progress("search: collecting calibration statistics")
+    comp = Compensator(work, weights, reference, fit, refit=True)
+    want = reference.outputs(held, output)
+    outputs = _Outputs(work, output, held, threads)
+
+    def cost() -> tuple[float, float]:
+        got = outputs()
+        return distortion(metric, got, want), drop(metric, got, want, held.labels, held.targets)
+
+    curves = []
+    for i, w in enumerate(weights):
+        original = comp.originals[w.tensor.name]
+        curve = Curve(w.tensor.name, w.layer, w.kind, int(original.size))
+        curve.prune[0.0] = curve.cluster[None] = (0.0, 0.0)
+        rungs = space.SPARSITIES[1:] if prune else ()
+        for s in rungs:
+            keep = magnitude_mask(original, s)
+            w.set_values(apply_mask(original, keep))
+            comp.alone(w, keep)
+            curve.prune[s] = cost()
+            progress(f"search: {i + 1}/{len(weights)} {w.layer} s={s:g} "
+                     f"drop {curve.prune[s][1]:+.2f}")
+            if curve.prune[s][1] > 2 * budget:
+                break
+        comp.restore(w)
+        for bits in (space.BITS[1:] if cluster else ()):
+            book, idx = space.shared(original, bits)
+            w.set_values(book[idx])
+            comp.alone(w)
+            curve.cluster[bits] = cost()
+            progress(f"search: {i + 1}/{len(weights)} {w.layer} {bits} bits "
+                     f"drop {curve.cluster[bits][1]:+.2f}")
+            if curve.cluster[bits][1] > 2 * budget:
+                break
+        comp.restore(w)
+        curve.sizes = _prices(w, original, curve)
+        curves.append(curve)
+    return curves
+
+
+def _prices(w: Weight, original: np.ndarray, curve: Curve) -> dict[space.Setting, int]:
+    """Container bytes of every measured setting (a slice of rows for very large tensors)."""
+    sample, scale = original, 1.0
+    if original.size > SIZE_SAMPLE:
+        rows = max(1, SIZE_SAMPLE // max(1, original.size // original.shape[0]))
+        sample = original[:rows]
+        scale = original.size / sample.size
+    return {st: math.ceil(space.stored_bytes(sample, st.sparsity, st.bits, w.kind) * scale)
+            for st in curve.settings()}

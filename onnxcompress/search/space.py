@@ -1,0 +1,73 @@
+"""What the budget search chooses from, per layer, and what each choice costs in the container.
+
+A setting is (sparsity, bits): magnitude pruning to `sparsity` (Deep Compression), then k-means
+sharing with 2^bits values (bits None: the nonzeros stay float32). (0, None) leaves the layer
+untouched. The ladders are the same for every model: nothing here is tuned per model.
+
+The size of a setting is priced exactly, without writing a container: the layer's weights are
+pruned and clustered as the passes would (magnitude mask of the original weights, k-means on the
+nonzeros) and `container.codecs.coded_size` plans the codebook and sparse codecs from their
+histograms; float weights are priced at 4 bytes per stored value plus their sparse positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..container.codecs import coded_size
+from ..container.writer import GAP_BITS
+from ..kernels.kmeans import share_weights
+from ..kernels.masks import apply_mask, magnitude_mask
+
+SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
+BITS: tuple[int | None, ...] = (None, 8, 6, 5, 4, 3)
+FLOAT_BITS = 32
+
+
+@dataclass(frozen=True)
+class Setting:
+    sparsity: float
+    bits: int | None  # None: not clustered
+
+    @property
+    def untouched(self) -> bool:
+        return self.sparsity == 0 and self.bits is None
+
+    def __str__(self) -> str:
+        return f"s={self.sparsity:g}/{self.bits or 'f32'}b"
+
+
+def prune(w: np.ndarray, sparsity: float) -> np.ndarray:
+    return apply_mask(w, magnitude_mask(w, sparsity)) if sparsity > 0 else w
+
+
+def shared(w: np.ndarray, bits: int | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(codebook, indices) of w at `bits` (as the cluster pass would share it)."""
+    return share_weights(w, bits, seed=seed)
+
+
+def stored_bytes(w: np.ndarray, sparsity: float, bits: int | None, kind: str) -> int:
+    """Container bytes of a layer's weight at this setting."""
+    pruned = prune(w, sparsity)
+    gap_bits = GAP_BITS.get(kind, 8)
+    if bits is None:
+        nnz = int(np.count_nonzero(pruned))
+        if sparsity == 0:
+            return w.size * FLOAT_BITS // 8
+        positions = _position_bits(pruned.reshape(-1) != 0, gap_bits)
+        return (nnz * FLOAT_BITS + positions) // 8
+    book, idx = shared(pruned, bits)
+    return coded_size(book, idx, gap_bits)
+
+
+def _position_bits(mask: np.ndarray, gap_bits: int) -> int:
+    """Huffman-coded gap bits of the nonzero positions (entropy of the capped gaps)."""
+    pos = np.flatnonzero(mask)
+    if not pos.size:
+        return 0
+    gaps = np.minimum(np.diff(pos, prepend=-1) - 1, (1 << gap_bits) - 1)
+    counts = np.bincount(gaps)
+    p = counts[counts > 0] / gaps.size
+    return int(np.ceil(-(counts[counts > 0] * np.log2(p)).sum()))
