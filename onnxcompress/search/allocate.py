@@ -14,6 +14,7 @@ of them end to end, because distortions of layers do not quite add up.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,31 +25,46 @@ from .space import Setting
 Allocation = dict[str, Setting]  # weight name -> setting
 
 
-def _choice(curve: Curve, lam: float) -> Setting:
-    options = curve.settings()
-    costs = [curve.sizes[s] + lam * curve.distortion(s) for s in options]
-    best = min(range(len(options)), key=lambda i: (costs[i], curve.distortion(options[i])))
-    return options[best]
+class _Options:
+    """One layer's settings as arrays: bytes and distortion of each."""
+
+    def __init__(self, curve: Curve):
+        self.settings = curve.settings()
+        self.bytes = np.array([curve.sizes[s] for s in self.settings], dtype=np.float64)
+        self.dist = np.array([curve.distortion(s) for s in self.settings])
+
+    def choice(self, lam: float) -> Setting:
+        """The cheapest at this multiplier (ties: the least distorting)."""
+        cost = self.bytes + lam * self.dist if lam < np.inf else self.dist
+        return self.settings[int(np.lexsort((self.dist, cost))[0])]
 
 
 def _breakpoints(curve: Curve) -> list[float]:
-    """The multipliers at which this layer's choice can change: slopes between its points."""
+    """The multipliers at which this layer's choice changes: the slopes of the lower convex
+    hull of its (distortion, bytes) points."""
     pts = sorted({(curve.distortion(s), curve.sizes[s]) for s in curve.settings()})
-    out = []
-    for i, (d1, b1) in enumerate(pts):
-        for d2, b2 in pts[i + 1 :]:
-            if d2 > d1 and b1 > b2:
-                out.append((b1 - b2) / (d2 - d1))
-    return out
+    hull: list[tuple[float, float]] = []
+    for d, b in pts:  # monotone chain, keeping points with fewer bytes as distortion grows
+        if hull and b >= hull[-1][1]:
+            continue
+        while len(hull) >= 2 and _cross(hull[-2], hull[-1], (d, b)) <= 0:
+            hull.pop()
+        hull.append((d, b))
+    return [(b1 - b2) / (d2 - d1) for (d1, b1), (d2, b2) in itertools.pairwise(hull) if d2 > d1]
+
+
+def _cross(o: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> float:
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
 
 
 def frontier(curves: Sequence[Curve]) -> list[Allocation]:
     """Distinct allocations along the multiplier sweep, most compressed first."""
     lams = sorted({lam for c in curves for lam in _breakpoints(c)})
     probes = [0.0] + [np.nextafter(lam, np.inf) for lam in lams] + [np.inf]
+    options = {c.weight: _Options(c) for c in curves}
     seen, out = set(), []
     for lam in probes:
-        alloc = {c.weight: _choice(c, lam if np.isfinite(lam) else 1e300) for c in curves}
+        alloc = {name: opt.choice(lam) for name, opt in options.items()}
         key = tuple(sorted((k, v.sparsity, v.bits or 0) for k, v in alloc.items()))
         if key not in seen:
             seen.add(key)
