@@ -81,30 +81,37 @@ class Compensator:
         if w.tensor.name in self.slots:
             self.slots[w.tensor.name].tensor.values = self.bias_before[w.tensor.name].copy()
 
-    def alone(self, w: Weight, keep: np.ndarray | None = None) -> None:
-        """Compensate one layer whose weights were changed in place (upstream unchanged)."""
+    def alone(self, w: Weight, keep: np.ndarray | None = None,
+              codebook: np.ndarray | None = None) -> None:
+        """Compensate one layer whose weights were changed in place (upstream unchanged): a
+        pruned layer (`keep`) or a clustered one (`codebook`: its weights stay its values) is
+        refit where the layer allows, else its bias is corrected."""
         name, method = w.tensor.name, self.method(w)
         if method == "none":
             return
         slot = self.slots[name]
         slot.tensor.values = self.bias_before[name].copy()
-        if method == "refit" and keep is not None:
+        if method == "refit" and (keep is not None or codebook is not None):
             if self._grams is None:
                 refittable = [x for x in self.weights if x.tensor.name in self.refittable]
                 self._grams = layer_grams(self.snapshot, refittable, self.data)
+            keep = keep if keep is not None else w.values != 0
             refit_alone(w, slot, self._grams[name], self.originals[name],
-                        self.bias_before[name], keep, self.damp)
+                        self.bias_before[name], keep, self.damp, codebook)
         else:
             stat = self.stats[name]
             slot.shift(output_mean(w, self.originals[name], stat) - output_mean(w, w.values, stat))
 
-    def sweep(self, changed: Sequence[Weight], keeps: Mapping[str, np.ndarray] | None = None
-              ) -> dict[str, np.ndarray]:
-        """Compensate the changed layers in order; returns weight name -> output bias change."""
+    def sweep(self, changed: Sequence[Weight], keeps: Mapping[str, np.ndarray] | None = None,
+              codebooks: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Compensate the changed layers in order (pruned ones by their `keeps`, clustered
+        ones onto their `codebooks`); returns weight name -> output bias change."""
         for w in changed:
             if w.tensor.name in self.slots:
                 self.slots[w.tensor.name].tensor.values = self.bias_before[w.tensor.name].copy()
         todo = [w for w in changed if self.method(w) != "none"]
+        if codebooks is not None:  # zeros stay zeros: the kept set is what is nonzero now
+            keeps = {**{w.tensor.name: w.values != 0 for w in changed}, **(keeps or {})}
         if keeps is None or not any(self.method(w) == "refit" for w in todo):
             layers = [Corrected(w, self.slots[w.tensor.name], self.originals[w.tensor.name],
                                 self.stats[w.tensor.name]) for w in todo]
@@ -113,7 +120,7 @@ class Compensator:
             Refit(w, self.slots[w.tensor.name], self.originals[w.tensor.name],
                   self.bias_before[w.tensor.name],
                   keeps.get(w.tensor.name) if self.method(w) == "refit" else None,
-                  self.stats[w.tensor.name])
+                  self.stats[w.tensor.name], (codebooks or {}).get(w.tensor.name))
             for w in todo
         ]
         return refit_sweep(self.graph, items, self.snapshot, self.data, self.damp,

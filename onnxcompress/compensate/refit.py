@@ -5,6 +5,11 @@ kept weights and the bias of a pruned layer are re-estimated by ridge least squa
 layer, fed its input in the compressed model, reproduces the REFERENCE layer's outputs on the
 reference input. Only Gram matrices of the input rows (im2col patches for a Conv) are
 accumulated, one calibration pass per layer.
+
+A grouped convolution is G independent layers: output channels of group g read only the input
+channels of group g, so each group gets its own Gram and its own solve. A depthwise filter
+(group = channels) is thus a 10-unknown least-squares problem per channel (its 3x3 taps and its
+bias) on the patches of its one input channel: cheap, and exact for what it can express.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from ..calibration.runner import GraphSession
 from ..calibration.service import Snapshot
 from ..data import Dataset
 from ..graph import Weight, conv_geometry
-from ..kernels.refit import im2col, masked_lstsq, with_ones
+from ..kernels.refit import im2col, masked_lstsq, quantize_lstsq, with_ones
 from .bias import BiasSlot, correction_unsupported, layer_input, layer_stat, output_mean
 
 MAX_REFIT_INPUTS = 4096  # fan-in above this makes the Gram too big: bias correction instead
@@ -31,8 +36,6 @@ def refit_unsupported(w: Weight) -> str:
     reason = correction_unsupported(w)
     if reason:
         return reason
-    if w.node.op == "Conv" and int(w.node.attrs.get("group", 1)) != 1:
-        return f"Conv '{w.node.name}': refit handles group=1 only"
     fan_in = w.to_rows(w.values).shape[1]
     if fan_in > MAX_REFIT_INPUTS:
         return f"{w.node.op} '{w.node.name}': fan-in {fan_in} exceeds {MAX_REFIT_INPUTS} for refit"
@@ -47,6 +50,41 @@ def input_rows(w: Weight, x: np.ndarray) -> np.ndarray:
     return im2col(x, geo.kernel, geo.strides, geo.pads, geo.dilations)
 
 
+def groups(w: Weight) -> int:
+    return int(w.node.attrs.get("group", 1)) if w.node.op == "Conv" else 1
+
+
+def _by_group(w: Weight, rows: np.ndarray) -> np.ndarray:
+    """(G, N, fan-in per group): a grouped conv's input rows split by group (its columns are
+    channel-major, so each group's channels are one contiguous block)."""
+    g = groups(w)
+    return rows.reshape(rows.shape[0], g, -1).transpose(1, 0, 2)
+
+
+def _gram(x: np.ndarray) -> np.ndarray:
+    """(G, f+1, f+1) Grams of grouped rows (G, N, f) with the ones column last."""
+    return np.stack([with_ones(part).T @ with_ones(part) for part in x])
+
+
+def _solve(w: Weight, gram: np.ndarray, cross: np.ndarray, keep_rows: np.ndarray, damp: float,
+           prior: np.ndarray, codebook: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """The refit group by group (gram (G, f+1, f+1), cross (G, f+1, O/G)): masked least
+    squares, or, with a codebook, least squares onto its values (GPTQ's sweep)."""
+    per = keep_rows.shape[0] // len(gram)
+
+    def one(g: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = slice(g * per, (g + 1) * per)
+        if codebook is None:
+            return masked_lstsq(gram[g], cross[g], keep_rows[rows], damp, prior=prior[rows])
+        book = codebook[codebook != 0] * w.gain  # the values in the refit's scaled space
+        return quantize_lstsq(gram[g], cross[g], keep_rows[rows], book, damp,
+                              prior=prior[rows])
+
+    parts = [one(g) for g in range(len(gram))]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def _pick(n: int, seed: int) -> np.ndarray | slice:
     if n <= ROWS_PER_BATCH:
         return slice(None)
@@ -55,23 +93,28 @@ def _pick(n: int, seed: int) -> np.ndarray | slice:
 
 def layer_grams(snapshot: Snapshot, weights: Sequence[Weight], data: Dataset
                 ) -> dict[str, np.ndarray]:
-    """Weight name -> Gram of its layer's reference input rows (ones column last)."""
+    """Weight name -> Grams (G, f+1, f+1) of its layer's reference input rows, one per group
+    (ones column last)."""
     grams: dict[str, np.ndarray] = {}
     names = [layer_input(w).name for w in weights]
     for k, captured in enumerate(snapshot.batches(data, names)):
         for w in weights:
             rows = input_rows(w, captured[layer_input(w).name])
-            x1 = with_ones(rows[_pick(len(rows), k)])
-            grams[w.tensor.name] = grams.get(w.tensor.name, 0.0) + x1.T @ x1
+            part = _gram(_by_group(w, rows[_pick(len(rows), k)]))
+            grams[w.tensor.name] = grams.get(w.tensor.name, 0.0) + part
     return grams
 
 
 def refit_alone(w: Weight, slot: BiasSlot, gram: np.ndarray, before: np.ndarray,
-                bias_before: np.ndarray, keep: np.ndarray, damp: float) -> None:
-    """Refit one layer whose input is unchanged (targets = its own original outputs)."""
+                bias_before: np.ndarray, keep: np.ndarray, damp: float,
+                codebook: np.ndarray | None = None) -> None:
+    """Refit one layer whose input is unchanged (targets = its own original outputs); with a
+    codebook, onto its values."""
     rows = w.to_rows(before).astype(np.float64) * w.gain
     full = np.hstack([rows, (bias_before * slot.scale)[:, None]])
-    _set_fit(w, slot, *masked_lstsq(gram, gram @ full.T, w.to_rows(keep), damp, prior=rows))
+    per = rows.shape[0] // len(gram)
+    cross = np.stack([gram[g] @ full[g * per:(g + 1) * per].T for g in range(len(gram))])
+    _set_fit(w, slot, *_solve(w, gram, cross, w.to_rows(keep), damp, rows, codebook))
 
 
 def _set_fit(w: Weight, slot: BiasSlot, rows: np.ndarray, bias: np.ndarray) -> None:
@@ -81,7 +124,8 @@ def _set_fit(w: Weight, slot: BiasSlot, rows: np.ndarray, bias: np.ndarray) -> N
 
 @dataclass
 class Refit:
-    """One layer of a refit sweep; `keep` None means bias correction only (mean statistic)."""
+    """One layer of a refit sweep; `keep` None means bias correction only (mean statistic);
+    a `codebook` restricts the refit weights to its values."""
 
     weight: Weight
     slot: BiasSlot
@@ -89,6 +133,7 @@ class Refit:
     bias_before: np.ndarray
     keep: np.ndarray | None = None
     stat_before: np.ndarray | None = None
+    codebook: np.ndarray | None = None
 
 
 def refit_sweep(graph: gs.Graph, layers: Sequence[Refit], snapshot: Snapshot, data: Dataset,
@@ -113,7 +158,8 @@ def refit_sweep(graph: gs.Graph, layers: Sequence[Refit], snapshot: Snapshot, da
             was = (b[name] for b in snapshot.batches(data, [name]))
             gram, cross = _normal_equations(c, now, was)
             prior = c.weight.to_rows(c.before).astype(np.float64) * c.weight.gain
-            fit = masked_lstsq(gram, cross, c.weight.to_rows(c.keep), damp, prior=prior)
+            fit = _solve(c.weight, gram, cross, c.weight.to_rows(c.keep), damp, prior,
+                         c.codebook)
             _set_fit(c.weight, c.slot, *fit)
         changes[c.weight.tensor.name] = (
             np.asarray(c.slot.tensor.values, dtype=np.float64) - c.bias_before
@@ -123,16 +169,22 @@ def refit_sweep(graph: gs.Graph, layers: Sequence[Refit], snapshot: Snapshot, da
 
 def _normal_equations(c: Refit, now: Iterable[np.ndarray], was: Iterable[np.ndarray]
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Gram of the compressed input rows and their cross term with the reference outputs."""
+    """Grams of the compressed input rows and their cross terms with the reference outputs,
+    per group: (G, f+1, f+1) and (G, f+1, O/G)."""
     w = c.weight
     target = w.to_rows(c.before).astype(np.float64) * w.gain
     bias = c.bias_before.astype(np.float64) * c.slot.scale
+    g = groups(w)
+    per = target.shape[0] // g
     gram = cross = 0.0
     for k, (x_now, x_was) in enumerate(zip(now, was)):
         rows_now = input_rows(w, x_now)
         pick = _pick(len(rows_now), k)
-        x1 = with_ones(rows_now[pick])
-        y = input_rows(w, x_was)[pick].astype(np.float64) @ target.T + bias
-        gram = gram + x1.T @ x1
-        cross = cross + x1.T @ y
+        parts_now = _by_group(w, rows_now[pick])
+        parts_was = _by_group(w, input_rows(w, x_was)[pick].astype(np.float64))
+        gram = gram + _gram(parts_now)
+        cross = cross + np.stack([
+            with_ones(parts_now[i]).T @ (parts_was[i] @ target[i * per:(i + 1) * per].T
+                                         + bias[i * per:(i + 1) * per])
+            for i in range(g)])
     return gram, cross

@@ -155,6 +155,54 @@ def _solve_rows(
     return w, sol[:, -1]
 
 
+def _ridge_optimum(gram: np.ndarray, cross: np.ndarray, lam: float, prior: np.ndarray | None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(H, W*, U): the ridge Hessian (the bias unpulled), the unmasked optimum rows (O, K+1)
+    and the upper Cholesky factor of H^-1 (H^-1 = U^T U)."""
+    k = gram.shape[0] - 1
+    reg = np.full(k + 1, lam)
+    reg[-1] = 0.0
+    h = gram + np.diag(reg)
+    rhs = cross.astype(np.float64)
+    if prior is not None:
+        rhs = rhs.copy()
+        rhs[:k] += lam * prior.T
+    return h, np.linalg.solve(h, rhs).T, np.linalg.cholesky(np.linalg.inv(h)).T
+
+
+def quantize_lstsq(gram: np.ndarray, cross: np.ndarray, keep: np.ndarray, codebook: np.ndarray,
+                   damp: float = 0.01, prior: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Weights restricted to `codebook` values (zeros where `keep` is False) that reproduce the
+    targets, and the bias: GPTQ's sweep (Frantar et al., ICLR 2023) with a k-means codebook as
+    the grid. From the unmasked ridge optimum, column by column, each weight goes to its
+    nearest codebook value and the error moves into the later columns and the bias,
+
+        err = (w[j] - q[j]) / U[j, j];   w[j:] -= err * U[j, j:]
+
+    so the layer's outputs, not each weight, stay close. Same arguments as `masked_lstsq`;
+    `codebook` holds the nonzero values a kept weight may take."""
+    k = keep.shape[1]
+    lam = max(damp * ridge_scale(gram), 1e-12)
+    _, w, upper = _ridge_optimum(gram, cross, lam, prior)
+    book = np.sort(np.asarray(codebook, dtype=np.float64).reshape(-1))
+    for j in range(k):
+        q = np.where(keep[:, j], _nearest(book, w[:, j]), 0.0)
+        err = (w[:, j] - q) / upper[j, j]
+        w[:, j:] -= err[:, None] * upper[j, j:]
+        w[:, j] = q
+    return w[:, :k], w[:, k]
+
+
+def _nearest(book: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The value of sorted `book` nearest to each x."""
+    if len(book) == 1:
+        return np.full(len(x), book[0])
+    i = np.clip(np.searchsorted(book, x), 1, len(book) - 1)
+    lo, hi = book[i - 1], book[i]
+    return np.where(np.abs(x - lo) <= np.abs(hi - x), lo, hi)
+
+
 def _obs_then_cg(gram: np.ndarray, cross: np.ndarray, keep: np.ndarray, lam: float,
                  prior: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """The same solution for the whole layer at once: the ridge optimum W* without a mask,
@@ -168,15 +216,7 @@ def _obs_then_cg(gram: np.ndarray, cross: np.ndarray, keep: np.ndarray, lam: flo
     gradient steps on (w - w*)^T H (w - w*) over the kept weights (Jacobi preconditioned, all
     rows at once) that remove it."""
     o, k = keep.shape
-    reg = np.full(k + 1, lam)
-    reg[-1] = 0.0  # the bias is not pulled
-    h = gram + np.diag(reg)
-    rhs = cross.astype(np.float64)
-    if prior is not None:
-        rhs = rhs.copy()
-        rhs[:k] += lam * prior.T
-    target = np.linalg.solve(h, rhs).T  # (O, K+1): the unmasked optimum
-    upper = np.linalg.cholesky(np.linalg.inv(h)).T
+    h, target, upper = _ridge_optimum(gram, cross, lam, prior)
     w = target.copy()
     for j in range(k):
         pruned = ~keep[:, j]

@@ -48,7 +48,7 @@ import onnx_graphsurgeon as gs
 
 from ..compensate import Compensator
 from ..graph import Weight, fresh_name, iter_weights
-from ..kernels.kmeans import share_weights
+from ..kernels.kmeans import index_dtype, share_weights
 from ..kernels.masks import sparsity_of
 from ..scope import Scope, resolve_table
 from .base import Context, PassReport
@@ -78,6 +78,7 @@ class Config:
     exclude: tuple[str, ...] = ()  # layers left unclustered (names or patterns)
     form: Form = Form.DENSE
     bias_correction: bool = True  # when calibration data is available
+    refit: bool = True  # with calibration data: weights onto the codebook by least squares
     iterations: int = 1000  # max Lloyd iterations (each is O(k log n) on the sorted sample)
     fit_samples: int = 1 << 20  # k-means is fitted on at most this many sampled weights
     seed: int = 0  # sampling seed (only layers above fit_samples are sampled)
@@ -122,14 +123,14 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
             weights,
             calibration.snapshot(graph),
             calibration.data,
-            refit=False,
+            refit=cfg.refit,
             notes=report.notes,
             originals=before,
             progress=lambda m: ctx.progress("cluster: " + m),
         )
     elif cfg.bias_correction:
         report.notes.append("bias correction skipped: no calibration data")
-    codes = {}
+    books = {}
     for i, w in enumerate(weights):
         name = w.tensor.name
         ctx.progress(f"cluster: {i + 1}/{len(weights)} {w.layer} ({bits[name]} bits)")
@@ -137,17 +138,19 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
             w.values, bits[name], iters=cfg.iterations, fit_samples=cfg.fit_samples, seed=cfg.seed
         )
         w.set_values(codebook[indices])
-        if cfg.form is Form.GATHER:
-            codes[name] = (codebook, indices)
-        report.per_tensor[name] = _facts(w, before[name], codebook, bits[name], cfg.form)
+        books[name] = codebook
+    shifts = comp.sweep(weights, codebooks=books if cfg.refit else None) if comp else {}
     if comp is not None:
-        for name, shift in comp.sweep(weights).items():
-            report.per_tensor[name]["bias_corrected"] = True
-            report.per_tensor[name]["bias_shift"] = float(np.max(np.abs(shift), initial=0.0))
         comp.finish()
-    if cfg.form is Form.GATHER:
-        for w in weights:
-            to_gather(graph, w, *codes[w.tensor.name])
+    for w in weights:
+        name = w.tensor.name
+        report.per_tensor[name] = _facts(w, before[name], books[name], bits[name], cfg.form,
+                                         comp.method(w) if name in shifts else "none")
+        if name in shifts:
+            report.per_tensor[name]["bias_shift"] = float(np.max(np.abs(shifts[name]),
+                                                                 initial=0.0))
+        if cfg.form is Form.GATHER:
+            to_gather(graph, w, books[name], _indices(w.values, books[name]))
     graph.cleanup().toposort()
     report.modified = True
     report.notes.append(f"form: {cfg.form.value}; bits conv {cfg.bits_conv}, fc {cfg.bits_fc}, "
@@ -156,7 +159,7 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
 
 
 def _facts(
-    w: Weight, before: np.ndarray, codebook: np.ndarray, bits: int, form: Form
+    w: Weight, before: np.ndarray, codebook: np.ndarray, bits: int, form: Form, correction: str
 ) -> dict[str, Any]:
     after = w.values
     err2, ref2 = _sums_of_squares(after, before)
@@ -175,8 +178,15 @@ def _facts(
         "rmse": rmse,
         "relative_rmse": rmse / norm,
         "form": form.value,
-        "bias_corrected": False,
+        "correction": correction,  # "refit" (least squares onto the codebook), "bias", "none"
     }
+
+
+def _indices(values: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """The codebook index of every value (each value is exactly one of the codebook's)."""
+    order = np.argsort(codebook)
+    found = order[np.searchsorted(codebook[order], values)]
+    return found.astype(index_dtype(codebook.size))
 
 
 def _sums_of_squares(after: np.ndarray, before: np.ndarray, chunk: int = 1 << 22

@@ -2,7 +2,8 @@
 
 For each weight, the rest of the model untouched, the layer is pruned at each sparsity (with
 the same compensation the prune pass applies, fitted on the fit half of the calibration data)
-and, separately, clustered at each bit width (with bias correction); each time the model's
+and, separately, clustered at each bit width (refit onto the codebook where the layer allows,
+else bias correction: as the cluster pass does); each time the model's
 scored output on the held-out half is compared with the uncompressed model's, in the metric's
 smooth stand-in (metrics.distortion) and in the metric itself. A ladder stops at the first rung
 whose own drop already exceeds twice the whole budget: a rung above cannot be chosen.
@@ -101,7 +102,7 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
         for bits in (space.BITS[1:] if cluster else ()):
             book, idx = space.shared(original, bits)
             w.set_values(book[idx])
-            comp.alone(w)
+            comp.alone(w, codebook=book)  # as the cluster pass: onto the codebook, refit
             curve.cluster[bits] = cost()
             progress(f"search: {i + 1}/{len(weights)} {w.layer} {bits} bits "
                      f"drop {curve.cluster[bits][1]:+.2f}")
