@@ -62,7 +62,9 @@ def model_path() -> Path:
 
 def read_sentences(path: Path = DATA_DIR / "sentences.txt") -> list[str]:
     """One sentence per line, in file order."""
-    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def read_pairs(path: Path = DATA_DIR / "paraphrase_pairs.txt") -> list[tuple[int, int]]:
@@ -147,9 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     sentences = read_sentences(args.data / "sentences.txt")
     ids = [encode(s, vocab) for s in sentences]
     unknown = sum(seq.count(vocab["[UNK]"]) for seq in ids)
-    print(f"{len(sentences)} sentences, {sum(map(len, ids))} tokens ({unknown} [UNK]), "
-          f"{min(map(len, ids))}-{max(map(len, ids))} tokens each")
-    for name, part in (("minilm_calib.npz", ids[:CALIB_COUNT]), ("minilm_eval.npz", ids[CALIB_COUNT:])):
+    print(
+        f"{len(sentences)} sentences, {sum(map(len, ids))} tokens ({unknown} [UNK]), "
+        f"{min(map(len, ids))}-{max(map(len, ids))} tokens each"
+    )
+    for name, part in (
+        ("minilm_calib.npz", ids[:CALIB_COUNT]),
+        ("minilm_eval.npz", ids[CALIB_COUNT:]),
+    ):
         feed = pad_batch(part, vocab[PAD])
         np.savez_compressed(args.data / name, **feed)
         print(f"{args.data / name}: {feed['input_ids'].shape}")

@@ -40,7 +40,9 @@ def vocab_from_sentencepiece_notation(entries: list[str]) -> list[str]:
     for index, entry in enumerate(entries):
         if entry == _WORD_START:
             if index != 1:
-                raise ValueError(f"Expected the lone '▁' only at id 1 ([unused0]), found at {index}")
+                raise ValueError(
+                    f"Expected the lone '▁' only at id 1 ([unused0]), found at {index}"
+                )
             vocab.append("[unused0]")
         elif entry.startswith(_WORD_START):
             vocab.append(entry[1:])
@@ -57,7 +59,9 @@ def load_vocab(path: Path) -> dict[str, int]:
     if path.suffix == ".json":
         entries = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(entries, list):
-            raise ValueError(f"{path}: expected a JSON list of tokens, got {type(entries).__name__}")
+            raise ValueError(
+                f"{path}: expected a JSON list of tokens, got {type(entries).__name__}"
+            )
         tokens = vocab_from_sentencepiece_notation(entries)
     else:
         tokens = path.read_text(encoding="utf-8").split("\n")
