@@ -20,7 +20,7 @@ import onnxruntime as ort
 from fashion_mnist import load
 from onnx.helper import tensor_dtype_to_np_dtype
 
-ZOO = ("lenet300", "lenet5", "vgg", "resnet", "squeezenet")
+ZOO = ("lenet300", "lenet5", "vgg", "resnet", "squeezenet", "mobilenet", "vit")
 
 
 def count_parameters(model: onnx.ModelProto) -> int:

@@ -142,6 +142,128 @@ def squeezenet() -> nn.Module:
     ))  # fmt: skip
 
 
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018): global average pool, 1x1 conv down + SiLU,
+    1x1 conv up, then a sigmoid gate that rescales each channel of the input."""
+
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, reduced, 1)
+        self.expand = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = F.silu(self.reduce(F.adaptive_avg_pool2d(x, 1)))
+        return x * torch.sigmoid(self.expand(s))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNet-V2 inverted residual with squeeze-excitation, as in EfficientNet's MBConv
+    (Sandler et al. 2018, Tan & Le 2019): 1x1 expand + BN + act (skipped when expand == 1),
+    3x3 depthwise + BN + act, SE, 1x1 linear projection + BN, identity Add when the stride is 1
+    and the channel count is unchanged. `act` is nn.SiLU (swish) or nn.Hardswish."""
+
+    def __init__(self, cin: int, cout: int, expand: int, stride: int, act: type[nn.Module]) -> None:
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), act()]
+        layers += [
+            nn.Conv2d(hidden, hidden, 3, stride=stride, padding=1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden), act(),
+            SqueezeExcite(hidden, max(8, cin // 4)),
+            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        ]  # fmt: skip
+        self.body = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+def mobilenet() -> nn.Module:
+    """MobileNet-V2 / EfficientNet-style net for 28x28: 3x3 stem (16) + BN + SiLU, inverted
+    residual blocks with SE (SiLU at 28² and 14², hard-swish at 7²), 1x1 head conv (384) + BN +
+    hard-swish, global average pool, Dropout, Linear 384→10."""
+    silu, hswish = nn.SiLU, nn.Hardswish
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), silu(),
+        InvertedResidual(16, 16, 1, 1, silu),     # 28x28
+        InvertedResidual(16, 24, 6, 2, silu),     # 14x14
+        InvertedResidual(24, 24, 6, 1, silu),
+        InvertedResidual(24, 48, 6, 2, hswish),   # 7x7
+        InvertedResidual(48, 48, 6, 1, hswish),
+        InvertedResidual(48, 96, 6, 1, hswish),
+        InvertedResidual(96, 96, 6, 1, hswish),
+        nn.Conv2d(96, 384, 1, bias=False), nn.BatchNorm2d(384), hswish(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(384, 10),
+    )  # fmt: skip
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention written out (Vaswani et al. 2017): one Linear for q, k, v,
+    softmax(q kᵀ / √d) v per head, an output Linear."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        qkv = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(n, t, d))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer encoder block: x + MSA(LN(x)), then x + MLP(LN(x)) with GELU."""
+
+    def __init__(self, dim: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """A small ViT (Dosovitskiy et al. 2021) for 28x28: non-overlapping patches embedded by a
+    strided conv, a class token, learned position embeddings, pre-norm encoder blocks, a final
+    LayerNorm and a Linear head on the class token."""
+
+    def __init__(
+        self, patch: int = 4, dim: int = 128, depth: int = 6, heads: int = 4, hidden: int = 256
+    ) -> None:
+        super().__init__()
+        tokens = (28 // patch) ** 2
+        self.embed = nn.Conv2d(1, dim, patch, stride=patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[EncoderBlock(dim, heads, hidden) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x).flatten(2).transpose(1, 2)  # (N, tokens, dim)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+def vit() -> nn.Module:
+    """ViT: 7x7 patches (16 tokens + class token), width 96, 6 blocks of 4 heads, MLP 192.
+    (4x4 patches cost 3x more per step, too much for this machine's training budget.)"""
+    return VisionTransformer(patch=7, dim=96, depth=6, heads=4, hidden=192)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How one zoo model is built and trained."""
@@ -152,6 +274,7 @@ class Recipe:
     lr: float  # peak learning rate of the one-cycle schedule
     weight_decay: float
     augment: bool  # random horizontal flip and ±2 px translation
+    exporter: str = "torchscript"  # or "dynamo" (torch.export-based); see export()
 
 
 RECIPES: dict[str, Recipe] = {
@@ -160,7 +283,10 @@ RECIPES: dict[str, Recipe] = {
     "vgg": Recipe(vgg, 6, "sgd", 0.1, 5e-4, True),
     "resnet": Recipe(resnet, 8, "sgd", 0.1, 5e-4, True),
     "squeezenet": Recipe(squeezenet, 8, "adamw", 0.002, 5e-4, True),
+    "mobilenet": Recipe(mobilenet, 8, "sgd", 0.1, 5e-4, True),
+    "vit": Recipe(vit, 12, "adamw", 0.001, 0.05, True, exporter="dynamo"),
 }
+BN_KEPT = ("vgg", "resnet", "mobilenet")  # models whose export must keep BatchNormalization
 
 # ---------------------------------------------------------------------------------------------
 # Training
@@ -333,9 +459,9 @@ def gemm_from_transposed_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def export(model: nn.Module, path: Path) -> onnx.ModelProto:
-    """Export with the TorchScript exporter (opset 17, dynamic batch, BN kept) and check it."""
-    dummy = torch.zeros(2, 1, 28, 28)
+def _export_torchscript(model: nn.Module, dummy: torch.Tensor, path: Path) -> None:
+    """The TorchScript exporter, constant folding off: BN nodes stay, a Linear on a 3-D input
+    becomes MatMul(x, Transpose(W)) + Add."""
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated but keeps BN nodes
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
@@ -349,7 +475,42 @@ def export(model: nn.Module, path: Path) -> onnx.ModelProto:
             output_names=["logits"],
             dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
         )
+
+
+def _export_dynamo(model: nn.Module, dummy: torch.Tensor, path: Path) -> None:
+    """The torch.export-based exporter (needs onnxscript) with its graph optimizer: Linear
+    weights become pre-transposed MatMul initializers with generated names (`val_13`), nodes are
+    named after ATen ops (`node_layer_norm`). It builds opset 18 and converts down to 17; a
+    model whose conversion fails (ReduceMean in the MobileNet's SE blocks) stays at 18, which is
+    an error here. Its optimizer also folds eval-mode BatchNorm into Conv, so BN nets use the
+    TorchScript exporter."""
+    program = torch.onnx.export(
+        model,
+        (dummy,),
+        dynamo=True,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_shapes=({0: torch.export.Dim("N")},),
+        optimize=True,
+        verbose=False,
+    )
+    program.save(str(path))
+
+
+def export(model: nn.Module, path: Path, exporter: str = "torchscript") -> onnx.ModelProto:
+    """Export with the given exporter (opset 17, dynamic batch, weights inline) and check it."""
+    dummy = torch.zeros(2, 1, 28, 28)
+    if exporter == "torchscript":
+        _export_torchscript(model, dummy, path)
+    elif exporter == "dynamo":
+        _export_dynamo(model, dummy, path)
+    else:
+        raise ValueError(f"Expected exporter 'torchscript' or 'dynamo', got {exporter!r}")
     proto = gemm_from_transposed_matmul(inline_identities(onnx.load(str(path))))
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if opset != 17:
+        raise RuntimeError(f"{path}: expected opset 17 from the {exporter} exporter, got {opset}")
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
     return proto
@@ -379,8 +540,9 @@ def run_one(name: str, epochs: int, seed: int, out: Path) -> dict:
     """Train, export, verify one model; returns its training record."""
     model, record = fit(name, epochs, seed)
     path = out / f"{name}.onnx"
-    proto = export(model, path)
-    if name in ("vgg", "resnet") and count_ops(proto, "BatchNormalization") == 0:
+    proto = export(model, path, RECIPES[name].exporter)
+    record["exporter"] = RECIPES[name].exporter
+    if name in BN_KEPT and count_ops(proto, "BatchNormalization") == 0:
         raise RuntimeError(f"{path}: expected BatchNormalization nodes, the exporter folded them")
     diff = check_against_torch(model, path, load("test", limit=256)[0])
     if diff > 1e-3:

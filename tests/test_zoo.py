@@ -21,7 +21,8 @@ if str(ROOT) not in sys.path:  # `import models.…` from the repo root, however
 from models import fashion_mnist, materialize
 
 ZOO_DIR = ROOT / "models"
-ZOO = ("lenet300", "lenet5", "vgg", "resnet", "squeezenet")
+ZOO = ("lenet300", "lenet5", "vgg", "resnet", "squeezenet", "mobilenet", "vit")
+BN_KEPT = ("vgg", "resnet", "mobilenet")
 TOLERANCE = 1.5  # points of top-1
 
 
@@ -56,7 +57,7 @@ def test_model_interface_has_dynamic_batch(name: str) -> None:
     assert (inp.name, out.name) == ("input", "logits")
     assert not isinstance(inp.shape[0], int) and inp.shape[1:] == [1, 28, 28]
     assert not isinstance(out.shape[0], int) and out.shape[1:] == [10]
-    for batch in (1, 3):
+    for batch in (1, 7):
         x = np.zeros((batch, 1, 28, 28), np.float32)
         assert sess.run(["logits"], {"input": x})[0].shape == (batch, 10)
 
@@ -66,7 +67,29 @@ def test_weights_inline_and_bn_kept(name: str) -> None:
     model = onnx.load(str(ZOO_DIR / f"{name}.onnx"), load_external_data=False)
     assert all(t.data_location == onnx.TensorProto.DEFAULT for t in model.graph.initializer)
     bn = sum(n.op_type == "BatchNormalization" for n in model.graph.node)
-    assert (bn > 0) == (name in ("vgg", "resnet"))
+    assert (bn > 0) == (name in BN_KEPT)
+
+
+# The patterns each newer architecture must show in its graph (what the passes will meet).
+SIGNATURE_OPS = {
+    "mobilenet": {"Conv", "BatchNormalization", "Sigmoid", "Mul", "HardSwish", "Add",
+                  "GlobalAveragePool", "Gemm"},  # SiLU = Sigmoid·Mul, SE gate = Sigmoid
+    "vit": {"Conv", "MatMul", "Transpose", "LayerNormalization", "Softmax", "Erf", "Gemm"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(SIGNATURE_OPS))
+def test_new_architectures_have_their_ops(name: str) -> None:
+    model = onnx.load(str(ZOO_DIR / f"{name}.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert SIGNATURE_OPS[name] <= ops, SIGNATURE_OPS[name] - ops
+    assert [(o.domain, o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")] == [
+        ("", 17)
+    ]
+    if name == "mobilenet":  # depthwise 3x3 convs: group == channels
+        groups = [a.i for n in model.graph.node if n.op_type == "Conv" for a in n.attribute
+                  if a.name == "group"]  # fmt: skip
+        assert max(groups) > 1
 
 
 @pytest.mark.parametrize("name", ZOO)
