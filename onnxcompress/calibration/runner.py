@@ -43,16 +43,18 @@ def structure_key(graph: gs.Graph) -> tuple:
 class GraphSession:
     """One ONNX Runtime session over `graph` returning `outputs` (default: the graph's own),
     with the initializers named in `variable` fed on every run (their current values in the
-    graph, or `overrides`). Tensors named in `outputs` that are graph inputs are passed
-    through from the feeds."""
+    graph, or in `values` when the session runs a copy of part of it, or `overrides`).
+    Tensors named in `outputs` that are graph inputs are passed through from the feeds."""
 
     def __init__(self, graph: gs.Graph, outputs: Sequence[str] | None = None,
-                 variable: Sequence[str] = (), threads: int | None = 1):
+                 variable: Sequence[str] = (), threads: int | None = 1,
+                 values: gs.Graph | None = None):
         tensors = graph.tensors()
         names = list(dict.fromkeys(outputs)) if outputs is not None else [
             t.name for t in graph.outputs]
         inputs = {t.name for t in graph.inputs}
         self.graph = graph
+        self.values = values or graph  # whose current constants the variable inputs take
         self.outputs = names
         self.from_feeds = [n for n in names if n in inputs]
         self.fetch = [n for n in names if n not in inputs]
@@ -71,7 +73,7 @@ class GraphSession:
 
     def current(self, overrides: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """The variable initializers' values: `overrides`, else what the graph holds now."""
-        tensors = self.graph.tensors()
+        tensors = self.values.tensors()
         out = {}
         for name in self.variable:
             value = (overrides or {}).get(name)

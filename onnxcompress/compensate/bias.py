@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..calibration.runner import GraphSession
+from ..calibration.segments import incremental_inputs
 from ..data import Dataset
-from ..graph import Weight, conv_geometry, downstream_nodes, fresh_name
+from ..graph import Weight, conv_geometry, fresh_name
 from ..kernels.bias import conv_output_mean, conv_patch_mean, fc_output_mean
 
 
@@ -167,24 +167,16 @@ def correct_biases(
     progress: Callable[[str], None] = lambda m: None,
 ) -> dict[str, np.ndarray]:
     """Sequential bias correction (topological order); returns weight name -> output shift.
-    One session serves the sweep: the biases are its inputs."""
-    if not layers:
-        return {}
-    sess = GraphSession(graph, [layer_input(c.weight).name for c in layers],
-                        variable=[c.slot.tensor.name for c in layers], threads=threads)
-    dirty: set[str] = set()  # nodes downstream of a correction since the last capture
-    means: dict[str, np.ndarray] = {}
+    Each layer's input is computed from the previous layer's on: one pass over the model."""
     shifts = {}
-    for i, c in enumerate(layers):
-        if not means or c.weight.node.name in dirty:
-            progress(f"bias correction {i + 1}/{len(layers)}")
-            means, dirty = sess.means(data), set()
-        stat_now = layer_stat(c.weight, means[layer_input(c.weight).name])
+    inputs = incremental_inputs(graph, [c.weight.node for c in layers], data, threads)
+    for i, (c, (_, now)) in enumerate(zip(layers, inputs)):
+        progress(f"bias correction {i + 1}/{len(layers)}")
+        name = layer_input(c.weight).name
+        mean = sum(b[name].astype(np.float64).sum(axis=0) for b in now) / len(data)
         delta = output_mean(c.weight, c.before, c.stat_before) - output_mean(
-            c.weight, c.weight.values, stat_now
-        )
+            c.weight, c.weight.values, layer_stat(c.weight, mean))
         c.slot.shift(delta)
-        dirty |= downstream_nodes(c.weight.node)
         shifts[c.weight.tensor.name] = delta
     return shifts
 

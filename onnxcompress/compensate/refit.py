@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..calibration.runner import GraphSession
+from ..calibration.segments import incremental_inputs
 from ..calibration.service import Snapshot
 from ..data import Dataset
 from ..graph import Weight, conv_geometry
@@ -140,23 +140,22 @@ def refit_sweep(graph: gs.Graph, layers: Sequence[Refit], snapshot: Snapshot, da
                 damp: float = 0.01, threads: int | None = 1,
                 progress: Callable[[str], None] = lambda m: None) -> dict[str, np.ndarray]:
     """Refit (or bias-correct) each layer in topological order against the reference outputs,
-    on its input in the current compressed graph; returns weight name -> bias change. One
-    session serves the sweep: the layers' weights and biases are its inputs."""
-    names = [layer_input(c.weight).name for c in layers]
-    variable = [t.name for c in layers for t in (c.weight.tensor, c.slot.tensor)]
-    sess = GraphSession(graph, names, variable=variable, threads=threads)
+    on its input in the current compressed graph; returns weight name -> bias change. Each
+    layer's input is computed from the previous layer's on (segments.py): one pass over the
+    model for the whole sweep."""
     changes = {}
-    for i, c in enumerate(layers):
+    inputs = incremental_inputs(graph, [c.weight.node for c in layers], data, threads)
+    for i, (c, (_, now)) in enumerate(zip(layers, inputs)):
         progress(f"refit {i + 1}/{len(layers)} {c.weight.layer}")
         name = layer_input(c.weight).name
+        x_now = [b[name] for b in now]
         if c.keep is None:
-            stat_now = layer_stat(c.weight, sess.means(data)[name])
+            mean = sum(x.astype(np.float64).sum(axis=0) for x in x_now) / len(data)
             c.slot.shift(output_mean(c.weight, c.before, c.stat_before)
-                         - output_mean(c.weight, c.weight.values, stat_now))
+                         - output_mean(c.weight, c.weight.values, layer_stat(c.weight, mean)))
         else:
-            now = (b[name] for b in sess.batches(data))
             was = (b[name] for b in snapshot.batches(data, [name]))
-            gram, cross = _normal_equations(c, now, was)
+            gram, cross = _normal_equations(c, x_now, was)
             prior = c.weight.to_rows(c.before).astype(np.float64) * c.weight.gain
             fit = _solve(c.weight, gram, cross, c.weight.to_rows(c.keep), damp, prior,
                          c.codebook)

@@ -20,16 +20,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..calibration import GraphSession, Snapshot
-from ..calibration.service import variable_tensors
+from ..calibration import Snapshot
+from ..calibration.segments import capture, frontier, needed, run_batches, subgraph_session
 from ..compensate import Compensator
 from ..data import Dataset
-from ..graph import Weight, iter_weights
+from ..graph import Weight, downstream_nodes, iter_weights
 from ..kernels.masks import apply_mask, magnitude_mask
 from ..metrics import Metric, distortion, drop
 from . import space
 
 SIZE_SAMPLE = 1 << 20  # elements priced exactly; larger tensors are priced on a slice and scaled
+CURVE_SAMPLES = 256  # held-out samples the curves are measured on (the trials use them all)
 
 
 @dataclass
@@ -55,15 +56,33 @@ class Curve:
         return self.prune[setting.sparsity][1] + self.cluster[setting.bits][1]
 
 
-class _Outputs:
-    """The scored output of the live work graph on the held-out data (one session)."""
+class _Downstream:
+    """The scored output with one layer changed: only that layer and what follows it run, fed
+    the frontier values the rest of the model had (captured once for every layer)."""
 
-    def __init__(self, graph: gs.Graph, output: str, data: Dataset, threads: int | None):
-        self.sess = GraphSession(graph, [output], variable_tensors(graph), threads)
-        self.output, self.data = output, data
+    def __init__(self, graph: gs.Graph, weights: list[Weight], slots: dict, output: str,
+                 data: Dataset, threads: int | None):
+        self.output = output
+        first = next(data.batches())
+        plans = {}
+        for w in weights:
+            slot = slots.get(w.tensor.name)
+            variable = [w.tensor.name] + ([slot.tensor.name] if slot is not None else [])
+            after = downstream_nodes(w.node) | {w.node.name}
+            nodes = [n for n in needed(graph, [output], set()) if n.name in after]
+            plans[w.tensor.name] = (nodes, frontier(nodes), variable)
+        names = {n for _, inputs, _ in plans.values() for n in inputs}
+        self.state = capture(graph, sorted(names), data, threads)
+        self.sessions = {
+            name: subgraph_session(graph, nodes, inputs, [output], {**first, **self.state[0]},
+                                   variable, threads)
+            for name, (nodes, inputs, variable) in plans.items() if nodes}
 
-    def __call__(self) -> np.ndarray:
-        return np.concatenate([b[self.output] for b in self.sess.batches(self.data)])
+    def __call__(self, w: Weight) -> np.ndarray | None:
+        sess = self.sessions.get(w.tensor.name)
+        if sess is None:  # the layer does not reach the scored output
+            return None
+        return np.concatenate([b[self.output] for b in run_batches(sess, self.state)])
 
 
 def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, output: str,
@@ -76,11 +95,14 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
     weights = iter_weights(work)
     progress("search: collecting calibration statistics")
     comp = Compensator(work, weights, reference, fit, refit=True)
+    held = held.head(min(len(held), CURVE_SAMPLES))
     want = reference.outputs(held, output)
-    outputs = _Outputs(work, output, held, threads)
+    run = _Downstream(work, weights, comp.slots, output, held, threads)
 
-    def cost() -> tuple[float, float]:
-        got = outputs()
+    def cost(w: Weight) -> tuple[float, float]:
+        got = run(w)
+        if got is None:
+            return 0.0, 0.0
         return distortion(metric, got, want), drop(metric, got, want, held.labels, held.targets)
 
     curves = []
@@ -93,7 +115,7 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
             keep = magnitude_mask(original, s)
             w.set_values(apply_mask(original, keep))
             comp.alone(w, keep)
-            curve.prune[s] = cost()
+            curve.prune[s] = cost(w)
             progress(f"search: {i + 1}/{len(weights)} {w.layer} s={s:g} "
                      f"drop {curve.prune[s][1]:+.2f}")
             if curve.prune[s][1] > 2 * budget:
@@ -103,7 +125,7 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
             book, idx = space.shared(original, bits)
             w.set_values(book[idx])
             comp.alone(w, codebook=book)  # as the cluster pass: onto the codebook, refit
-            curve.cluster[bits] = cost()
+            curve.cluster[bits] = cost(w)
             progress(f"search: {i + 1}/{len(weights)} {w.layer} {bits} bits "
                      f"drop {curve.cluster[bits][1]:+.2f}")
             if curve.cluster[bits][1] > 2 * budget:
