@@ -98,7 +98,8 @@ def compress(input_path: str | Path, output_path: str | Path, *,
         report.stages.append(evaluator.stage("original", base_size, base_size, base_run))
     else:
         report.stages.append(StageRow("original", base_size, 1.0))
-    calibration = Calibration(calib_ds, scored, chosen) if calib_ds else None
+    # every core for calibration (the latency figures use one thread, by design)
+    calibration = Calibration(calib_ds, scored, chosen, threads=None) if calib_ds else None
     ctx = Context(calibration, progress)
     plan = None
     if searching and calibration is None:

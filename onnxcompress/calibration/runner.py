@@ -63,8 +63,10 @@ class GraphSession:
         model = gs.export_onnx(graph, do_type_check=False)
         del model.graph.output[:]
         for name in self.fetch:
+            t = tensors[name]  # a tensor of unknown type is left for ONNX Runtime to infer
             model.graph.output.append(
-                onnx.helper.make_tensor_value_info(name, elem_type(tensors[name]), None))
+                onnx.helper.make_tensor_value_info(name, elem_type(t), None)
+                if t.dtype is not None else onnx.helper.make_empty_tensor_value_info(name))
         inits = {t.name: t for t in model.graph.initializer}
         for name in self.variable:
             t = inits[name]

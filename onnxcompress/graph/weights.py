@@ -26,8 +26,8 @@ WEIGHT_INPUTS: dict[str, tuple[int, str]] = {
 }
 
 # ops through which a stored weight may be decoded in-graph before it reaches its layer
-DECODE_OPS = frozenset({"Gather", "Reshape", "Identity", "Cast", "Mul", "DequantizeLinear",
-                        "Unsqueeze", "Transpose"})
+DECODE_OPS = frozenset({"Gather", "Reshape", "Identity", "Cast", "Mul", "Add",
+                        "DequantizeLinear", "Unsqueeze", "Transpose"})
 
 
 @dataclass
@@ -184,7 +184,7 @@ def weight_size(node: gs.Node, index: int) -> int | None:
     producer = tensor.inputs[0]
     if producer.op == "Gather":  # codebook[indices]: as many as the indices
         return weight_size(producer, 1)
-    if producer.op == "Mul":
+    if producer.op in ("Mul", "Add"):
         sizes = [weight_size(producer, i) for i in range(len(producer.inputs))]
         return None if None in sizes else max(sizes)
     return weight_size(producer, 0)
@@ -204,6 +204,8 @@ def _eval_decoder(node: gs.Node, vals: list[np.ndarray]) -> np.ndarray:
         return vals[0].astype(to)
     if op == "Mul":
         return vals[0] * vals[1]
+    if op == "Add":
+        return vals[0] + vals[1]
     if op == "Transpose":
         perm = node.attrs.get("perm")
         return np.transpose(vals[0], None if perm is None else list(perm))

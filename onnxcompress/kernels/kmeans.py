@@ -225,3 +225,29 @@ def _centroids(nz: np.ndarray, k: int, iters: int, fit_samples: int, seed: int) 
             return distinct  # already shared (e.g. clustered twice): keep it lossless
     c = lloyd_sorted(xs, linear_init(xs[0], xs[-1], min(k, distinct.size)), iters)
     return refill_empty(xs, c, iters)
+
+
+def share_rows(w: np.ndarray, bits: int, *, iters: int = 1000, fit_samples: int = 1 << 20,
+               seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Row-standardized sharing of a table (R, D): every row keeps its own mean and standard
+    deviation, and one codebook serves the standardized values of all rows,
+
+        w[r] ~ mean[r] + std[r] * codebook[indices[r]]          (`rows_value`)
+
+    so rows of very different scales (an embedding's frequent and rare tokens) are shared with
+    the same relative precision. Returns (codebook, indices, mean, std), all float32 but the
+    indices."""
+    w32 = w.astype(np.float32)
+    mean = w32.mean(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+    std = w32.std(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+    std[std == 0] = 1.0
+    z = (w32 - mean) / std
+    codebook, indices = share_weights(z, bits, iters=iters, fit_samples=fit_samples, seed=seed)
+    return codebook.astype(np.float32), indices, mean, std
+
+
+def rows_value(codebook: np.ndarray, indices: np.ndarray, mean: np.ndarray, std: np.ndarray
+               ) -> np.ndarray:
+    """The table `share_rows` encodes, computed as the graph decodes it (Mul, then Add, in
+    float32), so both give the same bits."""
+    return codebook[indices] * std + mean

@@ -30,8 +30,20 @@ so the .onnx file itself shrinks and runs on stock ONNX Runtime with outputs ide
 dense form. Gather form should be the last pass that edits weights: later passes see the
 weight as a computed tensor, not a constant.
 
-Bias correction (Nagel et al. 2019; compensate/bias.py) restores each layer's per-channel
-output mean on the calibration data, layer by layer, after clustering.
+Embedding tables (a Gather's table) without pruned zeros are shared by rows: each row keeps
+its mean and standard deviation (float32) and one codebook serves the standardized values,
+
+    E[r] = mean[r] + std[r] * codebook[indices[r]],
+
+decoded in-graph by Gather, Mul and Add (ONNX Runtime folds it once when the session starts;
+the container stores the indices Huffman-coded). Measured on paraphrase-MiniLM-L3-v2 at 5 bits
+it halves the loss of one codebook for the whole table (cosine to the original 99.90 vs 99.80):
+token rows differ in scale, and the LayerNormalization that follows forgives a row's mean.
+
+With calibration data, layers the refit supports are fitted onto their codebook (GPTQ's sweep,
+compensate/refit.py): each weight takes the codebook value that keeps the layer's outputs, not
+the nearest one; the others get bias correction (Nagel et al. 2019; compensate/bias.py), which
+restores each layer's per-channel output mean, layer by layer, after clustering.
 """
 
 from __future__ import annotations
@@ -48,7 +60,7 @@ import onnx_graphsurgeon as gs
 
 from ..compensate import Compensator
 from ..graph import Weight, fresh_name, iter_weights
-from ..kernels.kmeans import index_dtype, share_weights
+from ..kernels.kmeans import index_dtype, rows_value, share_rows, share_weights
 from ..kernels.masks import sparsity_of
 from ..scope import Scope, resolve_table
 from .base import Context, PassReport
@@ -79,6 +91,7 @@ class Config:
     form: Form = Form.DENSE
     bias_correction: bool = True  # when calibration data is available
     refit: bool = True  # with calibration data: weights onto the codebook by least squares
+    embedding_rows: bool = True  # embedding tables without zeros: shared by rows (see above)
     iterations: int = 1000  # max Lloyd iterations (each is O(k log n) on the sorted sample)
     fit_samples: int = 1 << 20  # k-means is fitted on at most this many sampled weights
     seed: int = 0  # sampling seed (only layers above fit_samples are sampled)
@@ -130,26 +143,34 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
         )
     elif cfg.bias_correction:
         report.notes.append("bias correction skipped: no calibration data")
-    books = {}
+    books, rows = {}, {}
     for i, w in enumerate(weights):
         name = w.tensor.name
         ctx.progress(f"cluster: {i + 1}/{len(weights)} {w.layer} ({bits[name]} bits)")
-        codebook, indices = share_weights(
-            w.values, bits[name], iters=cfg.iterations, fit_samples=cfg.fit_samples, seed=cfg.seed
-        )
+        opts = {"iters": cfg.iterations, "fit_samples": cfg.fit_samples, "seed": cfg.seed}
+        if cfg.embedding_rows and by_rows(w):
+            rows[name] = share_rows(w.values, bits[name], **opts)
+            w.set_values(rows_value(*rows[name]))
+            books[name] = rows[name][0]
+            continue
+        codebook, indices = share_weights(w.values, bits[name], **opts)
         w.set_values(codebook[indices])
         books[name] = codebook
-    shifts = comp.sweep(weights, codebooks=books if cfg.refit else None) if comp else {}
+    shared = {n: b for n, b in books.items() if n not in rows}
+    shifts = comp.sweep(weights, codebooks=shared if cfg.refit else None) if comp else {}
     if comp is not None:
         comp.finish()
     for w in weights:
         name = w.tensor.name
-        report.per_tensor[name] = _facts(w, before[name], books[name], bits[name], cfg.form,
+        report.per_tensor[name] = _facts(w, before[name], books[name], bits[name],
+                                         "rows" if name in rows else cfg.form.value,
                                          comp.method(w) if name in shifts else "none")
         if name in shifts:
             report.per_tensor[name]["bias_shift"] = float(np.max(np.abs(shifts[name]),
                                                                  initial=0.0))
-        if cfg.form is Form.GATHER:
+        if name in rows:
+            to_rows_form(graph, w, *rows[name])
+        elif cfg.form is Form.GATHER:
             to_gather(graph, w, books[name], _indices(w.values, books[name]))
     graph.cleanup().toposort()
     report.modified = True
@@ -158,8 +179,13 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
     return report
 
 
+def by_rows(w: Weight) -> bool:
+    """Whether an embedding table is shared by rows: 2-D and without pruned zeros."""
+    return w.kind == "embedding" and w.values.ndim == 2 and bool(np.all(w.values != 0))
+
+
 def _facts(
-    w: Weight, before: np.ndarray, codebook: np.ndarray, bits: int, form: Form, correction: str
+    w: Weight, before: np.ndarray, codebook: np.ndarray, bits: int, form: str, correction: str
 ) -> dict[str, Any]:
     after = w.values
     err2, ref2 = _sums_of_squares(after, before)
@@ -177,7 +203,7 @@ def _facts(
         "distinct_nonzero": int(np.count_nonzero(codebook)),
         "rmse": rmse,
         "relative_rmse": rmse / norm,
-        "form": form.value,
+        "form": form,
         "correction": correction,  # "refit" (least squares onto the codebook), "bias", "none"
     }
 
@@ -203,11 +229,31 @@ def _sums_of_squares(after: np.ndarray, before: np.ndarray, chunk: int = 1 << 22
     return err2, ref2
 
 
-def to_gather(graph: gs.Graph, w: Weight, codebook: np.ndarray, indices: np.ndarray) -> None:
-    """Replace the constant weight by Gather(codebook, Cast(indices, INT32)) for every consumer."""
+def to_rows_form(graph: gs.Graph, w: Weight, codebook: np.ndarray, indices: np.ndarray,
+                 mean: np.ndarray, std: np.ndarray) -> None:
+    """Replace a table shared by rows by Add(Mul(Gather(codebook, indices), std), mean)."""
     name = w.tensor.name
+    decoded = to_gather(graph, w, codebook, indices, name=fresh_name(graph, name + "_z"))
+    scaled = gs.Variable(fresh_name(graph, name + "_scaled"), dtype=np.float32)
+    table = gs.Variable(name, dtype=np.float32, shape=list(indices.shape))
+    consumers = list(decoded.outputs)
+    graph.nodes.append(gs.Node("Mul", fresh_name(graph, name + "_std"), inputs=[
+        decoded, gs.Constant(fresh_name(graph, name + "_row_std"), std)], outputs=[scaled]))
+    graph.nodes.append(gs.Node("Add", fresh_name(graph, name + "_mean"), inputs=[
+        scaled, gs.Constant(fresh_name(graph, name + "_row_mean"), mean)], outputs=[table]))
+    for node in consumers:
+        for i, t in enumerate(node.inputs):
+            if t is decoded:
+                node.inputs[i] = table
+
+
+def to_gather(graph: gs.Graph, w: Weight, codebook: np.ndarray, indices: np.ndarray,
+              name: str | None = None) -> gs.Variable:
+    """Replace the constant weight by Gather(codebook, Cast(indices, INT32)) for every consumer
+    (the decoded tensor takes the weight's name, or `name`); returns it."""
+    name = name or w.tensor.name
     consumers = list(w.tensor.outputs)
-    w.tensor.name = fresh_name(graph, name + "_dense")  # the old constant goes at cleanup
+    w.tensor.name = fresh_name(graph, w.tensor.name + "_dense")  # the old constant goes at cleanup
     cb = gs.Constant(fresh_name(graph, name + "_codebook"), codebook)
     ix = gs.Constant(fresh_name(graph, name + "_indices"), indices)
     ix32 = gs.Variable(
@@ -236,3 +282,4 @@ def to_gather(graph: gs.Graph, w: Weight, codebook: np.ndarray, indices: np.ndar
         for i, t in enumerate(node.inputs):
             if t is w.tensor:
                 node.inputs[i] = decoded
+    return decoded

@@ -101,6 +101,9 @@ def plan(graph: gs.Graph, calibration: Calibration, budget: float | None, *,
     trials: list[Trial] = []
 
     def fits(i: int) -> bool:
+        done = next((t for t in trials if t.index == i), None)
+        if done is not None:
+            return done.fits
         alloc = allocations[i]
         if all(s.untouched for s in alloc.values()):
             trials.append(Trial(i, 0.0, 0.0, predicted(curves, alloc)[0], True))
@@ -117,10 +120,34 @@ def plan(graph: gs.Graph, calibration: Calibration, budget: float | None, *,
         return ok
 
     best = _first_fitting(len(allocations), fits)
+    if best > 0:  # between the two neighbours: switch layers one by one, best value first
+        path = _path(curves, allocations[best], allocations[best - 1])
+        order = [len(allocations) + i for i in reversed(range(len(path)))] + [best]
+        allocations += path
+        best = order[_first_fitting(len(order), lambda k: fits(order[k]))]
     chosen = allocations[best]
     result = next(t for t in trials if t.index == best)
     return Plan(steps_for(chosen), chosen, budget, result.drop, result.error, len(held), fit_cal,
                 curves, trials, _spared(curves, chosen, budget))
+
+
+def _path(curves: list[Curve], fitting: Allocation, failing: Allocation) -> list[Allocation]:
+    """Allocations from `fitting` towards `failing`, one layer switched at a time, the layers
+    that save the most bytes per unit of distortion first; the last one is `failing`."""
+    by_name = {c.weight: c for c in curves}
+
+    def value(name: str) -> float:
+        c, a, b = by_name[name], fitting[name], failing[name]
+        saved = c.sizes[a] - c.sizes[b]
+        cost = c.distortion(b) - c.distortion(a)
+        return saved / cost if cost > 0 else float("inf")
+
+    changed = sorted((n for n in fitting if fitting[n] != failing[n]), key=value, reverse=True)
+    path, current = [], dict(fitting)
+    for name in changed[:-1]:
+        current = {**current, name: failing[name]}
+        path.append(current)
+    return path
 
 
 def _first_fitting(n: int, fits: Callable[[int], bool]) -> int:

@@ -122,8 +122,8 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
                 break
         comp.restore(w)
         for bits in (space.BITS[1:] if cluster else ()):
-            book, idx = space.shared(original, bits)
-            w.set_values(book[idx])
+            values, book = space.clustered(original, bits, w.kind)
+            w.set_values(values)
             comp.alone(w, codebook=book)  # as the cluster pass: onto the codebook, refit
             curve.cluster[bits] = cost(w)
             progress(f"search: {i + 1}/{len(weights)} {w.layer} {bits} bits "

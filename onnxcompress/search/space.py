@@ -18,7 +18,7 @@ import numpy as np
 
 from ..container.codecs import coded_size
 from ..container.writer import GAP_BITS
-from ..kernels.kmeans import share_weights
+from ..kernels.kmeans import rows_value, share_rows, share_weights
 from ..kernels.masks import apply_mask, magnitude_mask
 
 SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
@@ -43,9 +43,19 @@ def prune(w: np.ndarray, sparsity: float) -> np.ndarray:
     return apply_mask(w, magnitude_mask(w, sparsity)) if sparsity > 0 else w
 
 
-def shared(w: np.ndarray, bits: int | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(codebook, indices) of w at `bits` (as the cluster pass would share it)."""
-    return share_weights(w, bits, seed=seed)
+def by_rows(w: np.ndarray, kind: str) -> bool:
+    """As the cluster pass decides: embedding tables without zeros are shared by rows."""
+    return kind == "embedding" and w.ndim == 2 and bool(np.all(w != 0))
+
+
+def clustered(w: np.ndarray, bits: int, kind: str, seed: int = 0
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(values, codebook) of w shared at `bits` as the cluster pass would; the codebook is
+    None for a table shared by rows (its values are not one codebook's)."""
+    if by_rows(w, kind):
+        return rows_value(*share_rows(w, bits, seed=seed)), None
+    book, idx = share_weights(w, bits, seed=seed)
+    return book[idx], book
 
 
 def stored_bytes(w: np.ndarray, sparsity: float, bits: int | None, kind: str) -> int:
@@ -58,7 +68,10 @@ def stored_bytes(w: np.ndarray, sparsity: float, bits: int | None, kind: str) ->
             return w.size * FLOAT_BITS // 8
         positions = _position_bits(pruned.reshape(-1) != 0, gap_bits)
         return (nnz * FLOAT_BITS + positions) // 8
-    book, idx = shared(pruned, bits)
+    if by_rows(pruned, kind):
+        book, idx, mean, std = share_rows(pruned, bits)
+        return coded_size(book, idx, gap_bits) + mean.nbytes + std.nbytes
+    book, idx = share_weights(pruned, bits)
     return coded_size(book, idx, gap_bits)
 
 

@@ -8,7 +8,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxcompress.calibration import run_graph
-from onnxcompress.graph import iter_weights, to_graph
+from onnxcompress.graph import iter_weights, resolve_weight, to_graph
 from onnxcompress.io import write_output
 from onnxcompress.normalize import normalize
 from onnxcompress.passes import cluster, prune
@@ -77,3 +77,31 @@ def test_a_codebook_gather_is_not_a_layer() -> None:
     ops = [n.op for n in g.nodes]
     assert ops.count("Gather") == 3  # two decoders and the lookup
     assert sorted(w.kind for w in iter_weights(g)) == []  # decoded tables are not constants
+
+
+def test_a_table_without_zeros_is_shared_by_rows(tmp_path) -> None:
+    """Each row keeps its mean and deviation, one codebook serves the standardized values;
+    the graph decodes it (Gather, Mul, Add) to exactly the values the pass computed."""
+    from onnxcompress.kernels.kmeans import rows_value, share_rows
+    from onnxcompress.report.stats import layer_rows
+
+    g = to_graph(normalize(lm()))
+    original = np.asarray(g.tensors()["table"].values).copy()
+    report = cluster.run(g, cluster.Config(bits_embedding=4, bits_fc=8), Context())
+    assert report.per_tensor["table"]["form"] == "rows"
+    want = rows_value(*share_rows(original, 4))
+    assert not any(w.kind == "embedding" for w in iter_weights(g))  # decoded in-graph now
+    from onnxcompress.graph import to_light_model
+
+    model, arrays = to_light_model(g)
+    creport = write_output(model, tmp_path / "lm.onnxc", arrays)
+    idx = next(t for t in creport.tensors if t.name.startswith("table_z_indices"))
+    assert idx.stored_bytes < 64 * 32 * 4 / 8 * 1.1  # 4-bit indices, not float32
+    got = Session(tmp_path / "lm.onnxc").run(None, ids())[0]
+    np.testing.assert_array_equal(got, run_graph(g, ids()))
+    lookup = next(n for n in g.nodes if n.op == "Gather" and n.inputs[1].name == "ids")
+    decoded, stored = resolve_weight(lookup, 0)
+    np.testing.assert_array_equal(decoded, want)  # the graph decodes the pass's own values
+    assert {c.name for c in stored} >= {"table_z_indices"}
+    table_row = next(r for r in layer_rows(model, arrays=arrays) if r.op == "Gather")
+    assert table_row.params == 64 * 32
