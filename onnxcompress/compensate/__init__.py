@@ -82,10 +82,11 @@ class Compensator:
             self.slots[w.tensor.name].tensor.values = self.bias_before[w.tensor.name].copy()
 
     def alone(self, w: Weight, keep: np.ndarray | None = None,
-              codebook: np.ndarray | None = None) -> None:
+              codebook: np.ndarray | None = None, quick: bool = False) -> None:
         """Compensate one layer whose weights were changed in place (upstream unchanged): a
         pruned layer (`keep`) or a clustered one (`codebook`: its weights stay its values) is
-        refit where the layer allows, else its bias is corrected."""
+        refit where the layer allows, else its bias is corrected; `quick` estimates the refit
+        of a pruned layer (for searches)."""
         name, method = w.tensor.name, self.method(w)
         if method == "none":
             return
@@ -97,7 +98,7 @@ class Compensator:
                 self._grams = layer_grams(self.snapshot, refittable, self.data)
             keep = keep if keep is not None else w.values != 0
             refit_alone(w, slot, self._grams[name], self.originals[name],
-                        self.bias_before[name], keep, self.damp, codebook)
+                        self.bias_before[name], keep, self.damp, codebook, quick)
         else:
             stat = self.stats[name]
             slot.shift(output_mean(w, self.originals[name], stat) - output_mean(w, w.values, stat))

@@ -67,7 +67,7 @@ def _gram(x: np.ndarray) -> np.ndarray:
 
 
 def _solve(w: Weight, gram: np.ndarray, cross: np.ndarray, keep_rows: np.ndarray, damp: float,
-           prior: np.ndarray, codebook: np.ndarray | None = None
+           prior: np.ndarray, codebook: np.ndarray | None = None, quick: bool = False
            ) -> tuple[np.ndarray, np.ndarray]:
     """The refit group by group (gram (G, f+1, f+1), cross (G, f+1, O/G)): masked least
     squares, or, with a codebook, least squares onto its values (GPTQ's sweep)."""
@@ -76,7 +76,8 @@ def _solve(w: Weight, gram: np.ndarray, cross: np.ndarray, keep_rows: np.ndarray
     def one(g: int) -> tuple[np.ndarray, np.ndarray]:
         rows = slice(g * per, (g + 1) * per)
         if codebook is None:
-            return masked_lstsq(gram[g], cross[g], keep_rows[rows], damp, prior=prior[rows])
+            return masked_lstsq(gram[g], cross[g], keep_rows[rows], damp, prior=prior[rows],
+                                quick=quick)
         book = codebook[codebook != 0] * w.gain  # the values in the refit's scaled space
         return quantize_lstsq(gram[g], cross[g], keep_rows[rows], book, damp,
                               prior=prior[rows])
@@ -107,14 +108,14 @@ def layer_grams(snapshot: Snapshot, weights: Sequence[Weight], data: Dataset
 
 def refit_alone(w: Weight, slot: BiasSlot, gram: np.ndarray, before: np.ndarray,
                 bias_before: np.ndarray, keep: np.ndarray, damp: float,
-                codebook: np.ndarray | None = None) -> None:
+                codebook: np.ndarray | None = None, quick: bool = False) -> None:
     """Refit one layer whose input is unchanged (targets = its own original outputs); with a
     codebook, onto its values."""
     rows = w.to_rows(before).astype(np.float64) * w.gain
     full = np.hstack([rows, (bias_before * slot.scale)[:, None]])
     per = rows.shape[0] // len(gram)
     cross = np.stack([gram[g] @ full[g * per:(g + 1) * per].T for g in range(len(gram))])
-    _set_fit(w, slot, *_solve(w, gram, cross, w.to_rows(keep), damp, rows, codebook))
+    _set_fit(w, slot, *_solve(w, gram, cross, w.to_rows(keep), damp, rows, codebook, quick))
 
 
 def _set_fit(w: Weight, slot: BiasSlot, rows: np.ndarray, bias: np.ndarray) -> None:

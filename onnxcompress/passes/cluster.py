@@ -30,7 +30,7 @@ so the .onnx file itself shrinks and runs on stock ONNX Runtime with outputs ide
 dense form. Gather form should be the last pass that edits weights: later passes see the
 weight as a computed tensor, not a constant.
 
-Embedding tables (a Gather's table) without pruned zeros are shared by rows: each row keeps
+Embedding tables (a Gather's table) that were not pruned are shared by rows: each row keeps
 its mean and standard deviation (float32) and one codebook serves the standardized values,
 
     E[r] = mean[r] + std[r] * codebook[indices[r]],
@@ -68,6 +68,7 @@ from .base import Context, PassReport
 log = logging.getLogger(__name__)
 
 NAME = "cluster"
+UNPRUNED_ZEROS = 0.01  # a table with fewer exact zeros than this share was not pruned
 STAGE = "clustered"
 BUDGET_KEY = None
 EMITS_OPS: frozenset[str] = frozenset()
@@ -180,8 +181,13 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
 
 
 def by_rows(w: Weight) -> bool:
-    """Whether an embedding table is shared by rows: 2-D and without pruned zeros."""
-    return w.kind == "embedding" and w.values.ndim == 2 and bool(np.all(w.values != 0))
+    """Whether an embedding table is shared by rows: 2-D and not pruned (a few exact zeros a
+    trained table may hold do not count)."""
+    return w.kind == "embedding" and w.values.ndim == 2 and unpruned(w.values)
+
+
+def unpruned(values: np.ndarray) -> bool:
+    return np.count_nonzero(values == 0) <= UNPRUNED_ZEROS * values.size
 
 
 def _facts(

@@ -114,7 +114,7 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
         for s in rungs:
             keep = magnitude_mask(original, s)
             w.set_values(apply_mask(original, keep))
-            comp.alone(w, keep)
+            comp.alone(w, keep, quick=True)
             curve.prune[s] = cost(w)
             progress(f"search: {i + 1}/{len(weights)} {w.layer} s={s:g} "
                      f"drop {curve.prune[s][1]:+.2f}")

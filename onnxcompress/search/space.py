@@ -20,6 +20,7 @@ from ..container.codecs import coded_size
 from ..container.writer import GAP_BITS
 from ..kernels.kmeans import rows_value, share_rows, share_weights
 from ..kernels.masks import apply_mask, magnitude_mask
+from ..passes.cluster import unpruned
 
 SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
 BITS: tuple[int | None, ...] = (None, 8, 6, 5, 4, 3)
@@ -44,8 +45,8 @@ def prune(w: np.ndarray, sparsity: float) -> np.ndarray:
 
 
 def by_rows(w: np.ndarray, kind: str) -> bool:
-    """As the cluster pass decides: embedding tables without zeros are shared by rows."""
-    return kind == "embedding" and w.ndim == 2 and bool(np.all(w != 0))
+    """As the cluster pass decides: embedding tables not pruned are shared by rows."""
+    return kind == "embedding" and w.ndim == 2 and unpruned(w)
 
 
 def clustered(w: np.ndarray, bits: int, kind: str, seed: int = 0
