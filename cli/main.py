@@ -81,6 +81,9 @@ def _finish(report, json_path: str | None, quiet: bool = False) -> None:
         write_text(json_path, json.dumps(report.to_dict(), indent=2))
     if not quiet:
         click.echo(render(report))
+    if report.within_budget is False and report.budget_unmet:
+        raise AccuracyBudgetExceeded(f"{', '.join(report.budget_unmet)}: no setting meets the "
+                                     "accuracy budget; the model was written unchanged")
     if report.within_budget is False:
         raise AccuracyBudgetExceeded(f"accuracy drop {report.accuracy_drop:.2f} points exceeds "
                                      f"--max-accuracy-drop {report.budget}")
@@ -133,7 +136,8 @@ def compress(model, output, recipe, max_accuracy_drop, calib, eval_data, json_pa
     _finish(report, json_path)
 
 
-def _run_one_pass(name, model, output, settings, suffix, calib, eval_data, json_path, no_latency):
+def _run_one_pass(name, model, output, settings, suffix, calib, eval_data, json_path, no_latency,
+                  max_accuracy_drop=None):
     from onnxcompress.compress import compress as run_compress
     from onnxcompress.pipeline import Step
     from onnxcompress.recipe import make_config
@@ -143,8 +147,8 @@ def _run_one_pass(name, model, output, settings, suffix, calib, eval_data, json_
     output = output or _default_out(model, suffix)
     _check_paths(model, output, json_path, calib, eval_data)
     report = run_compress(model, output, recipe=[step],
-                          calib=calib, eval_data=eval_data, measure_latency=not no_latency,
-                          progress=_progress)
+                          calib=calib, eval_data=eval_data, max_accuracy_drop=max_accuracy_drop,
+                          measure_latency=not no_latency, progress=_progress)
     _finish(report, json_path)
 
 
@@ -268,6 +272,41 @@ def binarize(model, output, mode, target, layers, tolerance, input_scaling, cali
                 "input_scaling": input_scaling}
     _run_one_pass("binarize", model, output, settings, "binarized.onnx", calib, eval_data,
                   json_path, no_latency)
+
+
+@main.command("early-exit", epilog=EPILOG)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Output .onnx (or .onnxc). Default: MODEL.exits.onnx")
+@click.option("--exits", metavar="auto|N|NODE,NODE",
+              help="auto (default): placed from the FLOPs before each cut and how sure a trial "
+                   "head is there; N: at most N exits; or the nodes to branch after.")
+@click.option("--criterion", type=click.Choice(["entropy", "max-prob", "margin"]),
+              help="When a sample leaves: its head's max-prob (default), margin between the top "
+                   "two probabilities, or entropy, against a threshold per exit.")
+@click.option("--max-accuracy-drop", type=float,
+              help="Budget in points of top-1 (accuracy with labels, else agreement with the "
+                   "original) the thresholds are set to (default 0.5); exceeding it on --eval, "
+                   "or no exit fitting it, exits with code 3.")
+@data_options
+def early_exit(model, output, exits, criterion, max_accuracy_drop, calib, eval_data, json_path,
+               no_latency):
+    """Early exits (BranchyNet): samples the model is sure about leave early.
+
+    Exit heads (pooling + one linear layer, distilled from the model's own outputs) are fitted
+    on --calib with the backbone frozen; thresholds are set on a held-out half so that the
+    whole model stays within --max-accuracy-drop. The result is plain ONNX: same outputs, plus
+    `exit_index` naming the exit each sample took.
+
+    \b
+    Examples:
+      onnxcompress early-exit model.onnx -o exits.onnx --calib calib.npz --eval eval.npz
+      onnxcompress early-exit model.onnx --calib calib.npz --exits 2 --criterion entropy
+      onnxcompress report exits.onnx --baseline model.onnx --eval eval.npz
+    """
+    settings = {"exits": exits, "criterion": criterion}
+    _run_one_pass("early_exit", model, output, settings, "exits.onnx", calib, eval_data,
+                  json_path, no_latency, max_accuracy_drop=max_accuracy_drop)
 
 
 @main.command(epilog=EPILOG)
