@@ -5,24 +5,31 @@ held-out data; the result is plain ONNX.
 
 Method.
 1. Cuts (graph/cuts.py): tensors a that carry everything the rest of the network needs, so it
-   can run on any subset of the batch. Their cost c(a) = FLOPs before a / the model's FLOPs
-   comes from shape inference (graph/cost.py). Candidates: cuts with c <= `max_cost`, at most
+   can run on any subset of the batch. FLOPs per node come from shape inference
+   (graph/cost.py); the plan charges each node at batch 1 its FLOPs plus `weight_cost` per
+   weight of a fully connected layer (a matrix-vector product reads every weight for two
+   FLOPs: memory-bound, about ten times slower per FLOP than a convolution here). c(a) is that
+   cost before a over the model's. Candidates: cuts with c <= `max_cost`, at most
    `max_candidates` spread over the cost range (or the ones `exits` names).
-2. Heads (kernels/heads.py), one per candidate: a is average-pooled to a g x g grid (g = 4, 2
-   or 1, the largest with C g^2 <= `max_features`), flattened, and mapped by one linear layer
-   to the K class logits. A 1x1 convolution before the pooling would add nothing without a
-   nonlinearity (it commutes with averaging: a low-rank linear head), so the spatial grid is
-   what makes the heads see more than global pooling. The frozen backbone's features come
-   from ONNX Runtime on the fit half of the calibration data (the service's split), and the
-   teacher is the model's own logits Z: `target` logits regresses Z (Ba & Caruana 2014,
-   closed form, lam by GCV), soft fits Hinton's soft targets softmax(Z / T), mixed adds the
-   labels' cross-entropy with weight `label_weight` (Hinton et al. 2015).
+2. Heads (kernels/heads.py), one per candidate: a is average-pooled to a g x g grid (g of
+   8, 7, 6, 4, 3, 2, 1: the most cells with C g^2 <= `max_features`, windows that overlap
+   counting half, as they cost several reads per input: ONNX Runtime's plain pooling reads
+   about 3 G inputs/s here, `pool_cost` FLOPs each in the plan), flattened, and mapped by
+   one linear layer to the K class logits. The frozen backbone's features come from ONNX Runtime on the
+   fit half of the calibration data (the service's split), and the teacher is the model's own
+   logits Z: `target` logits (the default) regresses Z (Ba & Caruana 2014, closed form, lam by
+   GCV), soft fits Hinton's soft targets softmax(Z / T), mixed adds the labels' cross-entropy
+   with weight `label_weight` (Hinton et al. 2015). On the zoo the regression saved the most
+   at the budget, and the grid mattered more than the head's depth: a 1x1 convolution + ReLU
+   before the pooling (trained in numpy) did worse than the linear head on a 7x7 grid, at ten
+   times the fitting time (docs/EARLY_EXIT.md).
 3. Thresholds and placement (kernels/exits.py), on the held-out half: a sample leaves at the
    first exit whose confidence s(z) (`criterion`: -entropy, max-prob or margin) reaches the
    exit's threshold. Expected cost per sample E[c] = sum_k share_k (c(a_k) + heads so far),
-   each evaluated head costing its FLOPs plus `exit_overhead` times the model's (the fixed
-   cost of its ten-odd small ONNX Runtime nodes and an If at batch 1, which FLOPs do not
-   see). Thresholds minimize E[c] subject to
+   each evaluated head costing its own plus `exit_overhead` (the fixed cost of its ten-odd
+   small ONNX Runtime nodes and an If at batch 1, which FLOPs do not see: 6-12 us here, what
+   100-170 FLOP/ns, the rate these nets run at, do in 1 MFLOP). Thresholds minimize E[c]
+   subject to
    100 (L - G) / n + `margin` * 100 sqrt(L + G) / n <= budget (L samples the model got right and
    the exit gets wrong, G the reverse, against the labels or, without them, the model's own
    top-1), by a Lagrangian sweep with exact coordinate descent. An exit left at threshold inf
@@ -69,8 +76,12 @@ BUDGET_KEY = "max_drop"
 EMITS_OPS = EMITTED_OPS
 RUNS_LAST = True  # exits hide the backbone's weights inside If branches: no weight pass after
 DEFAULT_DROP = 0.5
-MIN_HALF = 16  # calibration samples per half (fit / held out), at the least
+MIN_HALF = 8  # calibration samples per half (fit / held out), at the least
 CAPTURE_BYTES = 256 << 20  # activations captured per batch
+HALVES = (slice(0, None, 2), slice(1, None, 2))  # Calibration.split(): fit, held out
+GRIDS = (8, 7, 6, 4, 3, 2, 1)
+MAX_OVERHEAD = 0.25  # an exit's fixed cost, at most this share of the model
+FC_OPS = frozenset({"Gemm", "MatMul"})
 
 
 class Criterion(str, enum.Enum):
@@ -94,14 +105,16 @@ class Config:
     criterion: Criterion = Criterion.MAX_PROB
     max_drop: float | None = None  # points (None: DEFAULT_DROP)
     margin: float = 1.5  # standard errors added to the estimated drop
-    target: Target = Target.AUTO  # what heads learn: logits, soft targets, soft + labels
+    target: Target = Target.AUTO  # what heads learn (auto: logits), soft targets, + labels
     temperature: float = 2.0  # soft targets' T
     label_weight: float = 0.5  # mixed: weight of the labels' cross-entropy
-    grid: int | None = None  # pooled grid side (None: largest of 4, 2, 1 within max_features)
-    max_features: int = 1024  # head inputs C g^2 at most
+    grid: int | None = None  # pooled grid side (None: the largest of GRIDS within max_features)
+    max_features: int = 2048  # head inputs C g^2 at most
     max_cost: float = 0.9  # candidates cost at most this fraction of the model
     max_candidates: int = 8
-    exit_overhead: float = 0.03  # fixed cost of evaluating an exit, a share of the model
+    exit_overhead: float = 1.0e6  # plan cost of evaluating an exit besides its FLOPs
+    weight_cost: float = 6.0  # plan cost per fully connected weight at batch 1, in FLOPs
+    pool_cost: float = 60.0  # plan cost per input a head's pooling window reads, in FLOPs
     exit_output: str = X.EXIT_OUTPUT
 
     def __post_init__(self) -> None:
@@ -114,8 +127,8 @@ class Config:
             raise ValueError("margin must be >= 0, temperature > 0, label_weight in [0, 1]")
         if self.grid is not None and self.grid < 1:
             raise ValueError(f"grid must be >= 1, got {self.grid}")
-        if self.exit_overhead < 0:
-            raise ValueError(f"exit_overhead must be >= 0, got {self.exit_overhead}")
+        if min(self.exit_overhead, self.weight_cost, self.pool_cost) < 0:
+            raise ValueError("exit_overhead, weight_cost and pool_cost must be >= 0")
         if not 0 < self.max_cost <= 1 or self.max_candidates < 1 or self.max_features < 1:
             raise ValueError("max_cost must be in (0, 1], max_candidates and max_features >= 1")
 
@@ -145,10 +158,21 @@ class _Candidate:
     pool: tuple | str | None  # for the graph: ((kh, kw), (sh, sw)), "global", None
     features: int
     head_flops: int
+    cells: tuple[int, int] = (1, 1)  # the pooled grid the head reads (for the report)
+    reads: int = 0  # inputs the pooling reads (each once per window holding it)
+    plan_base: float = 0.0  # plan cost before the cut / the model's
+    plan_head: float = 0.0  # plan cost of evaluating the exit / the model's
     head: H.Head | None = None
 
 
-def _candidates(cuts: list[Cut], why: dict[str, str], cfg: Config, k: int) -> list[_Candidate]:
+def _plan_costs(costs: Sequence, cfg: Config) -> np.ndarray:
+    """Cumulative plan cost after each node (module docstring, step 1)."""
+    return np.cumsum([c.flops + (cfg.weight_cost * c.params if c.op in FC_OPS else 0)
+                      for c in costs], dtype=np.float64)
+
+
+def _candidates(cuts: list[Cut], why: dict[str, str], cfg: Config, k: int,
+                plan: np.ndarray) -> list[_Candidate]:
     if isinstance(cfg.exits, tuple):
         by_node = {c.node: c for c in cuts}
         chosen = []
@@ -163,8 +187,15 @@ def _candidates(cuts: list[Cut], why: dict[str, str], cfg: Config, k: int) -> li
                                     f"BatchNormalization folding); valid points: {_list(cuts)}")
         chosen = sorted(set(chosen), key=lambda c: c.position)
     else:
-        chosen = _spread([c for c in cuts if 0 < c.fraction <= cfg.max_cost], cfg.max_candidates)
-    return [_shape_head(c, cfg, k) for c in chosen]
+        chosen = _spread([c for c in cuts if 0 < plan[c.position] / plan[-1] <= cfg.max_cost],
+                         cfg.max_candidates)
+    cands = [_shape_head(c, cfg, k) for c in chosen]
+    for c in cands:
+        c.plan_base = plan[c.cut.position] / plan[-1]
+        overhead = min(cfg.exit_overhead, MAX_OVERHEAD * plan[-1])  # tiny graphs
+        c.plan_head = (c.head_flops + cfg.pool_cost * c.reads + cfg.weight_cost * c.features * k
+                       + overhead) / plan[-1]
+    return cands
 
 
 def _list(cuts: list[Cut]) -> str:
@@ -172,14 +203,20 @@ def _list(cuts: list[Cut]) -> str:
 
 
 def _spread(cuts: list[Cut], limit: int) -> list[Cut]:
-    """At most `limit` cuts spread over the cost range; of cuts that cost the same (within 1%
-    of the model), the last, which has seen the most."""
-    kept: list[Cut] = []
+    """At most `limit` cuts spread over the cost range. Of cuts that cost the same (within 1%
+    of the model) two are kept: the last, which has seen the most, and the last of the
+    largest (before a pooling: a finer map for the head's grid)."""
+    groups: list[list[Cut]] = []
     for c in cuts:
-        if kept and c.fraction - kept[-1].fraction < 0.01:
-            kept[-1] = c
+        if groups and c.fraction - groups[-1][0].fraction < 0.01:
+            groups[-1].append(c)
         else:
-            kept.append(c)
+            groups.append([c])
+    kept = []
+    for group in groups:
+        size = max(int(np.prod(c.dims)) for c in group)
+        largest = [c for c in group if int(np.prod(c.dims)) == size][-1]
+        kept += [largest] if largest is group[-1] else [largest, group[-1]]
     if len(kept) <= limit:
         return kept
     targets = np.linspace(kept[0].fraction, kept[-1].fraction, limit)
@@ -187,28 +224,43 @@ def _spread(cuts: list[Cut], limit: int) -> list[Cut]:
     return [kept[i] for i in sorted(picked)]
 
 
+def _grid(dims: tuple[int, ...], cfg: Config) -> int:
+    """The pooled grid's side: the most cells within max_features, windows that do not
+    overlap counting double (an overlapping one reads its input several times)."""
+    if cfg.grid:
+        return cfg.grid
+
+    def score(g: int) -> float:
+        (kh, sh), (kw, sw) = H.grid_geometry(dims[1], g), H.grid_geometry(dims[2], g)
+        cells = ((dims[1] - kh) // sh + 1) * ((dims[2] - kw) // sw + 1)
+        if dims[0] * cells > cfg.max_features:
+            return -1.0
+        return cells * (1.0 if (kh, kw) == (sh, sw) else 0.5)
+
+    return max(GRIDS, key=lambda g: (score(g), g))
+
+
 def _shape_head(cut: Cut, cfg: Config, k: int) -> _Candidate:
     dims = cut.dims
-    channels = dims[0]
-    spatial = int(np.prod(dims[1:], dtype=np.int64)) if len(dims) > 1 else 1
+    channels, reads = dims[0], 0
     if len(dims) == 1:
         grid, pool, feats = None, None, channels
     elif len(dims) != 3:
         grid, pool, feats = 1, "global", channels
+        reads = int(np.prod(dims))
     else:
-        options = [cfg.grid] if cfg.grid else [4, 2, 1]
-        g = next((g for g in options if channels * g * g <= cfg.max_features), 1)
-        (kh, sh), (kw, sw) = H.grid_geometry(dims[1], g), H.grid_geometry(dims[2], g)
+        grid = _grid(dims, cfg)
+        (kh, sh), (kw, sw) = H.grid_geometry(dims[1], grid), H.grid_geometry(dims[2], grid)
         gh, gw = (dims[1] - kh) // sh + 1, (dims[2] - kw) // sw + 1
-        feats = channels * gh * gw
+        feats, reads = channels * gh * gw, channels * gh * gw * kh * kw
         if (gh, gw) == (1, 1):
             grid, pool = 1, "global"
         elif (kh, kw, sh, sw) == (1, 1, 1, 1):
-            grid, pool = g, None
+            pool, reads = None, 0
         else:
-            grid, pool = g, ((kh, kw), (sh, sw))
-    pool_flops = channels * spatial if pool is not None else 0
-    return _Candidate(cut, grid, pool, feats, pool_flops + 2 * feats * k + 5 * k)
+            pool = ((kh, kw), (sh, sw))
+    cells = (gh, gw) if len(dims) == 3 else (1, 1)
+    return _Candidate(cut, grid, pool, feats, reads + 2 * feats * k + 5 * k, cells, reads)
 
 
 # ----------------------------------------------------------------------------- data
@@ -257,12 +309,12 @@ def _fit(c: _Candidate, feats: np.ndarray, teacher: np.ndarray, labels: np.ndarr
     return H.fit_soft(feats, teacher, cfg.temperature, use, cfg.label_weight)
 
 
-def _resolve_target(cfg: Config, labels: np.ndarray | None, classes: int) -> Target:
+def _resolve_target(cfg: Config, labels: np.ndarray | None) -> Target:
     if cfg.target is not Target.AUTO:
         if cfg.target is Target.MIXED and labels is None:
             raise BadInputError("early exit target 'mixed' needs labels in the calibration data")
         return cfg.target
-    return Target.SOFT if classes <= 100 else Target.LOGITS  # soft: L-BFGS over D x K
+    return Target.LOGITS  # saved the most on the zoo (docs/EARLY_EXIT.md)
 
 
 # ----------------------------------------------------------------------------- the pass
@@ -283,16 +335,19 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
     if not cuts:
         raise BadInputError(f"{where}: no point to branch an exit from: no tensor before the "
                             f"logits '{cls.logits}' carries everything the rest needs")
-    cands = _candidates(cuts, why, cfg, cls.classes)
+    cands = _candidates(cuts, why, cfg, cls.classes, _plan_costs(costs, cfg))
     if not cands:
         raise BadInputError(f"{where}: no exit point costs less than {cfg.max_cost:.0%} of the "
                             f"model (points: {_list(cuts)})")
     fit, held = ctx.calibration.split()
     labels = ctx.calibration.labels
-    target = _resolve_target(cfg, labels, cls.classes)
+    target = _resolve_target(cfg, labels)
     ctx.progress(f"early_exit: capturing {len(cands)} candidate activations")
-    f_fit, z_fit = _capture(ctx, graph, cands, cls.logits, cls.classes, fit)
-    f_held, z_held = _capture(ctx, graph, cands, cls.logits, cls.classes, held)
+    # one pass over all the samples (one ONNX Runtime session), then the service's halves
+    feats, z_all = _capture(ctx, graph, cands, cls.logits, cls.classes, ctx.calibration.data)
+    f_fit, f_held = [f[HALVES[0]] for f in feats], [f[HALVES[1]] for f in feats]
+    z_fit, z_held = z_all[HALVES[0]], z_all[HALVES[1]]
+    assert len(z_fit) == len(fit) and len(z_held) == len(held)
     reference = held.labels if held.labels is not None else z_held.argmax(axis=1)
     ctx.progress("early_exit: fitting trial heads")
     for c, f in zip(cands, f_fit):
@@ -342,8 +397,8 @@ def _problem(cands: list[_Candidate], f_held: list[np.ndarray], z_held: np.ndarr
     preds = np.stack(preds, axis=1)
     delta = (preds == reference[:, None]).astype(np.int8) - (final == reference)[:, None].astype(
         np.int8)
-    base = np.array([c.cut.fraction for c in cands])
-    head = np.array([c.head_flops / total + cfg.exit_overhead for c in cands])
+    base = np.array([c.plan_base for c in cands])
+    head = np.array([c.plan_head for c in cands])
     max_exits = cfg.exits if isinstance(cfg.exits, int) else None
     return plan_kernel.Problem(np.stack(scores, axis=1), delta, base, head, _budget(cfg),
                                cfg.margin, max_exits)
@@ -363,7 +418,8 @@ def _fresh_output(graph: gs.Graph, name: str) -> str:
 def _describe(c: _Candidate, classes: int) -> str:
     if c.pool is None and c.grid is None:
         return f"linear {c.features}->{classes}"
-    pool = "global average pool" if c.pool == "global" else f"average pool to {c.grid}x{c.grid}"
+    pool = ("global average pool" if c.pool == "global"
+            else f"average pool to {c.cells[0]}x{c.cells[1]}")
     return f"{pool} + linear {c.features}->{classes}"
 
 
@@ -374,7 +430,7 @@ def _table(cands: list[_Candidate], plan: plan_kernel.Plan, problem: plan_kernel
     entries, spent = [], 0.0
     for k in plan.active:
         c = cands[k]
-        spent += problem.head[k] * total
+        spent += c.head_flops
         leave = plan.exit_of == k
         correct = problem.delta[leave, k] + right[leave]
         t = float(plan.thresholds[k])
@@ -397,16 +453,19 @@ def _fill_report(report: PassReport, table: X.ExitTable, plan: plan_kernel.Plan,
             "cost_fraction": e.cost_fraction, "flops": e.flops, "head": e.head,
             "criterion": table.criterion, "threshold": e.threshold,
             "held_share": e.share, "held_accuracy": e.accuracy}
+    costs = np.asarray(table.path_flops())
+    order = np.full(len(plan.thresholds) + 1, len(plan.active))  # candidate -> exit index
+    order[plan.active] = np.arange(len(plan.active))
+    expected = float(costs[order[plan.exit_of]].mean())
     report.per_tensor["model"] = {
-        "flops": total, "expected_flops": plan.cost * total, "final_flops": table.final_flops,
-        "predicted_speedup": 1.0 / plan.cost, "held_lost": plan.lost, "held_gained": plan.gained,
-        "estimated_drop": plan.drop,
-        "cuts": {c.node: round(c.fraction, 4) for c in cuts}}
+        "flops": total, "expected_flops": expected, "final_flops": table.final_flops,
+        "planned_cost": plan.cost, "held_lost": plan.lost, "held_gained": plan.gained,
+        "estimated_drop": plan.drop, "cuts": {c.node: round(c.fraction, 4) for c in cuts}}
     report.notes.append("exits: " + "; ".join(
         f"{e.node} ({100 * e.cost_fraction:.1f}% of the FLOPs, {e.head}, {table.criterion} "
         f"{rel} {e.threshold:.4g}): {100 * e.share:.1f}% of held-out inputs"
         for e in table.exits))
     report.notes.append(
-        f"expected FLOPs {plan.cost * total / 1e6:.2f} M of {total / 1e6:.2f} M per sample "
-        f"({1 / plan.cost:.2f}x fewer) on held-out data; estimated drop {plan.drop:.2f} points "
-        f"({plan.lost} lost, {plan.gained} gained)")
+        f"on held-out data: expected FLOPs {expected / 1e6:.2f} M of {total / 1e6:.2f} M per "
+        f"sample ({total / expected:.2f}x fewer), planned batch-1 cost {1 / plan.cost:.2f}x "
+        f"lower; estimated drop {plan.drop:.2f} points ({plan.lost} lost, {plan.gained} gained)")

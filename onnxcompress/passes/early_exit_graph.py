@@ -13,7 +13,8 @@ The backbone is cut at the exits' tensors a_0 … a_{E-1} into segments S_0 (inp
 
 so a sample that leaves costs nothing downstream, the others run on as a smaller batch, and
 ScatterND puts every result back in input order. At batch 1 no Gather/ScatterND runs: an If on
-a one-element condition per exit. Heads: [AveragePool | GlobalAveragePool] -> Flatten -> Gemm,
+a one-element condition per exit (the first If of all asks "batch 1 and it leaves at exit 0",
+the commonest path, so that it takes one If). Heads: [AveragePool | GlobalAveragePool] -> Flatten -> Gemm,
 then the criterion: Softmax -> ReduceMax (max-prob), TopK(2) -> Sub (margin) or
 ReduceSum(Softmax * LogSoftmax) (= -entropy), and GreaterOrEqual(threshold). The exit's output
 passes through the model's own tail (Softmax, Reshape to (n, K, 1, 1) …), so every exit returns
@@ -39,6 +40,7 @@ from ..graph.topology import fresh_name
 SMALL_BYTES = 256  # constants up to this size are copied into each branch
 EMITTED_OPS = frozenset({
     "If", "NonZero", "ScatterND", "Size", "Greater", "GreaterOrEqual", "Equal", "Not", "TopK",
+    "And",
     "ReduceMax", "ReduceSum", "ConstantOfShape", "AveragePool", "GlobalAveragePool", "Flatten",
     "Gemm", "Softmax", "LogSoftmax", "Mul", "Sub", "Gather", "Reshape", "Unsqueeze", "Identity",
     "Shape", "Constant",
@@ -152,19 +154,28 @@ def build(graph: gs.Graph, classifier: Classifier, heads: Sequence[ExitHead], cr
     z, p, e = _head(main, a0, heads[0])
     is_one = main.op("Equal", [main.op("Size", [e], dtypes=[np.int64]), main.c(1)],
                      dtypes=[np.bool_])
-    one, many = _Scope(b, sub=True), _Scope(b, sub=True)
-    one_out = _level_one(one, 0, a0, z, p, e)
+    # the commonest path, one sample leaving at the first exit, takes one If: "batch 1 and
+    # it leaves"; otherwise "batch 1" picks the rest of the batch-1 form or the batch form
+    first = main.op("Gather", [e, main.c(0)], {"axis": 0}, dtypes=[np.bool_])
+    leave_now = main.op("And", [is_one, first], dtypes=[np.bool_])
+    leave, one, many = (_Scope(b, sub=True) for _ in range(3))
+    leave_out = _leave(leave, 0, z, p)
+    one_out = _go_one(one, 0, a0)
     many_out = _level_many(many, 0, a0, z, p, e)
+    rest = _Scope(b, sub=True)
+    rest_out = tuple(rest.op("If", [is_one], {"then_branch": _graph(one, one_out, b),
+                                              "else_branch": _graph(many, many_out, b)},
+                             dtypes=[b.out_dtype, np.int64]))
     old_out = graph.outputs[0]
     moved = [n for seg in segments for n in seg]
     for node in moved:
         node.inputs.clear()
         node.outputs.clear()
     exit_t = gs.Variable(exit_output, dtype=np.int64, shape=[_batch_dim(old_out)])
-    main.nodes.append(gs.Node("If", b.name("batch_is_one"), inputs=[is_one],
+    main.nodes.append(gs.Node("If", b.name("first_exit"), inputs=[leave_now],
                               outputs=[old_out, exit_t],
-                              attrs={"then_branch": _graph(one, one_out, b),
-                                     "else_branch": _graph(many, many_out, b)}))
+                              attrs={"then_branch": _graph(leave, leave_out, b),
+                                     "else_branch": _graph(rest, rest_out, b)}))
     graph.nodes = kept + b.main + main.nodes
     graph.outputs.append(exit_t)
     graph.doc_string = doc
@@ -229,18 +240,24 @@ def _tail(s: _Scope, z: gs.Tensor, p: gs.Tensor) -> gs.Tensor:
     return y
 
 
+def _leave(s: _Scope, k: int, z, p) -> tuple[gs.Tensor, gs.Tensor]:
+    """A batch-1 sample leaving at exit k: its output, and k."""
+    return _tail(s, z, p), s.op("Constant", [], {"value": _ids([k])}, dtypes=[np.int64])
+
+
+def _go_one(s: _Scope, k: int, a_k) -> tuple[gs.Tensor, gs.Tensor]:
+    """A batch-1 sample going on past exit k: the next segment, then exit k+1 or the end."""
+    a = _clone(s, k, a_k, "b1")
+    if k + 1 < len(s.b.heads):
+        return _level_one(s, k + 1, a, *_head(s, a, s.b.heads[k + 1]))
+    return a, s.op("Constant", [], {"value": _ids([len(s.b.heads)])}, dtypes=[np.int64])
+
+
 def _level_one(s: _Scope, k: int, a_k, z, p, e) -> tuple[gs.Tensor, gs.Tensor]:
     """Batch 1 from exit k on: If(exit_k) then its output else the rest."""
     b = s.b
-    leave = _Scope(b, sub=True)
-    leave_out = (_tail(leave, z, p), leave.op("Constant", [], {"value": _ids([k])},
-                                              dtypes=[np.int64]))
-    go = _Scope(b, sub=True)
-    a = _clone(go, k, a_k, "b1")
-    if k + 1 < len(b.heads):
-        go_out = _level_one(go, k + 1, a, *_head(go, a, b.heads[k + 1]))
-    else:
-        go_out = (a, go.op("Constant", [], {"value": _ids([len(b.heads)])}, dtypes=[np.int64]))
+    leave, go = _Scope(b, sub=True), _Scope(b, sub=True)
+    leave_out, go_out = _leave(leave, k, z, p), _go_one(go, k, a_k)
     return tuple(s.op("If", [e], {"then_branch": _graph(leave, leave_out, b),
                                   "else_branch": _graph(go, go_out, b)},
                       dtypes=[b.out_dtype, np.int64]))

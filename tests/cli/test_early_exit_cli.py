@@ -61,7 +61,7 @@ def test_prune_cluster_exits_pack(tmp_path, files):
     recipe = tmp_path / "r.toml"
     recipe.write_text('[[steps]]\npass = "prune"\nmode = "uniform"\nsparsity = 0.5\n'
                       '[[steps]]\npass = "cluster"\n'
-                      '[[steps]]\npass = "early_exit"\nmax_drop = 5.0\n')
+                      '[[steps]]\npass = "early_exit"\nmax_drop = 5.0\nexit_overhead = 1e4\n')
     packed, plain = tmp_path / "small.onnxc", tmp_path / "small.onnx"
     for out in (packed, plain):
         r = cli("compress", model, "-o", out, "--recipe", recipe, "--calib", calib,
