@@ -136,6 +136,28 @@ def cut_points(graph: gs.Graph, shapes: Mapping[str, Sequence[int]], costs: Sequ
     return cuts, why
 
 
+def spread(cuts: list[Cut], limit: int) -> list[Cut]:
+    """At most `limit` cuts spread over the cost range. Of cuts that cost the same (within 1%
+    of the model) two are kept: the last, which has seen the most, and the last of the
+    largest (before a pooling: a finer map for an exit head to read)."""
+    groups: list[list[Cut]] = []
+    for c in cuts:
+        if groups and c.fraction - groups[-1][0].fraction < 0.01:
+            groups[-1].append(c)
+        else:
+            groups.append([c])
+    kept = []
+    for group in groups:
+        size = max(int(np.prod(c.dims)) for c in group)
+        largest = [c for c in group if int(np.prod(c.dims)) == size][-1]
+        kept += [largest] if largest is group[-1] else [largest, group[-1]]
+    if len(kept) <= limit:
+        return kept
+    targets = np.linspace(kept[0].fraction, kept[-1].fraction, limit)
+    picked = {min(range(len(kept)), key=lambda i: abs(kept[i].fraction - t)) for t in targets}
+    return [kept[i] for i in sorted(picked)]
+
+
 def _last_uses(graph: gs.Graph, const: set[str]) -> dict[str, float]:
     """Tensor -> index of the last node reading it (inf for graph outputs); nodes holding
     subgraphs read the outer tensors their subgraphs use."""

@@ -58,6 +58,47 @@ def grid_geometry(size: int, grid: int) -> tuple[int, int]:
     return size - stride * (grid - 1), stride
 
 
+@dataclass(frozen=True)
+class HeadShape:
+    """How a head reads an activation of per-sample dims (C,), (C, H, W) or other ranks."""
+
+    grid: int  # the grid side asked for (pool_features clamps it to the map)
+    cells: tuple[int, int]  # the pooled grid
+    pool: tuple[tuple[int, int], tuple[int, int]] | str | None  # (kernel, strides), "global"
+    features: int  # D = C * cells
+    reads: int  # inputs the pooling reads (an input once per window holding it)
+
+
+def head_shape(dims: tuple[int, ...], max_features: int, grids: tuple[int, ...],
+               grid: int | None = None) -> HeadShape:
+    """The head's pooling: the grid of `grids` (or `grid`) with the most cells and at most
+    `max_features` features, a grid whose windows overlap counting half (it reads its input
+    several times)."""
+    c = dims[0]
+    if len(dims) == 1:
+        return HeadShape(1, (1, 1), None, c, 0)
+    if len(dims) != 3:
+        return HeadShape(1, (1, 1), "global", c, int(np.prod(dims)))
+
+    def geometry(g: int):
+        (kh, sh), (kw, sw) = grid_geometry(dims[1], g), grid_geometry(dims[2], g)
+        return (kh, sh, kw, sw), ((dims[1] - kh) // sh + 1, (dims[2] - kw) // sw + 1)
+
+    def score(g: int) -> tuple[float, int]:
+        (kh, sh, kw, sw), (gh, gw) = geometry(g)
+        return gh * gw * (1.0 if (kh, kw) == (sh, sw) else 0.5), g
+
+    fits = [g for g in grids if c * np.prod(geometry(g)[1]) <= max_features]
+    g = grid or (max(fits, key=score) if fits else 1)
+    (kh, sh, kw, sw), cells = geometry(g)
+    features, reads = c * cells[0] * cells[1], c * cells[0] * cells[1] * kh * kw
+    if cells == (1, 1):
+        return HeadShape(1, cells, "global", features, int(np.prod(dims)))
+    if (kh, kw, sh, sw) == (1, 1, 1, 1):
+        return HeadShape(g, cells, None, features, 0)
+    return HeadShape(g, cells, ((kh, kw), (sh, sw)), features, reads)
+
+
 def pool_features(x: np.ndarray, grid: int) -> np.ndarray:
     """(n, D) features of an activation: see the module docstring."""
     n = x.shape[0]

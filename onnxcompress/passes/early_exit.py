@@ -62,7 +62,7 @@ from .. import exits as X
 from ..errors import BadInputError
 from ..graph.batch import free_batch
 from ..graph.cost import graph_costs, infer_shapes
-from ..graph.cuts import Classifier, Cut, cut_points, find_classifier
+from ..graph.cuts import Classifier, Cut, cut_points, find_classifier, spread
 from ..kernels import exits as plan_kernel
 from ..kernels import heads as H
 from .base import Context, PassReport
@@ -154,12 +154,8 @@ def _parse_exits(value: str | int | Sequence[str]) -> str | int | tuple[str, ...
 @dataclass
 class _Candidate:
     cut: Cut
-    grid: int | None  # None: the tensor is used as it is (rank 2 or already g x g)
-    pool: tuple | str | None  # for the graph: ((kh, kw), (sh, sw)), "global", None
-    features: int
+    shape: H.HeadShape  # pooling and features of its head
     head_flops: int
-    cells: tuple[int, int] = (1, 1)  # the pooled grid the head reads (for the report)
-    reads: int = 0  # inputs the pooling reads (each once per window holding it)
     plan_base: float = 0.0  # plan cost before the cut / the model's
     plan_head: float = 0.0  # plan cost of evaluating the exit / the model's
     head: H.Head | None = None
@@ -187,14 +183,14 @@ def _candidates(cuts: list[Cut], why: dict[str, str], cfg: Config, k: int,
                                     f"BatchNormalization folding); valid points: {_list(cuts)}")
         chosen = sorted(set(chosen), key=lambda c: c.position)
     else:
-        chosen = _spread([c for c in cuts if 0 < plan[c.position] / plan[-1] <= cfg.max_cost],
-                         cfg.max_candidates)
+        chosen = spread([c for c in cuts if 0 < plan[c.position] / plan[-1] <= cfg.max_cost],
+                        cfg.max_candidates)
     cands = [_shape_head(c, cfg, k) for c in chosen]
     for c in cands:
         c.plan_base = plan[c.cut.position] / plan[-1]
         overhead = min(cfg.exit_overhead, MAX_OVERHEAD * plan[-1])  # tiny graphs
-        c.plan_head = (c.head_flops + cfg.pool_cost * c.reads + cfg.weight_cost * c.features * k
-                       + overhead) / plan[-1]
+        c.plan_head = (c.head_flops + cfg.pool_cost * c.shape.reads
+                       + cfg.weight_cost * c.shape.features * k + overhead) / plan[-1]
     return cands
 
 
@@ -202,65 +198,9 @@ def _list(cuts: list[Cut]) -> str:
     return ", ".join(f"{c.node} ({100 * c.fraction:.0f}%)" for c in cuts) or "none"
 
 
-def _spread(cuts: list[Cut], limit: int) -> list[Cut]:
-    """At most `limit` cuts spread over the cost range. Of cuts that cost the same (within 1%
-    of the model) two are kept: the last, which has seen the most, and the last of the
-    largest (before a pooling: a finer map for the head's grid)."""
-    groups: list[list[Cut]] = []
-    for c in cuts:
-        if groups and c.fraction - groups[-1][0].fraction < 0.01:
-            groups[-1].append(c)
-        else:
-            groups.append([c])
-    kept = []
-    for group in groups:
-        size = max(int(np.prod(c.dims)) for c in group)
-        largest = [c for c in group if int(np.prod(c.dims)) == size][-1]
-        kept += [largest] if largest is group[-1] else [largest, group[-1]]
-    if len(kept) <= limit:
-        return kept
-    targets = np.linspace(kept[0].fraction, kept[-1].fraction, limit)
-    picked = {min(range(len(kept)), key=lambda i: abs(kept[i].fraction - t)) for t in targets}
-    return [kept[i] for i in sorted(picked)]
-
-
-def _grid(dims: tuple[int, ...], cfg: Config) -> int:
-    """The pooled grid's side: the most cells within max_features, windows that do not
-    overlap counting double (an overlapping one reads its input several times)."""
-    if cfg.grid:
-        return cfg.grid
-
-    def score(g: int) -> float:
-        (kh, sh), (kw, sw) = H.grid_geometry(dims[1], g), H.grid_geometry(dims[2], g)
-        cells = ((dims[1] - kh) // sh + 1) * ((dims[2] - kw) // sw + 1)
-        if dims[0] * cells > cfg.max_features:
-            return -1.0
-        return cells * (1.0 if (kh, kw) == (sh, sw) else 0.5)
-
-    return max(GRIDS, key=lambda g: (score(g), g))
-
-
 def _shape_head(cut: Cut, cfg: Config, k: int) -> _Candidate:
-    dims = cut.dims
-    channels, reads = dims[0], 0
-    if len(dims) == 1:
-        grid, pool, feats = None, None, channels
-    elif len(dims) != 3:
-        grid, pool, feats = 1, "global", channels
-        reads = int(np.prod(dims))
-    else:
-        grid = _grid(dims, cfg)
-        (kh, sh), (kw, sw) = H.grid_geometry(dims[1], grid), H.grid_geometry(dims[2], grid)
-        gh, gw = (dims[1] - kh) // sh + 1, (dims[2] - kw) // sw + 1
-        feats, reads = channels * gh * gw, channels * gh * gw * kh * kw
-        if (gh, gw) == (1, 1):
-            grid, pool = 1, "global"
-        elif (kh, kw, sh, sw) == (1, 1, 1, 1):
-            pool, reads = None, 0
-        else:
-            pool = ((kh, kw), (sh, sw))
-    cells = (gh, gw) if len(dims) == 3 else (1, 1)
-    return _Candidate(cut, grid, pool, feats, reads + 2 * feats * k + 5 * k, cells, reads)
+    shape = H.head_shape(cut.dims, cfg.max_features, GRIDS, cfg.grid)
+    return _Candidate(cut, shape, shape.reads + 2 * shape.features * k + 5 * k)
 
 
 # ----------------------------------------------------------------------------- data
@@ -296,7 +236,7 @@ def _capture(ctx: Context, graph: gs.Graph, cands: list[_Candidate], logits: str
     teacher = []
     for got in snapshot.batches(data, [*names, logits], batch=batch):
         for part, c in zip(feats, cands):
-            part.append(H.pool_features(got[c.cut.tensor], c.grid or 1))
+            part.append(H.pool_features(got[c.cut.tensor], c.shape.grid))
         teacher.append(got[logits].reshape(len(got[logits]), -1))
     return [np.concatenate(p) for p in feats], np.concatenate(teacher)
 
@@ -375,14 +315,14 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
                             f"{_budget(cfg):g} points while saving compute; the model is unchanged")
         return report
     table = _table(cands, plan, problem, cls, cfg, total, reference, z_held)
-    heads = [ExitHead(cands[k].cut, cands[k].head.weight, cands[k].head.bias, cands[k].pool,
-                      float(plan.thresholds[k])) for k in plan.active]
+    heads = [ExitHead(cands[k].cut, cands[k].head.weight, cands[k].head.bias,
+                      cands[k].shape.pool, float(plan.thresholds[k])) for k in plan.active]
     ctx.progress(f"early_exit: building {len(heads)} exits")
     build(graph, cls, heads, cfg.criterion.value, _fresh_output(graph, cfg.exit_output),
           X.with_table(graph.doc_string, table))
     report.modified = True
     report.budget_met = True
-    _fill_report(report, table, plan, total, cuts)
+    _fill_report(report, table, plan, total, cuts, {c.name: c.flops for c in costs})
     return report
 
 
@@ -416,11 +356,12 @@ def _fresh_output(graph: gs.Graph, name: str) -> str:
 
 
 def _describe(c: _Candidate, classes: int) -> str:
-    if c.pool is None and c.grid is None:
-        return f"linear {c.features}->{classes}"
-    pool = ("global average pool" if c.pool == "global"
-            else f"average pool to {c.cells[0]}x{c.cells[1]}")
-    return f"{pool} + linear {c.features}->{classes}"
+    shape = c.shape
+    if len(c.cut.dims) == 1:
+        return f"linear {shape.features}->{classes}"
+    pool = ("global average pool" if shape.cells == (1, 1)
+            else f"average pool to {shape.cells[0]}x{shape.cells[1]}")
+    return f"{pool} + linear {shape.features}->{classes}"
 
 
 def _table(cands: list[_Candidate], plan: plan_kernel.Plan, problem: plan_kernel.Problem,
@@ -444,7 +385,7 @@ def _table(cands: list[_Candidate], plan: plan_kernel.Plan, problem: plan_kernel
 
 
 def _fill_report(report: PassReport, table: X.ExitTable, plan: plan_kernel.Plan, total: float,
-                 cuts: list[Cut]) -> None:
+                 cuts: list[Cut], node_flops: dict[str, int]) -> None:
     rel = {"entropy": "<=", "max-prob": ">=", "margin": ">="}[table.criterion]
     kinds = {c.node: c.kind for c in cuts}
     for i, e in enumerate(table.exits):
@@ -460,7 +401,8 @@ def _fill_report(report: PassReport, table: X.ExitTable, plan: plan_kernel.Plan,
     report.per_tensor["model"] = {
         "flops": total, "expected_flops": expected, "final_flops": table.final_flops,
         "planned_cost": plan.cost, "held_lost": plan.lost, "held_gained": plan.gained,
-        "estimated_drop": plan.drop, "cuts": {c.node: round(c.fraction, 4) for c in cuts}}
+        "estimated_drop": plan.drop, "cuts": {c.node: round(c.fraction, 4) for c in cuts},
+        "node_flops": node_flops}
     report.notes.append("exits: " + "; ".join(
         f"{e.node} ({100 * e.cost_fraction:.1f}% of the FLOPs, {e.head}, {table.criterion} "
         f"{rel} {e.threshold:.4g}): {100 * e.share:.1f}% of held-out inputs"

@@ -79,7 +79,7 @@ class _Builder:
                         for i, h in enumerate(heads)}
         self.count = 0
         self.main: list[gs.Node] = []
-        self.hoisted: dict[int, gs.Variable] = {}
+        self.hoisted: dict[int, tuple[gs.Constant, gs.Variable]] = {}
         self.out_dtype = graph.outputs[0].dtype or np.float32
 
     def name(self, base: str) -> str:
@@ -88,12 +88,12 @@ class _Builder:
 
     def reach(self, c: gs.Constant) -> gs.Variable:
         """A main-graph constant as a branch sees it: through one Identity in the main graph."""
-        if id(c) not in self.hoisted:
+        if id(c) not in self.hoisted:  # (c kept alive with it: its id stays its own)
             ref = gs.Variable(self.name("ref"), dtype=np.asarray(c.values).dtype,
                               shape=list(np.asarray(c.values).shape))
             self.main.append(gs.Node("Identity", self.name("ref"), inputs=[c], outputs=[ref]))
-            self.hoisted[id(c)] = ref
-        return self.hoisted[id(c)]
+            self.hoisted[id(c)] = (c, ref)
+        return self.hoisted[id(c)][1]
 
 
 class _Scope:
@@ -102,7 +102,9 @@ class _Scope:
     def __init__(self, b: _Builder, sub: bool):
         self.b, self.sub, self.nodes = b, sub, []
         self.made: set[int] = set()
-        self.consts: dict[int, gs.Tensor] = {}
+        # constant -> how this scope reads it; the constant is kept alive with it, so that
+        # its id is never reused for another while the scope is built
+        self.consts: dict[int, tuple[gs.Constant, gs.Tensor]] = {}
 
     def op(self, op: str, inputs: Sequence[gs.Tensor], attrs: dict | None = None,
            dtypes: Sequence = (np.float32,)) -> gs.Variable | list[gs.Variable]:
@@ -113,7 +115,8 @@ class _Scope:
         return outs[0] if len(outs) == 1 else outs
 
     def c(self, value, dtype=np.int64) -> gs.Tensor:
-        return self.constant(gs.Constant(self.b.name("c"), np.asarray(value, dtype=dtype)))
+        """A new small constant of this scope."""
+        return gs.Constant(self.b.name("c"), np.asarray(value, dtype=dtype))
 
     def constant(self, c: gs.Constant) -> gs.Tensor:
         """Constant `c` as this scope reads it. The main graph reads it directly. A branch gets
@@ -126,12 +129,12 @@ class _Scope:
             values = np.asarray(c.values)
             if values.nbytes <= SMALL_BYTES:  # a copy, named after it
                 self.b.count += 1
-                self.consts[id(c)] = gs.Constant(f"{c.name}_{self.b.count}", values)
+                read = gs.Constant(f"{c.name}_{self.b.count}", values)
             else:
                 shape = gs.Constant(self.b.name("shape"), np.asarray(values.shape, np.int64))
-                self.consts[id(c)] = self.op("Reshape", [self.b.reach(c), shape],
-                                             dtypes=[values.dtype])
-        return self.consts[id(c)]
+                read = self.op("Reshape", [self.b.reach(c), shape], dtypes=[values.dtype])
+            self.consts[id(c)] = (c, read)
+        return self.consts[id(c)][1]
 
     def local(self, t: gs.Tensor, dtype) -> gs.Tensor:
         """`t` produced in this scope (an Identity when it comes from outside): branch outputs."""

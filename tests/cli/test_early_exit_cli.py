@@ -81,6 +81,9 @@ def test_prune_cluster_exits_pack(tmp_path, files):
     np.save(tmp_path / "x.npy", x)
     r = cli("run", packed, "--input", tmp_path / "x.npy")
     assert r.exit_code == 0 and "exit_index: int64[7]" in r.output
+    r = cli("report", packed, "--baseline", model, "--no-latency")
+    assert r.exit_code == 0 and "early exits" in r.output and "Conv_3" in r.output  # in a branch
+    assert cli("unpack", packed, "-o", tmp_path / "back.onnx").exit_code == 0
 
 
 def test_a_weight_pass_after_the_exits_is_refused(tmp_path, files):

@@ -104,3 +104,12 @@ def test_free_batch_refuses_what_it_cannot_free():
     g = to_graph(model)
     with pytest.raises(UnsupportedModelError, match="batch size is fixed"):
         free_batch(g, "m.onnx")
+
+
+def test_spread_keeps_the_map_before_a_pooling():
+    from onnxcompress.graph.cuts import spread
+
+    _, _, cuts, _ = _analyse(resnet())
+    kept = [c.node for c in spread(cuts, 8)]
+    assert kept == ["Relu_1", "MaxPool_2", "Relu_7", "Relu_9", "Flatten_11"]
+    assert len(spread(cuts, 2)) == 2

@@ -93,3 +93,15 @@ def test_no_onnx_import():
 
     source = Path(H.__file__).read_text()  # kernels are pure numpy
     assert "import onnx" not in source and "from onnx" not in source and onnx is not None
+
+
+def test_head_shape_prefers_windows_that_do_not_overlap():
+    grids = (8, 7, 6, 4, 3, 2, 1)
+    stem = H.head_shape((32, 14, 14), 2048, grids)  # 7x7 cells of 2x2 windows
+    assert stem.cells == (7, 7) and stem.pool == ((2, 2), (2, 2)) and stem.features == 1568
+    assert stem.reads == 32 * 14 * 14
+    wide = H.head_shape((64, 7, 7), 2048, grids)  # nothing divides 7 within 2048 features
+    assert wide.cells == (4, 4) and wide.pool == ((4, 4), (1, 1)) and wide.features == 1024
+    assert H.head_shape((8, 6, 6), 2048, grids).pool is None  # already small: read as it is
+    assert H.head_shape((16,), 2048, grids).features == 16
+    assert H.head_shape((512, 7, 7), 256, grids).pool == "global"

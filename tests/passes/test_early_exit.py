@@ -193,3 +193,22 @@ def test_config_checks():
     for bad in ({"exits": 0}, {"max_drop": -1}, {"label_weight": 2}, {"grid": 0}):
         with pytest.raises(ValueError):
             early_exit.Config(**bad)
+
+
+@pytest.mark.parametrize("criterion", ["max-prob", "entropy", "margin"])
+def test_names_are_unique_across_branches(criterion):
+    out, _ = _insert(resnet(), exits="MaxPool_2,Relu_7", criterion=criterion, max_drop=50.0)
+    names: list[str] = []
+
+    def walk(graph):
+        names.extend(t.name for t in graph.initializer)
+        for node in graph.node:
+            names.extend(o for o in node.output if o)
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    walk(a.g)
+
+    walk(out.graph)
+    assert len(names) == len(set(names))
+    y, taken = _sess(out).run(None, {"input": images(9, seed=6)})
+    assert y.shape == (9, 5) and taken.shape == (9,)
