@@ -183,7 +183,7 @@ def _x(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
 
-def main_table(rows: list[dict], title: str) -> list[str]:
+def main_table(rows: list[dict], title: str, targets: bool = True) -> list[str]:
     out = [f"### {title}", "",
            ("| model | top-1 original → exits (drop) | agreement | FLOPs/sample original → "
            "measured (planned) | batch-1 mean ms original → exits | batch-64 samples/s "
@@ -192,7 +192,7 @@ def main_table(rows: list[dict], title: str) -> list[str]:
     for r in rows:
         lat, thr = r.get("latency_ms", {}), r.get("throughput", {})
         speed = lat["original"] / lat["exits"] if lat else None
-        target = TARGETS.get(r["model"].split()[0])
+        target = TARGETS.get(r["model"]) if targets else None
         verdict = ("-" if speed is None or target is None else
                    f"≥ {target}x: {'met' if speed >= target and r['drop'] <= BUDGET else 'missed'}")
         out.append(
@@ -247,7 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compressed", action="store_true")
     parser.add_argument("--heads", action="store_true")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--from-json", type=Path, nargs="*", default=None,
+                        help="render recorded runs (their .json) instead of running")
     args = parser.parse_args(argv)
+    if args.from_json:
+        return render_recorded(args.from_json, args.out)
     start = machine()
     xc, yc = load("train", CALIB)
     test = load("test", args.limit)
@@ -284,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         lines += main_table(rows, "Early exit alone")
     if packed:
-        lines += main_table(packed, "Prune → cluster → early exit → pack (container)")
+        lines += main_table(packed, "Prune → cluster → early exit → pack (container)", False)
     if heads:
         lines += heads_markdown(heads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -292,6 +296,29 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(
         {"machine": {"start": start, "end": end}, "rows": rows, "packed": packed,
          "heads": heads}, indent=2))
+    print("\n".join(lines))
+    return 0
+
+
+def render_recorded(paths: list[Path], out: Path) -> int:
+    """The markdown of recorded runs (their .json), one section per run with its load."""
+    lines = ["# Early exits (issue 10)", ""]
+    for path in paths:
+        run = json.loads(path.read_text())
+        start, end = run["machine"]["start"], run["machine"]["end"]
+        lines += [f"## Run {path.stem}", "",
+                  (f"CPU: {start['cpu']} ({start['cpus']} vCPUs); one ONNX Runtime thread. "
+                  f"Load at start: `{start['uptime']}`; at end: `{end['uptime']}`."), "",
+                  (f"Calibration: the first {CALIB:,} training images; test: the 10,000 test "
+                  f"images; budget {BUDGET} points of top-1."), ""]
+        if run["rows"]:
+            lines += main_table(run["rows"], "Early exit alone")
+        if run["packed"]:
+            lines += main_table(run["packed"], "Prune → cluster → early exit → pack (container)",
+                                False)
+        if run["heads"]:
+            lines += heads_markdown(run["heads"])
+    out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
