@@ -115,6 +115,9 @@ def _finish(report, json_path: str | None, quiet: bool = False) -> None:
         write_text(json_path, json.dumps(report.to_dict(), indent=2))
     if not quiet:
         click.echo(render(report))
+    if report.within_budget is False and report.budget_unmet:
+        raise AccuracyBudgetExceeded(f"{', '.join(report.budget_unmet)}: no setting meets the "
+                                     "accuracy budget; the model was written unchanged")
     if report.within_budget is False:
         raise AccuracyBudgetExceeded(f"{report.metric} drop {report.accuracy_drop:.2f} "
                                      f"{report.units} exceeds --max-accuracy-drop {report.budget}")
@@ -327,6 +330,35 @@ def binarize(model, output, mode, target, layers, tolerance, input_scaling, **da
     settings = {"mode": mode, "target": target, "layers": layers, "tolerance": tolerance,
                 "input_scaling": input_scaling}
     _run_one_pass("binarize", model, output, settings, "binarized.onnx", data)
+
+
+@main.command("early-exit", epilog=EPILOG)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "output", type=click.Path(dir_okay=False),
+              help="Output .onnx (or .onnxc). Default: MODEL.exits.onnx")
+@click.option("--exits", metavar="auto|N|NODE,NODE",
+              help="auto (default): placed from the FLOPs before each cut and how sure a trial "
+                   "head is there; N: at most N exits; or the nodes to branch after.")
+@click.option("--criterion", type=click.Choice(["entropy", "max-prob", "margin"]),
+              help="When a sample leaves: its head's max-prob (default), margin between the top "
+                   "two probabilities, or entropy, against a threshold per exit.")
+@data_options
+def early_exit(model, output, exits, criterion, **data):
+    """Early exits (BranchyNet): samples the model is sure about leave early.
+
+    Exit heads (pooling + one linear layer, distilled from the model's own outputs) are fitted
+    on --calib with the backbone frozen; thresholds are set on a held-out half so that the
+    whole model stays within --max-accuracy-drop. The result is plain ONNX: same outputs, plus
+    `exit_index` naming the exit each sample took.
+
+    \b
+    Examples:
+      onnxcompress early-exit model.onnx -o exits.onnx --calib calib.npz --eval eval.npz
+      onnxcompress early-exit model.onnx --calib calib.npz --exits 2 --criterion entropy
+      onnxcompress report exits.onnx --baseline model.onnx --eval eval.npz
+    """
+    settings = {"exits": exits, "criterion": criterion}
+    _run_one_pass("early_exit", model, output, settings, "exits.onnx", data)
 
 
 @main.command(epilog=EPILOG)

@@ -20,6 +20,7 @@ from . import metrics as M
 from . import registry, search
 from .calibration import Calibration
 from .errors import BadInputError, UnsupportedModelError
+from .exits import ExitTable
 from .files import check_outputs
 from .graph import exported_size, iter_weights, to_graph, to_light_model
 from .graph.cost import infer_shapes
@@ -34,6 +35,9 @@ from .report.stats import (
     Report,
     StageRow,
     coding_summary,
+    exit_indices,
+    exit_rows,
+    exit_table,
     layer_rows,
     original_weights,
     pass_summary,
@@ -114,9 +118,12 @@ def compress(input_path: str | Path, output_path: str | Path, *,
         report.notes.extend(plan.notes())
         report.search = plan.facts()
     steps = [with_budget(s, max_accuracy_drop) for s in steps]
+    exit_stages: list[str] = []  # stages whose graph has early exits
 
     def after_step(step: Step, pass_report: PassReport) -> None:
         report.notes.extend(f"{step.name}: {n}" for n in pass_report.notes)
+        if ExitTable.from_doc(graph.doc_string) is not None:
+            exit_stages.append(step.stage)
         report.passes.append(pass_summary(pass_report))
         if evaluator:
             m = gs.export_onnx(graph, do_type_check=False)
@@ -126,7 +133,10 @@ def compress(input_path: str | Path, output_path: str | Path, *,
             size = exported_size(graph)
             report.stages.append(StageRow(step.stage, size, base_size / size))
 
-    run(graph, steps, ctx, after_step)
+    try:
+        run(graph, steps, ctx, after_step)
+    except BadInputError as e:  # name the user's file
+        raise type(e)(f"{input_path}: {e}") from e
     progress(f"writing {output_path}")
     # the weights stay the graph's arrays (no proto copy of them) until they are written
     sizes_before = original_weights(model)
@@ -144,11 +154,21 @@ def compress(input_path: str | Path, output_path: str | Path, *,
     codecs = {t.name: t.codec for t in creport.tensors} if creport else None
     sample = (calib_ds or eval_ds).feeds if (calib_ds or eval_ds) else None
     report.layers = layer_rows(final, stored, codecs, sizes_before, arrays=arrays, feeds=sample)
+    table = exit_table(final)
+    if table is not None:
+        _exit_report(report, table, out_sess, eval_ds, evaluator, [*exit_stages, "packed"])
     if measure_latency:
         feeds = (calib_ds or eval_ds).feeds if (calib_ds or eval_ds) else D.zero_feeds(specs)
         progress("timing batch-1 latency")
-        report.latency_ms["original"] = bench.latency_ms(base_sess, feeds)
-        report.latency_ms[report.stages[-1].stage] = bench.latency_ms(out_sess, feeds)
+        last = report.stages[-1].stage
+        if table is None:
+            report.latency_ms["original"] = bench.latency_ms(base_sess, feeds)
+            report.latency_ms[last] = bench.latency_ms(out_sess, feeds)
+        else:  # the cost depends on the input: the mean over samples, and batch-64 throughput
+            feeds = eval_ds.feeds if eval_ds is not None else feeds  # unseen samples first
+            for stage, sess in (("original", base_sess), (last, out_sess)):
+                report.latency_ms[stage] = bench.mean_latency_ms(sess, feeds)
+                report.throughput[stage] = bench.throughput(sess, feeds)
     report.judge()
     if plan is not None and report.accuracy_drop is None:  # no --eval: the search's measure
         report.accuracy_drop = plan.drop
@@ -196,3 +216,20 @@ def _check_data(ds: D.Dataset, graph: gs.Graph, output: str, metric: M.Metric,
     if ds.targets is not None and shape and ds.targets.shape[1:] != tuple(shape[1:]):
         raise BadInputError(f"{where}: 'targets' of shape {ds.targets.shape} do not match the "
                             f"output '{output}' {tuple(shape[1:])} per sample")
+
+
+def _exit_report(report: Report, table: ExitTable, sess: Session, eval_ds: D.Dataset | None,
+                 evaluator: Evaluator | None, stages: list[str]) -> None:
+    """Exit statistics of a model with early exits: per exit on the evaluation data (else as
+    planned on held-out calibration data), and the expected FLOPs of the stages that have them."""
+    taken = outputs = None
+    if eval_ds is not None and sess is not None:
+        taken = exit_indices(sess, eval_ds, table.output)
+        outputs = D.predict(D.output_of(sess), eval_ds)
+    report.exit_criterion = table.criterion
+    report.exits, flops = exit_rows(table, taken, outputs,
+                                    evaluator.reference if evaluator else None,
+                                    eval_ds.labels if eval_ds is not None else None)
+    report.stages[0].flops = table.model_flops
+    for row in report.stages[1:]:
+        row.flops = flops if row.stage in stages else None

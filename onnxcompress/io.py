@@ -19,7 +19,7 @@ from .container.protos import mark_in_memory
 from .container.writer import ContainerReport
 from .errors import BadInputError
 from .files import atomic_output
-from .graph import WEIGHT_INPUTS, to_graph, weight_index, weight_sources
+from .graph import WEIGHT_INPUTS, all_nodes, to_graph, weight_index, weight_sources
 from .graph.convert import with_arrays
 from .wire import external_locations
 
@@ -142,10 +142,12 @@ def tensor_kinds(model: onnx.ModelProto) -> dict[str, str]:
     """Stored initializer name -> 'conv' | 'fc' | 'embedding', for the container's sparse gap
     width."""
     kinds = {}
-    for node in to_graph(model).nodes:
+    stored = {t.name for t in model.graph.initializer}
+    for node in all_nodes(to_graph(model)):  # If branches too (early exits)
         index = weight_index(node)
         for c in (weight_sources(node, index) or []) if index is not None else []:
-            kinds[c.name] = WEIGHT_INPUTS[node.op][1]
+            if c.name in stored:
+                kinds[c.name] = WEIGHT_INPUTS[node.op][1]
     return kinds
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import onnx_graphsurgeon as gs
 
 from . import registry
-from .errors import BadInputError, OnnxCompressError, PassError
+from .errors import BadInputError, OnnxCompressError, PassError, RecipeError
 from .passes.base import Context, PassReport
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,22 @@ def with_budget(step: Step, budget: float | None) -> Step:
     return Step(step.name, dataclasses.replace(step.config, **{key: budget}))
 
 
+def check_order(steps: list[Step]) -> None:
+    """A pass that declares RUNS_LAST (early_exit: its branches hide the weights from weight
+    passes) must be the last step."""
+    for i, step in enumerate(steps[:-1]):
+        if getattr(registry.get(step.name), "RUNS_LAST", False):
+            after = ", ".join(s.name for s in steps[i + 1:])
+            raise RecipeError(
+                f"step '{step.name}' must be the last pass: later passes cannot see the weights "
+                f"inside its branches (found after it: {after}); put those steps before it "
+                "(the container, .onnxc, is the output format, not a step)")
+
+
 def run(graph: gs.Graph, steps: list[Step], ctx: Context,
         after_step: Callable[[Step, PassReport], None] | None = None) -> list[PassReport]:
     """Apply `steps` in order to `graph` (in place); return their reports."""
+    check_order(steps)
     reports: list[PassReport] = []
     history: list[str] = []
     for step in steps:

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "onnxcompress"
 
 # module (or package) -> layer, as in docs/ARCHITECTURE.md
 LAYERS = {
-    "errors": 1, "ops": 1,
+    "errors": 1, "ops": 1, "exits": 1,
     "kernels": 2,
     "files": 3, "container": 3, "wire": 3,
     "runtime": 4,

@@ -10,7 +10,15 @@
 
 from .convert import exported_size, to_graph, to_light_model, to_model
 from .geometry import ConvGeometry, GeometryError, conv_geometry
-from .topology import SAFE_OPS, downstream_nodes, find_node, fresh_name, unique_names, unknown_ops
+from .topology import (
+    SAFE_OPS,
+    all_nodes,
+    downstream_nodes,
+    find_node,
+    fresh_name,
+    unique_names,
+    unknown_ops,
+)
 from .weights import (
     WEIGHT_INPUTS,
     Weight,
@@ -23,7 +31,8 @@ from .weights import (
 )
 
 __all__ = [
-    "SAFE_OPS", "WEIGHT_INPUTS", "ConvGeometry", "GeometryError", "Weight", "conv_geometry",
+    "SAFE_OPS", "WEIGHT_INPUTS", "ConvGeometry", "GeometryError", "Weight", "all_nodes",
+    "conv_geometry",
     "downstream_nodes", "exported_size", "find_node", "fresh_name", "iter_weights",
     "resolve_weight", "to_graph", "to_light_model", "to_model", "unique_names", "unknown_ops",
     "weight_index", "weight_of", "weight_size", "weight_sources",

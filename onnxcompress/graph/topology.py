@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import onnx_graphsurgeon as gs
 
@@ -63,6 +63,16 @@ def downstream_nodes(node: gs.Node) -> set[str]:
                 seen.add(consumer.name)
                 stack.extend(consumer.outputs)
     return seen
+
+
+def all_nodes(graph: gs.Graph) -> Iterator[gs.Node]:
+    """Every node of `graph` and of the subgraphs its nodes hold (If branches, Loop bodies),
+    depth first in graph order."""
+    for node in graph.nodes:
+        yield node
+        for value in node.attrs.values():
+            if isinstance(value, gs.Graph):
+                yield from all_nodes(value)
 
 
 def find_node(graph: gs.Graph, name: str) -> gs.Node:

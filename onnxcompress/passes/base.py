@@ -25,6 +25,9 @@ class PassReport:
     modified: bool
     per_tensor: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # False: no setting of the pass meets the accuracy budget, so it left the graph unchanged
+    # (the run then fails its budget, as when the drop exceeds it)
+    budget_met: bool | None = None
 
 
 @dataclass

@@ -18,6 +18,9 @@ from .stats import (
     Evaluator,
     Report,
     StageRow,
+    exit_indices,
+    exit_rows,
+    exit_table,
     layer_rows,
     original_weights,
     unknown_op_types,
@@ -52,6 +55,7 @@ def compare(model_path: str | Path, baseline: str | Path | None = None,
     sess = Session(model_path, threads=1)
     base_sess = Session(baseline, threads=1) if baseline else None
     run = D.output_of(sess, scored)
+    ev = None
     if ds is not None:
         base_run = D.output_of(base_sess, scored) if base_sess else run
         ev = Evaluator(ds, D.predict(base_run, ds), chosen)
@@ -64,11 +68,33 @@ def compare(model_path: str | Path, baseline: str | Path | None = None,
         if base_model:
             rep.stages.append(StageRow("baseline", base_size, 1.0))
         rep.stages.append(StageRow("model", size, base_size / size))
+    table = exit_table(model)
+    if table is not None:
+        _exits(rep, table, sess, ds, ev)
     if measure_latency:
         feeds = ds.feeds if ds else D.zero_feeds(specs)
-        if base_sess:
-            rep.latency_ms["baseline"] = bench.latency_ms(base_sess, feeds)
-        rep.latency_ms["model"] = bench.latency_ms(sess, feeds)
+        timed = [("baseline", base_sess)] if base_sess else []
+        for stage, s in [*timed, ("model", sess)]:
+            if table is None:
+                rep.latency_ms[stage] = bench.latency_ms(s, feeds)
+            else:  # the cost depends on the input: the mean over samples, and throughput
+                rep.latency_ms[stage] = bench.mean_latency_ms(s, feeds)
+                rep.throughput[stage] = bench.throughput(s, feeds)
     if base_model:
         rep.judge()
     return rep
+
+
+def _exits(rep: Report, table, sess: Session, ds: D.Dataset | None,
+           ev: Evaluator | None) -> None:
+    """Exit statistics of a model with early exits: measured on `ds`, else as planned."""
+    taken = outputs = None
+    if ds is not None:
+        taken = exit_indices(sess, ds, table.output)
+        outputs = D.predict(D.output_of(sess), ds)
+    rep.exit_criterion = table.criterion
+    rep.exits, flops = exit_rows(table, taken, outputs, ev.reference if ev else None,
+                                 ds.labels if ds is not None else None)
+    rep.stages[-1].flops = flops
+    if len(rep.stages) > 1:
+        rep.stages[0].flops = table.model_flops

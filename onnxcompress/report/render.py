@@ -39,11 +39,18 @@ def render(report: Report) -> str:
              for s in report.stages]
     score_cols = ((M.LABELS[M.Metric(report.metric)],) if extra else ()) + (
         ("top-1 %", "agree %") if classes or report.metric is None else ())
-    lines += _table(("stage", "size", "ratio", *score_cols, "max |d|", "mean |d|",
-                     "latency ms"), srows)
+    header = ("stage", "size", "ratio", *score_cols, "max |d|", "mean |d|", "latency ms")
+    if report.exits:  # a model with early exits: what a sample costs on average
+        header += ("MFLOPs", "batch-64/s")
+        srows = [r + ("-" if s.flops is None else f"{s.flops / 1e6:.2f}",
+                      "-" if s.stage not in report.throughput
+                      else f"{report.throughput[s.stage]:.0f}")
+                 for r, s in zip(srows, report.stages)]
+    lines += _table(header, srows)
     if report.scored_output is not None:
         lines += [(f"scored: output '{report.scored_output}' by {report.metric} "
                   f"({report.units})")]
+    lines += _exits(report)
     if report.container and report.container["n_symbols"]:  # no line when nothing is Huffman-coded
         c = report.container
         lines += ["", (f"Huffman: {c['n_symbols']:,} symbols at {c['bits_per_symbol']:.3f} bits "
@@ -52,6 +59,9 @@ def render(report: Report) -> str:
     if report.unknown_ops:
         lines += ["", "left untouched (no pass knows these ops): " + ", ".join(report.unknown_ops)]
     lines += [f"note: {n}" for n in report.notes]
+    if report.budget_unmet:
+        lines += ["", (f"{', '.join(report.budget_unmet)}: no setting meets the accuracy budget; "
+                       "the model was left unchanged by it")]
     if report.budget is not None and report.accuracy_drop is not None:
         verdict = "within" if report.within_budget else "EXCEEDS"
         lines += ["", (f"{report.metric} drop {report.accuracy_drop:.2f} {report.units}: "
@@ -62,6 +72,24 @@ def render(report: Report) -> str:
 
 def _used(drop: float, budget: float) -> str:
     return f"{100 * max(drop, 0.0) / budget:.0f}%" if budget > 0 else "-"
+
+
+def _exits(report: Report) -> list[str]:
+    """The exit table of a model with early exits: planned (held-out calibration data) and
+    measured (evaluation data) shares, their accuracy, and what a sample leaving there costs."""
+    if not report.exits:
+        return []
+    rel = {"entropy": "entropy <=", "max-prob": "max-prob >=", "margin": "margin >="}.get(
+        report.exit_criterion or "", "score >=")
+    rows = [(e.exit, e.node or "(original output)", f"{100 * e.cost_fraction:.1f}",
+             "-" if e.threshold is None else f"{rel} {e.threshold:.4g}",
+             "-" if e.held_share is None else f"{100 * e.held_share:.1f}",
+             "-" if e.share is None else f"{100 * e.share:.1f}", _pct(e.accuracy),
+             f"{e.flops / 1e6:.2f}") for e in report.exits]
+    lines = ["", "early exits (latency: mean over samples at batch 1)"]
+    lines += _table(("exit", "after", "cost %", "leaves when", "planned %", "measured %",
+                     "top-1 %", "MFLOPs"), rows)
+    return lines
 
 
 def _table(header: tuple, rows: list[tuple]) -> list[str]:

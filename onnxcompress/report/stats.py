@@ -14,7 +14,9 @@ import onnx_graphsurgeon as gs
 
 from .. import data as D
 from .. import metrics as M
+from ..exits import ExitTable
 from ..graph import (
+    all_nodes,
     resolve_weight,
     to_graph,
     unknown_ops,
@@ -54,6 +56,21 @@ class StageRow:
     agreement: float | None = None  # top-1 agreement with the uncompressed model, class scores
     max_abs_diff: float | None = None
     mean_abs_diff: float | None = None
+    flops: float | None = None  # expected FLOPs per sample (early exits: measured on eval)
+
+
+@dataclass
+class ExitRow:
+    """One exit of a model with early exits (the last row: the original output)."""
+
+    exit: str  # "0", "1" … or "end"
+    node: str  # the cut it branches from
+    cost_fraction: float  # the backbone's FLOPs before it / the original model's
+    flops: float  # FLOPs per sample leaving here (backbone and heads so far)
+    threshold: float | None
+    held_share: float | None  # share of held-out calibration samples leaving here (planned)
+    share: float | None = None  # measured on the evaluation data
+    accuracy: float | None = None  # top-1 % of those samples (labels), else agreement %
 
 
 @dataclass
@@ -63,6 +80,7 @@ class Report:
     layers: list[LayerRow] = field(default_factory=list)
     stages: list[StageRow] = field(default_factory=list)
     latency_ms: dict[str, float] = field(default_factory=dict)  # stage -> median batch-1 ms
+    throughput: dict[str, float] = field(default_factory=dict)  # stage -> samples/s, batch 64
     unknown_ops: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     container: dict[str, float] = field(default_factory=dict)  # coded symbols vs entropy
@@ -74,6 +92,9 @@ class Report:
     accuracy_drop: float | None = None  # first stage's score minus the last's, in `units`
     budget: float | None = None
     within_budget: bool | None = None
+    exits: list[ExitRow] = field(default_factory=list)  # a model with early exits
+    exit_criterion: str | None = None
+    budget_unmet: list[str] = field(default_factory=list)  # passes no setting of which fits
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,18 +102,21 @@ class Report:
     def judge(self) -> None:
         """The drop from the first stage to the last (accuracy with labels, else agreement)
         and whether it is within the budget."""
+        self.budget_unmet = [p["pass"] for p in self.passes if p.get("budget_met") is False]
+        if self.budget_unmet:
+            self.within_budget = False
         first, last = self.stages[0], self.stages[-1]
         if first.score is None or last.score is None:
             return
         self.accuracy_drop = first.score - last.score
-        if self.budget is not None:
+        if self.budget is not None and not self.budget_unmet:
             self.within_budget = self.accuracy_drop <= self.budget + 1e-9
 
 
 def pass_summary(report) -> dict[str, Any]:
     """A PassReport as plain data for the JSON report."""
     return {"pass": report.name, "modified": report.modified, "notes": list(report.notes),
-            "per_tensor": report.per_tensor}
+            "per_tensor": report.per_tensor, "budget_met": report.budget_met}
 
 
 @dataclass
@@ -133,7 +157,7 @@ def layer_rows(model: onnx.ModelProto, stored_bytes: dict[str, int] | None = Non
     graph = to_graph(model, arrays)
     flops = layer_flops(graph, dims_of(graph, feeds))
     rows, seen = [], set()
-    for node in graph.nodes:
+    for node in all_nodes(graph):  # early exits: the backbone sits in If branches, twice
         if node.op == XNOR_CONV and isinstance(node.inputs[IN_WEIGHT_BITS], gs.Constant):
             bits = node.inputs[IN_WEIGHT_BITS]
             if bits.name not in seen:  # the exact Sign(0) form shares one weight in two ops
@@ -143,9 +167,10 @@ def layer_rows(model: onnx.ModelProto, stored_bytes: dict[str, int] | None = Non
             continue
         index = weight_index(node)
         stored = None if index is None else weight_sources(node, index)
-        if stored is None or tuple(c.name for c in stored) in seen:
+        key = None if stored is None else tuple(c.name for c in stored if _is_float(c))
+        if stored is None or key in seen:
             continue
-        seen.add(tuple(c.name for c in stored))
+        seen.add(key)
         dense, _ = resolve_weight(node, index)
         row = _row(node, dense, stored, stored_bytes, stored_codec, original)
         rows.append(dataclasses.replace(row, flops=flops.get(node.name)))
@@ -161,6 +186,11 @@ def layer_flops(graph: gs.Graph, dims: dict[str, int] | None = None) -> dict[str
         return {}
 
 
+def _is_float(c: gs.Constant) -> bool:
+    """Float constants hold a layer's values; integer ones (indices, shapes) only place them."""
+    return np.asarray(c.values).dtype.kind == "f"
+
+
 def _row(node, dense, stored, stored_bytes, stored_codec, original) -> LayerRow:
     flat = dense.reshape(-1)
     nonzero = flat[flat != 0]
@@ -169,7 +199,8 @@ def _row(node, dense, stored, stored_bytes, stored_codec, original) -> LayerRow:
     bits = (max(1, math.ceil(math.log2(distinct + has_zero))) if 0 < distinct <= 256 else None)
     after = sum((stored_bytes or {}).get(c.name, np.asarray(c.values).nbytes) for c in stored)
     if stored_codec:
-        how = "+".join(sorted({stored_codec.get(c.name, "?") for c in stored}))
+        how = "+".join(sorted({stored_codec.get(c.name, "?")
+                               for c in [c for c in stored if _is_float(c)] or stored}))
     else:
         how = "gather codebook" if len(stored) > 1 else str(dense.dtype)
     before = (original or {}).get(node.name, flat.size)
@@ -238,3 +269,45 @@ def coding_summary(creport) -> dict[str, float]:
 
 def unknown_op_types(model: onnx.ModelProto, known: frozenset[str] = frozenset()) -> list[str]:
     return unknown_ops(to_graph(model), known)
+
+
+# ----------------------------------------------------------------------------- early exits
+
+
+def exit_table(model: onnx.ModelProto) -> ExitTable | None:
+    """The exit table a model with early exits carries (onnxcompress.exits), else None."""
+    return ExitTable.from_doc(model.graph.doc_string)
+
+
+def exit_indices(session, data: D.Dataset, output: str, batch: int = 256) -> np.ndarray:
+    """The exit each sample of `data` takes (the model's exit-index output)."""
+    parts = []
+    for start in range(0, len(data), batch):
+        feeds = {k: v[start:start + batch] for k, v in data.feeds.items()}
+        parts.append(np.asarray(session.run([output], feeds)[0]).reshape(-1))
+    return np.concatenate(parts)
+
+
+def exit_rows(table: ExitTable, taken: np.ndarray | None = None,
+              outputs: np.ndarray | None = None, reference: np.ndarray | None = None,
+              labels: np.ndarray | None = None) -> tuple[list[ExitRow], float]:
+    """Per-exit rows and the expected FLOPs per sample: measured from `taken` (exit index per
+    evaluation sample; `outputs` the model's scores there, scored against `labels`, else
+    against the original model's `reference` scores), or planned from the table's held-out
+    shares without them."""
+    costs = table.path_flops()
+    rows = [ExitRow(str(i), e.node, e.cost_fraction, e.flops, e.threshold, e.share)
+            for i, e in enumerate(table.exits)]
+    rows.append(ExitRow("end", "", 1.0, table.final_flops, None,
+                        max(0.0, 1.0 - sum(e.share for e in table.exits))))
+    if taken is None:
+        return rows, float(sum(r.held_share * f for r, f in zip(rows, costs)))
+    pred = M.top1(outputs) if outputs is not None else None
+    target = labels if labels is not None else (M.top1(reference) if reference is not None
+                                                else None)
+    for i, row in enumerate(rows):
+        mask = taken == i
+        row.share = float(mask.mean())
+        if pred is not None and target is not None and mask.any():
+            row.accuracy = float(100 * (pred[mask] == target[mask]).mean())
+    return rows, float(np.asarray(costs)[np.clip(taken, 0, len(costs) - 1)].mean())
