@@ -273,9 +273,12 @@ def prune(model, output, sparsity, mode, layers, tolerance, **data):
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", "output", type=click.Path(dir_okay=False),
               help="Output .onnx (or .onnxc). Default: MODEL.clustered.onnx")
-@click.option("--bits", type=click.IntRange(1, 8), help="Bits per weight index for every layer.")
-@click.option("--bits-conv", type=click.IntRange(1, 8), help="Bits for Conv layers (default 8).")
-@click.option("--bits-fc", type=click.IntRange(1, 8), help="Bits for Gemm/MatMul (default 5).")
+@click.option("--bits", type=click.FloatRange(1, 8),
+              help="Bits per weight index for every layer: log2 of the codebook size (4.5: 23 "
+                   "values; the Huffman-coded indices cost about that).")
+@click.option("--bits-conv", type=click.FloatRange(1, 8), help="Bits for Conv layers (default 8).")
+@click.option("--bits-fc", type=click.FloatRange(1, 8),
+              help="Bits for Gemm/MatMul and embedding tables (default 5).")
 @click.option("--form", type=click.Choice(["dense", "gather"]),
               help="dense: float weights set to centroids; gather: uint8 indices + a codebook "
                    "decoded in-graph, so the .onnx file itself shrinks.")
@@ -289,7 +292,8 @@ def cluster(model, output, bits, bits_conv, bits_fc, form, **data):
       onnxcompress cluster model.onnx --bits-conv 6 --bits-fc 4 --form gather
     """
     settings = {"bits_conv": bits if bits is not None else bits_conv,
-                "bits_fc": bits if bits is not None else bits_fc, "form": form}
+                "bits_fc": bits if bits is not None else bits_fc,
+                "bits_embedding": bits if bits is not None else bits_fc, "form": form}
     _run_one_pass("cluster", model, output, settings, "clustered.onnx", data)
 
 

@@ -142,6 +142,7 @@ class Calibration:
         self.data, self.output, self.metric, self.threads = data, output, metric, threads
         self._snapshots: dict[tuple, Snapshot] = {}
         self._split: tuple[Dataset, Dataset] | None = None
+        self._memo: dict[tuple, object] = {}
 
     @property
     def labels(self) -> np.ndarray | None:
@@ -155,6 +156,20 @@ class Calibration:
             snap = self._snapshots[key] = Snapshot(graph.copy(), self.threads)
             log.debug("calibration: new snapshot (%d in all)", len(self._snapshots))
         return snap
+
+    def on(self, data: Dataset) -> Calibration:
+        """The same run's service on other data (a part of it): its own snapshots and split,
+        the same memory of expensive results."""
+        other = Calibration(data, self.output, self.metric, threads=self.threads)
+        other._memo = self._memo
+        return other
+
+    def memo(self, key: tuple, compute):
+        """compute(), once per key for the run: a search applies the same expensive step
+        (k-means of an unchanged table …) to the same values in many trials."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def can_split(self) -> bool:
         return len(self.data) >= 2 * MIN_HOLDOUT

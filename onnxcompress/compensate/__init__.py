@@ -29,7 +29,7 @@ from .bias import (
     layer_input,
     output_mean,
 )
-from .refit import Refit, layer_grams, refit_alone, refit_sweep, refit_unsupported
+from .refit import Alone, Refit, layer_grams, refit_sweep, refit_unsupported
 
 __all__ = ["Compensator"]
 
@@ -69,6 +69,7 @@ class Compensator:
         means = snapshot.means(data, [layer_input(w).name for w in with_slot])
         self.stats = input_stats(means, with_slot)
         self._grams: dict[str, np.ndarray] | None = None
+        self._alone: dict[str, Alone] = {}  # per layer: what its refits alone share
 
     def method(self, w: Weight) -> str:
         """'refit', 'bias' or 'none' for this layer."""
@@ -97,8 +98,10 @@ class Compensator:
                 refittable = [x for x in self.weights if x.tensor.name in self.refittable]
                 self._grams = layer_grams(self.snapshot, refittable, self.data)
             keep = keep if keep is not None else w.values != 0
-            refit_alone(w, slot, self._grams[name], self.originals[name],
-                        self.bias_before[name], keep, self.damp, codebook, quick)
+            if name not in self._alone:
+                self._alone[name] = Alone(w, slot, self._grams[name], self.originals[name],
+                                          self.bias_before[name], self.damp)
+            self._alone[name].fit(keep, codebook, quick)
         else:
             stat = self.stats[name]
             slot.shift(output_mean(w, self.originals[name], stat) - output_mean(w, w.values, stat))

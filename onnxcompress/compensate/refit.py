@@ -24,7 +24,14 @@ from ..calibration.segments import incremental_inputs
 from ..calibration.service import Snapshot
 from ..data import Dataset
 from ..graph import Weight, conv_geometry
-from ..kernels.refit import im2col, masked_lstsq, quantize_lstsq, with_ones
+from ..kernels.refit import (
+    Ridge,
+    im2col,
+    masked_lstsq,
+    quantize_lstsq,
+    ridge_optimum,
+    with_ones,
+)
 from .bias import BiasSlot, correction_unsupported, layer_input, layer_stat, output_mean
 
 MAX_REFIT_INPUTS = 4096  # fan-in above this makes the Gram too big: bias correction instead
@@ -67,20 +74,22 @@ def _gram(x: np.ndarray) -> np.ndarray:
 
 
 def _solve(w: Weight, gram: np.ndarray, cross: np.ndarray, keep_rows: np.ndarray, damp: float,
-           prior: np.ndarray, codebook: np.ndarray | None = None, quick: bool = False
-           ) -> tuple[np.ndarray, np.ndarray]:
+           prior: np.ndarray, codebook: np.ndarray | None = None, quick: bool = False,
+           ridges: list[Ridge] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The refit group by group (gram (G, f+1, f+1), cross (G, f+1, O/G)): masked least
-    squares, or, with a codebook, least squares onto its values (GPTQ's sweep)."""
+    squares, or, with a codebook, least squares onto its values (GPTQ's sweep). `ridges`:
+    the groups' `ridge_optimum`s, when one layer is refit many times on the same data."""
     per = keep_rows.shape[0] // len(gram)
 
     def one(g: int) -> tuple[np.ndarray, np.ndarray]:
         rows = slice(g * per, (g + 1) * per)
+        ridge = ridges[g] if ridges else None
         if codebook is None:
             return masked_lstsq(gram[g], cross[g], keep_rows[rows], damp, prior=prior[rows],
-                                quick=quick)
+                                quick=quick, ridge=ridge)
         book = codebook[codebook != 0] * w.gain  # the values in the refit's scaled space
         return quantize_lstsq(gram[g], cross[g], keep_rows[rows], book, damp,
-                              prior=prior[rows])
+                              prior=prior[rows], ridge=ridge)
 
     parts = [one(g) for g in range(len(gram))]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -106,16 +115,35 @@ def layer_grams(snapshot: Snapshot, weights: Sequence[Weight], data: Dataset
     return grams
 
 
-def refit_alone(w: Weight, slot: BiasSlot, gram: np.ndarray, before: np.ndarray,
-                bias_before: np.ndarray, keep: np.ndarray, damp: float,
-                codebook: np.ndarray | None = None, quick: bool = False) -> None:
-    """Refit one layer whose input is unchanged (targets = its own original outputs); with a
-    codebook, onto its values."""
-    rows = w.to_rows(before).astype(np.float64) * w.gain
-    full = np.hstack([rows, (bias_before * slot.scale)[:, None]])
-    per = rows.shape[0] // len(gram)
-    cross = np.stack([gram[g] @ full[g * per:(g + 1) * per].T for g in range(len(gram))])
-    _set_fit(w, slot, *_solve(w, gram, cross, w.to_rows(keep), damp, rows, codebook, quick))
+class Alone:
+    """Refits of one layer whose input is unchanged (targets: its own original outputs), for
+    many masks or codebooks: what they share is computed once."""
+
+    def __init__(self, w: Weight, slot: BiasSlot, gram: np.ndarray, before: np.ndarray,
+                 bias_before: np.ndarray, damp: float):
+        self.w, self.slot, self.gram, self.damp = w, slot, gram, damp
+        self.rows = w.to_rows(before).astype(np.float64) * w.gain
+        full = np.hstack([self.rows, (bias_before * slot.scale)[:, None]])
+        per = self.rows.shape[0] // len(gram)
+        self.cross = np.stack([gram[g] @ full[g * per:(g + 1) * per].T
+                               for g in range(len(gram))])
+        self._ridges: list[Ridge] | None = None
+
+    def ridges(self) -> list[Ridge]:
+        if self._ridges is None:
+            per = self.rows.shape[0] // len(self.gram)
+            self._ridges = [ridge_optimum(self.gram[g], self.cross[g], self.damp,
+                                          self.rows[g * per:(g + 1) * per])
+                            for g in range(len(self.gram))]
+        return self._ridges
+
+    def fit(self, keep: np.ndarray, codebook: np.ndarray | None = None,
+            quick: bool = False) -> None:
+        """Refit to `keep` (and onto `codebook`); `quick`: an estimate for searches."""
+        ridges = self.ridges() if quick or codebook is not None else None
+        _set_fit(self.w, self.slot, *_solve(self.w, self.gram, self.cross,
+                                            self.w.to_rows(keep), self.damp, self.rows,
+                                            codebook, quick, ridges))
 
 
 def _set_fit(w: Weight, slot: BiasSlot, rows: np.ndarray, bias: np.ndarray) -> None:

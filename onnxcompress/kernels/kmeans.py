@@ -185,8 +185,14 @@ def index_dtype(codebook_size: int) -> np.dtype:
     )
 
 
+def levels(bits: float) -> int:
+    """Codebook entries for `bits`: 2**bits, rounded (a fractional width is a codebook size
+    between two powers of two, which Huffman-coded indices store at about that many bits)."""
+    return round(2.0 ** bits)
+
+
 def share_weights(
-    w: np.ndarray, bits: int, *, iters: int = 1000, fit_samples: int = 1 << 20, seed: int = 0
+    w: np.ndarray, bits: float, *, iters: int = 1000, fit_samples: int = 1 << 20, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Codebook (w.dtype) and indices (w.shape) with codebook[indices] ≈ w; zeros stay exact.
 
@@ -199,9 +205,9 @@ def share_weights(
     nonzero = flat != 0
     nz = flat[nonzero]
     has_zero = nz.size < flat.size
-    k = 2**bits - (1 if has_zero else 0)
+    k = levels(bits) - (1 if has_zero else 0)
     centroids = _centroids(nz, k, iters, fit_samples, seed) if nz.size else np.zeros(0)
-    small = index_dtype(2**bits)
+    small = index_dtype(levels(bits))
     idx = assign(nz, centroids, small) if centroids.size else np.zeros(0, dtype=small)
     if centroids.size:
         centroids, counts = cluster_means(nz, idx, centroids)
@@ -227,7 +233,7 @@ def _centroids(nz: np.ndarray, k: int, iters: int, fit_samples: int, seed: int) 
     return refill_empty(xs, c, iters)
 
 
-def share_rows(w: np.ndarray, bits: int, *, iters: int = 1000, fit_samples: int = 1 << 20,
+def share_rows(w: np.ndarray, bits: float, *, iters: int = 1000, fit_samples: int = 1 << 20,
                seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Row-standardized sharing of a table (R, D): every row keeps its own mean and standard
     deviation, and one codebook serves the standardized values of all rows,

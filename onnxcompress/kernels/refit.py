@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -86,6 +87,7 @@ def masked_lstsq(
     damp: float = 0.01,
     prior: np.ndarray | None = None,
     quick: bool = False,
+    ridge: Ridge | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-row ridge least squares on the kept inputs; returns W (O, K) and b (O,).
 
@@ -94,7 +96,8 @@ def masked_lstsq(
     Pruned entries of W are +0.0 exactly. Solved row by row on the kept inputs, or, when that
     costs more (many rows, wide fan-in), by `_obs_then_cg` on the whole layer at once; `quick`
     stops after that path's OBS sweep (an estimate, a few times the optimum's error on very
-    correlated inputs, for searches that only compare settings).
+    correlated inputs, for searches that only compare settings). `ridge`, when given, is
+    `ridge_optimum(gram, cross, damp, prior)` computed once for many masks.
     """
     o, k = keep.shape
     lam = max(damp * ridge_scale(gram), 1e-12)
@@ -102,7 +105,8 @@ def masked_lstsq(
     per_row = float(((counts + 1) ** 3).sum()) / 3 / EXACT_FLOPS
     whole = (3.0 * (k + 1) ** 3 + 2 * CG_ITERS * o * (k + 1) ** 2) / FAST_FLOPS
     if quick or whole < per_row:
-        return _obs_then_cg(gram, cross, keep, lam, prior, 0 if quick else CG_ITERS)
+        ridge = ridge or ridge_optimum(gram, cross, damp, prior)
+        return _obs_then_cg(ridge, keep, 0 if quick else CG_ITERS)
     weights = np.zeros((o, k))
     bias = np.zeros(o)
     counts = keep.sum(axis=1)
@@ -160,11 +164,20 @@ def _solve_rows(
     return w, sol[:, -1]
 
 
-def _ridge_optimum(gram: np.ndarray, cross: np.ndarray, lam: float, prior: np.ndarray | None
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(H, W*, U): the ridge Hessian (the bias unpulled), the unmasked optimum rows (O, K+1)
-    and the upper Cholesky factor of H^-1 (H^-1 = U^T U)."""
+@dataclass(frozen=True)
+class Ridge:
+    """What every mask or codebook of one layer's refit shares: the ridge Hessian H (the bias
+    unpulled), the unmasked optimum rows W* (O, K+1), the upper Cholesky factor U of H^-1."""
+
+    h: np.ndarray
+    target: np.ndarray
+    upper: np.ndarray
+
+
+def ridge_optimum(gram: np.ndarray, cross: np.ndarray, damp: float = 0.01,
+                  prior: np.ndarray | None = None) -> Ridge:
     k = gram.shape[0] - 1
+    lam = max(damp * ridge_scale(gram), 1e-12)
     reg = np.full(k + 1, lam)
     reg[-1] = 0.0
     h = gram + np.diag(reg)
@@ -172,12 +185,12 @@ def _ridge_optimum(gram: np.ndarray, cross: np.ndarray, lam: float, prior: np.nd
     if prior is not None:
         rhs = rhs.copy()
         rhs[:k] += lam * prior.T
-    return h, np.linalg.solve(h, rhs).T, np.linalg.cholesky(np.linalg.inv(h)).T
+    return Ridge(h, np.linalg.solve(h, rhs).T, np.linalg.cholesky(np.linalg.inv(h)).T)
 
 
 def quantize_lstsq(gram: np.ndarray, cross: np.ndarray, keep: np.ndarray, codebook: np.ndarray,
-                   damp: float = 0.01, prior: np.ndarray | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   damp: float = 0.01, prior: np.ndarray | None = None,
+                   ridge: Ridge | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Weights restricted to `codebook` values (zeros where `keep` is False) that reproduce the
     targets, and the bias: GPTQ's sweep (Frantar et al., ICLR 2023) with a k-means codebook as
     the grid. From the unmasked ridge optimum, column by column, each weight goes to its
@@ -188,11 +201,10 @@ def quantize_lstsq(gram: np.ndarray, cross: np.ndarray, keep: np.ndarray, codebo
     so the layer's outputs, not each weight, stay close. Same arguments as `masked_lstsq`;
     `codebook` holds the nonzero values a kept weight may take."""
     k = keep.shape[1]
-    lam = max(damp * ridge_scale(gram), 1e-12)
-    _, w, upper = _ridge_optimum(gram, cross, lam, prior)
+    ridge = ridge or ridge_optimum(gram, cross, damp, prior)
     book = np.sort(np.asarray(codebook, dtype=np.float64).reshape(-1))
     target = lambda cols, j: np.where(keep[:, j], _nearest(book, cols), 0.0)
-    return _sweep(w, upper, k, target)
+    return _sweep(ridge.target, ridge.upper, k, target)
 
 
 def _nearest(book: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -204,8 +216,7 @@ def _nearest(book: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.where(np.abs(x - lo) <= np.abs(hi - x), lo, hi)
 
 
-def _obs_then_cg(gram: np.ndarray, cross: np.ndarray, keep: np.ndarray, lam: float,
-                 prior: np.ndarray | None, iters: int = CG_ITERS
+def _obs_then_cg(ridge: Ridge, keep: np.ndarray, iters: int = CG_ITERS
                  ) -> tuple[np.ndarray, np.ndarray]:
     """The same solution for the whole layer at once: the ridge optimum W* without a mask,
     then the Optimal Brain Surgeon sweep of SparseGPT (Frantar & Alistarh, ICML 2023) that
@@ -218,10 +229,11 @@ def _obs_then_cg(gram: np.ndarray, cross: np.ndarray, keep: np.ndarray, lam: flo
     gradient steps on (w - w*)^T H (w - w*) over the kept weights (Jacobi preconditioned, all
     rows at once) that remove it."""
     o, k = keep.shape
-    h, target, upper = _ridge_optimum(gram, cross, lam, prior)
-    swept, bias = _sweep(target, upper, k, lambda cols, j: np.where(keep[:, j], cols, 0.0))
+    swept, bias = _sweep(ridge.target, ridge.upper, k,
+                         lambda cols, j: np.where(keep[:, j], cols, 0.0))
     mask = np.hstack([keep, np.ones((o, 1), dtype=bool)])
-    w = _conjugate_gradient(h, target, np.hstack([swept, bias[:, None]]) * mask, mask, iters)
+    w = _conjugate_gradient(ridge.h, ridge.target, np.hstack([swept, bias[:, None]]) * mask,
+                            mask, iters)
     w[:, :k][~keep] = 0.0
     return w[:, :k], w[:, k]
 

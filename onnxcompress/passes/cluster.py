@@ -49,6 +49,7 @@ restores each layer's per-channel output mean, layer by layer, after clustering.
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -84,10 +85,11 @@ class Form(str, enum.Enum):
 class Config:
     """Settings of the cluster pass (see the module docstring)."""
 
-    bits_conv: int = 8  # bits per index for Conv weights
-    bits_fc: int = 5  # bits per index for Gemm / MatMul weights
-    bits_embedding: int = 5  # bits per index for embedding tables (a Gather's constant table)
-    per_layer: Mapping[str, int] | None = None  # layer name / fnmatch pattern / '*' -> bits
+    # bits = log2 of the codebook size; a fraction sizes the codebook between powers of two
+    bits_conv: float = 8  # bits per index for Conv weights
+    bits_fc: float = 5  # bits per index for Gemm / MatMul weights
+    bits_embedding: float = 5  # bits per index for embedding tables (a Gather's constant table)
+    per_layer: Mapping[str, float] | None = None  # layer name / fnmatch pattern / '*' -> bits
     exclude: tuple[str, ...] = ()  # layers left unclustered (names or patterns)
     form: Form = Form.DENSE
     bias_correction: bool = True  # when calibration data is available
@@ -104,18 +106,19 @@ class Config:
                   "bits_embedding": self.bits_embedding}
         checks.update({f"per_layer['{k}']": v for k, v in (self.per_layer or {}).items()})
         for what, bits in checks.items():
-            if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
-                raise ValueError(f"{what} must be an integer in [1, {MAX_BITS}], got {bits!r}")
+            if isinstance(bits, bool) or not isinstance(bits, int | float) \
+                    or not 1 <= bits <= MAX_BITS:
+                raise ValueError(f"{what} must be a number in [1, {MAX_BITS}], got {bits!r}")
         if self.iterations < 1 or self.fit_samples < 2:
             raise ValueError("iterations must be >= 1 and fit_samples >= 2")
 
 
-def layer_bits(weights: list[Weight], cfg: Config) -> dict[str, int]:
+def layer_bits(weights: list[Weight], cfg: Config) -> dict[str, float]:
     """Weight name -> bits: per_layer entry (exact, pattern, '*'), else the kind's default."""
     table = resolve_table(weights, cfg.per_layer)
     default = {"conv": cfg.bits_conv, "fc": cfg.bits_fc, "embedding": cfg.bits_embedding}
-    return {w.tensor.name: int(table[w.tensor.name].value) if w.tensor.name in table
-            else default[w.kind] for w in weights}
+    return {w.tensor.name: float(table[w.tensor.name].value) if w.tensor.name in table
+            else float(default[w.kind]) for w in weights}
 
 
 def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
@@ -147,14 +150,14 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
     books, rows = {}, {}
     for i, w in enumerate(weights):
         name = w.tensor.name
-        ctx.progress(f"cluster: {i + 1}/{len(weights)} {w.layer} ({bits[name]} bits)")
+        ctx.progress(f"cluster: {i + 1}/{len(weights)} {w.layer} ({bits[name]:g} bits)")
         opts = {"iters": cfg.iterations, "fit_samples": cfg.fit_samples, "seed": cfg.seed}
         if cfg.embedding_rows and by_rows(w):
-            rows[name] = share_rows(w.values, bits[name], **opts)
+            rows[name] = _shared(ctx, share_rows, w.values, bits[name], opts)
             w.set_values(rows_value(*rows[name]))
             books[name] = rows[name][0]
             continue
-        codebook, indices = share_weights(w.values, bits[name], **opts)
+        codebook, indices = _shared(ctx, share_weights, w.values, bits[name], opts)
         w.set_values(codebook[indices])
         books[name] = codebook
     shared = {n: b for n, b in books.items() if n not in rows}
@@ -175,9 +178,19 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
             to_gather(graph, w, books[name], _indices(w.values, books[name]))
     graph.cleanup().toposort()
     report.modified = True
-    report.notes.append(f"form: {cfg.form.value}; bits conv {cfg.bits_conv}, fc {cfg.bits_fc}, "
-                        f"embedding {cfg.bits_embedding}")
+    report.notes.append(f"form: {cfg.form.value}; bits conv {cfg.bits_conv:g}, fc "
+                        f"{cfg.bits_fc:g}, embedding {cfg.bits_embedding:g}")
     return report
+
+
+def _shared(ctx: Context, share, values: np.ndarray, bits: float, opts: dict):
+    """share(values, bits), remembered for the run by the values' digest (a search clusters
+    the same unchanged tables in every trial)."""
+    if ctx.calibration is None:
+        return share(values, bits, **opts)
+    digest = hashlib.blake2b(np.ascontiguousarray(values).data, digest_size=16).hexdigest()
+    key = (share.__name__, digest, values.shape, bits, tuple(sorted(opts.items())))
+    return ctx.calibration.memo(key, lambda: share(values, bits, **opts))
 
 
 def by_rows(w: Weight) -> bool:
@@ -191,7 +204,7 @@ def unpruned(values: np.ndarray) -> bool:
 
 
 def _facts(
-    w: Weight, before: np.ndarray, codebook: np.ndarray, bits: int, form: str, correction: str
+    w: Weight, before: np.ndarray, codebook: np.ndarray, bits: float, form: str, correction: str
 ) -> dict[str, Any]:
     after = w.values
     err2, ref2 = _sums_of_squares(after, before)

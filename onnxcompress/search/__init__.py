@@ -76,7 +76,8 @@ class Plan:
                       "chosen": str(self.allocation[c.weight]),
                       "prune_curve": {f"{s:g}": [round(v, 4) for v in dv]
                                       for s, dv in c.prune.items()},
-                      "cluster_curve": {str(b or "float"): [round(v, 4) for v in dv]
+                      "cluster_curve": {"float" if b is None else f"{b:g}":
+                                        [round(v, 4) for v in dv]
                                         for b, dv in c.cluster.items()}}
             for c in self.curves}
 
@@ -95,8 +96,7 @@ def plan(graph: gs.Graph, calibration: Calibration, budget: float | None, *,
                      budget, prune=prune, cluster=cluster, threads=calibration.threads,
                      progress=progress)
     allocations = frontier(curves)
-    fit_cal = Calibration(fit, calibration.output, calibration.metric,
-                          threads=calibration.threads)
+    fit_cal = calibration.on(fit)  # the trials and the final run share their k-means
     want = reference.outputs(held, calibration.output)
     trials: list[Trial] = []
 

@@ -42,7 +42,7 @@ class Curve:
     kind: str
     params: int
     prune: dict[float, tuple[float, float]] = field(default_factory=dict)  # s -> (dist, drop)
-    cluster: dict[int | None, tuple[float, float]] = field(default_factory=dict)
+    cluster: dict[float | None, tuple[float, float]] = field(default_factory=dict)
     sizes: dict[space.Setting, int] = field(default_factory=dict)
 
     def settings(self) -> list[space.Setting]:
@@ -126,7 +126,7 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
             w.set_values(values)
             comp.alone(w, codebook=book)  # as the cluster pass: onto the codebook, refit
             curve.cluster[bits] = cost(w)
-            progress(f"search: {i + 1}/{len(weights)} {w.layer} {bits} bits "
+            progress(f"search: {i + 1}/{len(weights)} {w.layer} {bits:g} bits "
                      f"drop {curve.cluster[bits][1]:+.2f}")
             if curve.cluster[bits][1] > 2 * budget:
                 break

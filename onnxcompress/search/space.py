@@ -23,21 +23,22 @@ from ..kernels.masks import apply_mask, magnitude_mask
 from ..passes.cluster import unpruned
 
 SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
-BITS: tuple[int | None, ...] = (None, 8, 6, 5, 4, 3)
+BITS: tuple[float | None, ...] = (None, 8, 6, 5, 4.5, 4, 3.5, 3)
 FLOAT_BITS = 32
+PRICE_FIT_SAMPLES = 1 << 16  # k-means fitted on this many weights is close enough to price
 
 
 @dataclass(frozen=True)
 class Setting:
     sparsity: float
-    bits: int | None  # None: not clustered
+    bits: float | None  # log2 of the codebook size; None: not clustered
 
     @property
     def untouched(self) -> bool:
         return self.sparsity == 0 and self.bits is None
 
     def __str__(self) -> str:
-        return f"s={self.sparsity:g}/{self.bits or 'f32'}b"
+        return f"s={self.sparsity:g}/{'f32' if self.bits is None else f'{self.bits:g}'}b"
 
 
 def prune(w: np.ndarray, sparsity: float) -> np.ndarray:
@@ -49,7 +50,7 @@ def by_rows(w: np.ndarray, kind: str) -> bool:
     return kind == "embedding" and w.ndim == 2 and unpruned(w)
 
 
-def clustered(w: np.ndarray, bits: int, kind: str, seed: int = 0
+def clustered(w: np.ndarray, bits: float, kind: str, seed: int = 0
               ) -> tuple[np.ndarray, np.ndarray | None]:
     """(values, codebook) of w shared at `bits` as the cluster pass would; the codebook is
     None for a table shared by rows (its values are not one codebook's)."""
@@ -59,7 +60,7 @@ def clustered(w: np.ndarray, bits: int, kind: str, seed: int = 0
     return book[idx], book
 
 
-def stored_bytes(w: np.ndarray, sparsity: float, bits: int | None, kind: str) -> int:
+def stored_bytes(w: np.ndarray, sparsity: float, bits: float | None, kind: str) -> int:
     """Container bytes of a layer's weight at this setting."""
     pruned = prune(w, sparsity)
     gap_bits = GAP_BITS.get(kind, 8)
@@ -70,9 +71,9 @@ def stored_bytes(w: np.ndarray, sparsity: float, bits: int | None, kind: str) ->
         positions = _position_bits(pruned.reshape(-1) != 0, gap_bits)
         return (nnz * FLOAT_BITS + positions) // 8
     if by_rows(pruned, kind):
-        book, idx, mean, std = share_rows(pruned, bits)
+        book, idx, mean, std = share_rows(pruned, bits, fit_samples=PRICE_FIT_SAMPLES)
         return coded_size(book, idx, gap_bits) + mean.nbytes + std.nbytes
-    book, idx = share_weights(pruned, bits)
+    book, idx = share_weights(pruned, bits, fit_samples=PRICE_FIT_SAMPLES)
     return coded_size(book, idx, gap_bits)
 
 

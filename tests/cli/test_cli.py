@@ -92,10 +92,10 @@ def test_compress_writes_container_report_and_json(tmp_path, tiny_model_path, ti
 def test_the_default_searches_within_the_budget(tmp_path, tiny_model_path, tiny_data_path):
     out, js = tmp_path / "small.onnxc", tmp_path / "r.json"
     r = cli("compress", tiny_model_path, "-o", out, "--calib", tiny_data_path, "--eval",
-            tiny_data_path, "--max-accuracy-drop", 2, "--json", js, "--no-latency")
+            tiny_data_path, "--max-accuracy-drop", 10, "--json", js, "--no-latency")
     assert r.exit_code == 0, r.output
     rep = json.loads(js.read_text())
-    assert rep["within_budget"] and rep["accuracy_drop"] <= 2
+    assert rep["within_budget"] and rep["accuracy_drop"] <= 10
     assert "budget search" in r.output
     for layer, facts in rep["search"].items():  # every layer's curves and its setting
         assert facts["prune_curve"]["0"] == [0.0, 0.0] and "8" in facts["cluster_curve"], layer

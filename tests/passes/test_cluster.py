@@ -26,7 +26,8 @@ def pruned_graph(sparsity: float = 0.7):
 def test_config_keys_and_validation() -> None:
     assert cluster.Config(form="gather").form is cluster.Form.GATHER
     assert (cluster.Config().bits_conv, cluster.Config().bits_fc) == (8, 5)
-    for bad in ({"bits_fc": 0}, {"bits_conv": 17}, {"per_layer": {"*": 2.5}}):
+    for bad in ({"bits_fc": 0}, {"bits_conv": 17}, {"per_layer": {"*": "4"}},
+                {"bits_embedding": True}):
         with pytest.raises(ValueError, match="bits|per_layer"):
             cluster.Config(**bad)
     with pytest.raises(ValueError):
@@ -80,6 +81,15 @@ def test_gather_form_equals_dense_form_on_onnxruntime() -> None:
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("Gather") == 4 and ops.count("Cast") == 4
     assert model.ByteSize() < S.export(dense).ByteSize() / 2.5
+
+
+def test_fractional_bits_size_the_codebook_between_powers_of_two() -> None:
+    g = S.graph()  # no zeros: every codebook entry is a centroid
+    report = cluster.run(g, cluster.Config(bits_conv=4.5, bits_fc=3.5, bias_correction=False),
+                         NO_DATA)
+    sizes = {n: len(np.unique(S.weights_of(g)[n])) for n in S.WEIGHTS}
+    assert sizes["conv2_w"] == round(2**4.5) and sizes["fc1_w"] == round(2**3.5)
+    assert report.per_tensor["fc1_w"]["bits"] == 3.5
 
 
 def test_clustering_twice_changes_nothing() -> None:
