@@ -31,9 +31,11 @@ SOLVE_BUDGET = 1 << 24  # float64 elements per batched solve (128 MB)
 CG_ITERS = 30  # conjugate-gradient polish after the OBS sweep (measured: within 0.1% of exact)
 SWEEP_BLOCK = 128  # columns per lazy batch of the OBS/GPTQ sweeps
 CG_TOL = 1e-8  # conjugate gradient stops once every row's residual fell this far
-# flops per second each path reaches here (measured on 785- and 1537-wide layers): the row by
-# row solves pay numpy's per-matrix overhead, the whole-layer path runs as large GEMMs
-EXACT_FLOPS, FAST_FLOPS = 6.7e9, 1.9e10
+# Cost model of the two paths, from timings of both on layers 384 to 1536 wide (65 to 1536
+# rows, 30-90% pruned): the row by row solves pay numpy's per-matrix overhead and a Python
+# step per row; the whole-layer path runs as large GEMMs and its conjugate gradient usually
+# stops well before CG_ITERS, so its flop count (taken at CG_ITERS) overstates it.
+EXACT_FLOPS, FAST_FLOPS, ROW_SECONDS = 6.7e9, 7.6e10, 5e-4
 
 
 def im2col(
@@ -102,7 +104,7 @@ def masked_lstsq(
     o, k = keep.shape
     lam = max(damp * ridge_scale(gram), 1e-12)
     counts = keep.sum(axis=1).astype(np.float64)
-    per_row = float(((counts + 1) ** 3).sum()) / 3 / EXACT_FLOPS
+    per_row = float(((counts + 1) ** 3).sum()) / 3 / EXACT_FLOPS + o * ROW_SECONDS
     whole = (3.0 * (k + 1) ** 3 + 2 * CG_ITERS * o * (k + 1) ** 2) / FAST_FLOPS
     if quick or whole < per_row:
         ridge = ridge or ridge_optimum(gram, cross, damp, prior)

@@ -178,8 +178,10 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
             to_gather(graph, w, books[name], _indices(w.values, books[name]))
     graph.cleanup().toposort()
     report.modified = True
-    report.notes.append(f"form: {cfg.form.value}; bits conv {cfg.bits_conv:g}, fc "
-                        f"{cfg.bits_fc:g}, embedding {cfg.bits_embedding:g}")
+    defaults = (f"bits conv {cfg.bits_conv:g}, fc {cfg.bits_fc:g}, embedding "
+                f"{cfg.bits_embedding:g}")
+    report.notes.append(f"form: {cfg.form.value}; "
+                        + ("bits from the per-layer table" if cfg.per_layer else defaults))
     return report
 
 

@@ -6,7 +6,8 @@
 3. Trials: the allocations are applied end to end by the prune and cluster passes themselves
    (fitted on the fit half only, as the final model will be) and the real metric is measured on
    the held-out half; a bisection along the frontier finds the most compressed allocation whose
-   drop, plus one standard error of that measurement, stays within the budget. Layers left
+   drop, plus one standard error of that measurement (at least a tenth of the budget), stays
+   within the budget. Layers left
    untouched are reported with the reason.
 
 The result is a recipe (prune + cluster steps with per-layer tables) that `compress` runs
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BUDGET = 0.5  # in the metric's units, when the user gives none
 MARGIN_SE = 1.0  # standard errors of the held-out measurement kept free of the budget
+# A held-out measurement can be precise (a standard error of 2% of the budget) and still miss
+# how other inputs of the same kind fare: a tenth of the budget is always kept free.
+RESERVE = 0.1
 
 
 @dataclass
@@ -70,7 +74,17 @@ class Plan:
         return out
 
     def facts(self) -> dict[str, Any]:
-        """The curves and choices, for the JSON report."""
+        """The measurement, the trials, and each layer's curves and choice, for the JSON
+        report."""
+        return {
+            "budget": self.budget, "drop": self.drop, "error": self.error,
+            "held_out": self.held_out,
+            "trials": [{"bytes": t.predicted_bytes, "drop": t.drop, "error": t.error,
+                        "fits": t.fits} for t in self.trials],
+            "spared": self.spared,
+            "layers": self._layer_facts()}
+
+    def _layer_facts(self) -> dict[str, Any]:
         return {
             c.layer: {"weight": c.weight, "kind": c.kind, "params": c.params,
                       "chosen": str(self.allocation[c.weight]),
@@ -113,7 +127,7 @@ def plan(graph: gs.Graph, calibration: Calibration, budget: float | None, *,
         got = GraphSession(g, [calibration.output]).collect(held)[calibration.output]
         d = M.drop(calibration.metric, got, want, held.labels, held.targets)
         se = M.standard_error(calibration.metric, got, want, held.labels)
-        ok = d + MARGIN_SE * se <= budget
+        ok = d + margin(se, budget) <= budget
         trials.append(Trial(i, d, se, predicted(curves, alloc)[0], ok))
         progress(f"search: trial {len(trials)}: {predicted(curves, alloc)[0]:,} B of weights, "
                  f"drop {d:+.2f} ± {se:.2f} ({'fits' if ok else 'over'} the budget {budget:g})")
@@ -129,6 +143,11 @@ def plan(graph: gs.Graph, calibration: Calibration, budget: float | None, *,
     result = next(t for t in trials if t.index == best)
     return Plan(steps_for(chosen), chosen, budget, result.drop, result.error, len(held), fit_cal,
                 curves, trials, _spared(curves, chosen, budget))
+
+
+def margin(error: float, budget: float) -> float:
+    """What a trial's measured drop must leave free of the budget."""
+    return max(MARGIN_SE * error, RESERVE * budget)
 
 
 def _path(curves: list[Curve], fitting: Allocation, failing: Allocation) -> list[Allocation]:

@@ -137,11 +137,13 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
 
 
 def _prices(w: Weight, original: np.ndarray, curve: Curve) -> dict[space.Setting, int]:
-    """Container bytes of every measured setting (a slice of rows for very large tensors)."""
+    """Container bytes of every measured setting (a sample of rows for very large tensors)."""
     sample, scale = original, 1.0
-    if original.size > SIZE_SAMPLE:
+    if original.size > SIZE_SAMPLE:  # rows spread over the whole tensor: the first rows of
+        # an embedding table are often special tokens, unlike the rest
         rows = max(1, SIZE_SAMPLE // max(1, original.size // original.shape[0]))
-        sample = original[:rows]
+        picked = np.random.default_rng(0).choice(original.shape[0], rows, replace=False)
+        sample = original[np.sort(picked)]
         scale = original.size / sample.size
     return {st: math.ceil(space.stored_bytes(sample, st.sparsity, st.bits, w.kind) * scale)
             for st in curve.settings()}

@@ -97,7 +97,7 @@ def test_the_default_searches_within_the_budget(tmp_path, tiny_model_path, tiny_
     rep = json.loads(js.read_text())
     assert rep["within_budget"] and rep["accuracy_drop"] <= 10
     assert "budget search" in r.output
-    for layer, facts in rep["search"].items():  # every layer's curves and its setting
+    for layer, facts in rep["search"]["layers"].items():  # every layer's curves and its setting
         assert facts["prune_curve"]["0"] == [0.0, 0.0] and "8" in facts["cluster_curve"], layer
         assert facts["chosen"].startswith("s=")
     assert rep["stages"][-1]["ratio"] > 2
