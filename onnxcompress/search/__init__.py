@@ -7,7 +7,8 @@
    (fitted on the fit half only, as the final model will be) and the real metric is measured on
    the held-out half; a bisection along the frontier finds the most compressed allocation whose
    drop, plus one standard error of that measurement (at least a tenth of the budget), stays
-   within the budget. Layers left
+   within the budget; it starts where the layers' drops alone add up to the budget and steps
+   away from there. Layers left
    untouched are reported with the reason.
 
 The result is a recipe (prune + cluster steps with per-layer tables) that `compress` runs
@@ -112,37 +113,37 @@ def plan(graph: gs.Graph, calibration: Calibration, budget: float | None, *,
     allocations = frontier(curves)
     fit_cal = calibration.on(fit)  # the trials and the final run share their k-means
     want = reference.outputs(held, calibration.output)
-    trials: list[Trial] = []
+    trials: dict[int, Trial] = {}
 
-    def fits(i: int) -> bool:
-        done = next((t for t in trials if t.index == i), None)
-        if done is not None:
-            return done.fits
+    def trial(i: int) -> Trial:
+        if i in trials:
+            return trials[i]
         alloc = allocations[i]
+        size = predicted(curves, alloc)[0]
         if all(s.untouched for s in alloc.values()):
-            trials.append(Trial(i, 0.0, 0.0, predicted(curves, alloc)[0], True))
-            return True
+            trials[i] = Trial(i, 0.0, 0.0, size, True)
+            return trials[i]
         g = graph.copy()
         run(g, steps_for(alloc), Context(fit_cal))
         got = GraphSession(g, [calibration.output]).collect(held)[calibration.output]
         d = M.drop(calibration.metric, got, want, held.labels, held.targets)
         se = M.standard_error(calibration.metric, got, want, held.labels)
-        ok = d + margin(se, budget) <= budget
-        trials.append(Trial(i, d, se, predicted(curves, alloc)[0], ok))
-        progress(f"search: trial {len(trials)}: {predicted(curves, alloc)[0]:,} B of weights, "
-                 f"drop {d:+.2f} ± {se:.2f} ({'fits' if ok else 'over'} the budget {budget:g})")
-        return ok
+        trials[i] = Trial(i, d, se, size, d + margin(se, budget) <= budget)
+        progress(f"search: trial {len(trials)}: {size:,} B of weights, drop {d:+.2f} ± "
+                 f"{se:.2f} ({'fits' if trials[i].fits else 'over'} the budget {budget:g})")
+        return trials[i]
 
-    best = _first_fitting(len(allocations), fits)
+    order = list(range(len(allocations)))
+    best = order[_boundary(order, trial, allocations, curves, budget)]
     if best > 0:  # between the two neighbours: switch layers one by one, best value first
         path = _path(curves, allocations[best], allocations[best - 1])
         order = [len(allocations) + i for i in reversed(range(len(path)))] + [best]
         allocations += path
-        best = order[_first_fitting(len(order), lambda k: fits(order[k]))]
+        best = order[_boundary(order, trial, allocations, curves, budget)]
     chosen = allocations[best]
-    result = next(t for t in trials if t.index == best)
+    result = trials[best]
     return Plan(steps_for(chosen), chosen, budget, result.drop, result.error, len(held), fit_cal,
-                curves, trials, _spared(curves, chosen, budget))
+                curves, list(trials.values()), _spared(curves, chosen, budget))
 
 
 def margin(error: float, budget: float) -> float:
@@ -152,7 +153,9 @@ def margin(error: float, budget: float) -> float:
 
 def _path(curves: list[Curve], fitting: Allocation, failing: Allocation) -> list[Allocation]:
     """Allocations from `fitting` towards `failing`, one layer switched at a time, the layers
-    that save the most bytes per unit of distortion first; the last one is `failing`."""
+    that save the most bytes per unit of distortion first; a layer passes through its settings
+    in between (off the convex hull, so the frontier skipped them: where one layer holds much of
+    the model, its hull steps are too coarse). `failing` itself is left out."""
     by_name = {c.weight: c for c in curves}
 
     def value(name: str) -> float:
@@ -163,25 +166,67 @@ def _path(curves: list[Curve], fitting: Allocation, failing: Allocation) -> list
 
     changed = sorted((n for n in fitting if fitting[n] != failing[n]), key=value, reverse=True)
     path, current = [], dict(fitting)
-    for name in changed[:-1]:
+    for k, name in enumerate(changed):
+        path += [{**current, name: s} for s in _between(by_name[name], fitting[name], failing[name])]
         current = {**current, name: failing[name]}
-        path.append(current)
+        if k < len(changed) - 1:
+            path.append(current)
     return path
 
 
-def _first_fitting(n: int, fits: Callable[[int], bool]) -> int:
-    """The smallest index whose allocation fits, by bisection (the last one always does:
-    it touches nothing, or only what costs nothing)."""
-    lo, hi = 0, n - 1  # invariant: hi fits
-    if not fits(hi):
+def _between(curve: Curve, a: Setting, b: Setting) -> list[Setting]:
+    """Settings of a layer with fewer bytes than `a` and more than `b`, and distortion in
+    between, from the most bytes down, each more distorting than the one before it."""
+    inside = sorted((s for s in curve.settings() if curve.sizes[b] < curve.sizes[s] < curve.sizes[a]
+                     and curve.distortion(a) <= curve.distortion(s) <= curve.distortion(b)),
+                    key=lambda s: -curve.sizes[s])
+    steps: list[Setting] = []
+    for s in inside:
+        if not steps or curve.distortion(s) >= curve.distortion(steps[-1]):
+            steps.append(s)
+    return steps
+
+
+def _boundary(order: list[int], trial: Callable[[int], Trial], allocations: list[Allocation],
+              curves: list[Curve], budget: float) -> int:
+    """The first position in `order` (allocations from the most compressed on; the last always
+    fits: it touches nothing, or only what costs nothing) whose trial fits the budget.
+
+    Regula falsi: the drop of an allocation is taken as proportional to the distortion its
+    layers add up to, the factor read off the latest trial (initially off the curves), and the
+    next trial is the first allocation predicted to fit; a bisection step when two trials in a
+    row did not halve the interval. A few trials when the prediction is good, at most about
+    three per halving when not."""
+    dist = [predicted(curves, allocations[i])[1] for i in order]
+    lo, hi = 0, len(order) - 1  # invariant: hi fits, every position below lo does not
+    if not trial(order[hi]).fits:
         return hi  # the least distorting allocation is all a search can give
+    scale, error, stalls = _initial_scale(curves), 0.0, 0
     while lo < hi:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            hi = mid
+        if stalls < 2:
+            room = (budget - margin(error, budget)) / scale
+            pos = next((k for k in range(lo, hi) if dist[k] <= room), hi - 1)
         else:
-            lo = mid + 1
+            pos = (lo + hi) // 2
+        width = hi - lo
+        t = trial(order[pos])
+        if t.fits:
+            hi = pos
+        else:
+            lo = pos + 1
+        stalls = 0 if hi - lo <= width // 2 else stalls + 1
+        if dist[pos] > 0 and t.drop > 0:
+            scale, error = t.drop / dist[pos], t.error
     return hi
+
+
+def _initial_scale(curves: list[Curve]) -> float:
+    """Metric drop per unit of distortion, over every layer's curve points."""
+    points = [v for c in curves for ladder in (c.prune, c.cluster) for v in ladder.values()
+              if v[0] > 0]
+    total = sum(d for d, _ in points)
+    gained = sum(max(m, 0.0) for _, m in points)
+    return gained / total if total > 0 and gained > 0 else 1.0
 
 
 def steps_for(alloc: Allocation) -> list[Step]:

@@ -25,12 +25,18 @@ from ..calibration.segments import capture, frontier, needed, run_batches, subgr
 from ..compensate import Compensator
 from ..data import Dataset
 from ..graph import Weight, downstream_nodes, iter_weights
+from ..graph.cost import dims_of, graph_costs
 from ..kernels.masks import apply_mask, magnitude_mask
 from ..metrics import Metric, distortion, drop
 from . import space
 
-SIZE_SAMPLE = 1 << 20  # elements priced exactly; larger tensors are priced on a slice and scaled
-CURVE_SAMPLES = 256  # held-out samples the curves are measured on (the trials use them all)
+SIZE_SAMPLE = 1 << 19  # elements priced exactly; larger tensors are priced on a slice and scaled
+# Held-out samples the curves are measured on (the trials use them all): as many as fit in
+# CURVE_FLOPS of the whole model per evaluation (about a quarter of a second here), within
+# MIN/MAX_CURVE_SAMPLES. The curves only rank settings in a smooth stand-in of the metric, so a
+# large model needs fewer samples than its end-to-end trials.
+MIN_CURVE_SAMPLES, MAX_CURVE_SAMPLES = 64, 256
+CURVE_FLOPS = 16e9
 
 
 @dataclass
@@ -95,7 +101,7 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
     weights = iter_weights(work)
     progress("search: collecting calibration statistics")
     comp = Compensator(work, weights, reference, fit, refit=True)
-    held = held.head(min(len(held), CURVE_SAMPLES))
+    held = held.head(min(len(held), curve_samples(work, held)))
     want = reference.outputs(held, output)
     run = _Downstream(work, weights, comp.slots, output, held, threads)
 
@@ -106,6 +112,7 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
         return distortion(metric, got, want), drop(metric, got, want, held.labels, held.targets)
 
     curves = []
+    total = sum(w.values.size for w in weights)
     for i, w in enumerate(weights):
         original = comp.originals[w.tensor.name]
         curve = Curve(w.tensor.name, w.layer, w.kind, int(original.size))
@@ -121,7 +128,7 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
             if curve.prune[s][1] > 2 * budget:
                 break
         comp.restore(w)
-        for bits in (space.BITS[1:] if cluster else ()):
+        for bits in (space.bit_ladder(original.size, total)[1:] if cluster else ()):
             values, book = space.clustered(original, bits, w.kind)
             w.set_values(values)
             comp.alone(w, codebook=book)  # as the cluster pass: onto the codebook, refit
@@ -134,6 +141,14 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
         curve.sizes = _prices(w, original, curve)
         curves.append(curve)
     return curves
+
+
+def curve_samples(graph: gs.Graph, data: Dataset) -> int:
+    """How many samples the curves measure on (see CURVE_FLOPS)."""
+    first = next(data.head(1).batches())
+    per_sample = sum(c.flops for c in graph_costs(graph, dims_of(graph, first)))
+    fit = int(CURVE_FLOPS / per_sample) if per_sample > 0 else MAX_CURVE_SAMPLES
+    return max(MIN_CURVE_SAMPLES, min(MAX_CURVE_SAMPLES, fit))
 
 
 def _prices(w: Weight, original: np.ndarray, curve: Curve) -> dict[space.Setting, int]:

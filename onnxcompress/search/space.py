@@ -24,6 +24,14 @@ from ..passes.cluster import unpruned
 
 SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
 BITS: tuple[float | None, ...] = (None, 8, 6, 5, 4.5, 4, 3.5, 3)
+# A layer holding a large share of the model's weights gets quarter-bit rungs where most
+# choices fall: one step of half a bit in it moves the whole model's size and drop a lot.
+FINE_BITS: tuple[float | None, ...] = (None, 8, 6, 5, 4.75, 4.5, 4.25, 4, 3.75, 3.5, 3.25, 3)
+FINE_SHARE = 0.1
+
+
+def bit_ladder(params: int, total_params: int) -> tuple[float | None, ...]:
+    return FINE_BITS if params >= FINE_SHARE * total_params else BITS
 FLOAT_BITS = 32
 PRICE_FIT_SAMPLES = 1 << 16  # k-means fitted on this many weights is close enough to price
 
