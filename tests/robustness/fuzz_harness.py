@@ -428,39 +428,51 @@ def _spawn(folder: Path, seed: int, start: int, end: int, stderr) -> subprocess.
     cmd = [sys.executable, "-m", "tests.robustness.fuzz_harness", "child", str(folder),
            str(seed), str(start), str(end)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                            env=env)
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, env=env)
 
 
 def _watch(proc: subprocess.Popen, timeout: float, counts: Counter, failures: list[dict],
            progress) -> tuple[int | None, int | None, str, str]:
     """Read one child's reports until it ends: (last case finished, case in progress when it
-    stopped answering or died, class, detail) -- the last three None/'' when it ended cleanly."""
+    stopped answering or died, class, detail) -- the last three None/'' when it ended cleanly.
+
+    The pipe is read with os.read into our own buffer and every complete line is handled at
+    once: a buffered readline after select would leave lines that came in the same chunk unseen
+    until the child wrote again, so a hang could name a case that had finished and the next case
+    could be timed from an earlier case's start."""
+    fd = proc.stdout.fileno()
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    sel.register(fd, selectors.EVENT_READ)
+    pending = b""
     finished, current = None, None
-    deadline = time.monotonic() + 4 * timeout  # the first case also imports and warms up
+    deadline = time.monotonic() + 4 * timeout  # it imports and warms up before its first case
     while True:
         if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
             proc.kill()
             proc.wait()
             return finished, current, "hang", f"no answer within {timeout} s"
-        line = proc.stdout.readline()
-        if not line:
+        chunk = os.read(fd, 1 << 16)
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            msg = json.loads(line)
+            if msg.get("begin"):
+                current, deadline = msg["case"], time.monotonic() + timeout
+                continue
+            current, finished = None, msg["case"]
+            _record(msg, counts, failures, progress)
+        if not chunk:  # end of file: the child exited (a partial last line means it died)
             rc = proc.wait()
             if rc == 0 and current is None:
                 return finished, None, "", ""
             return finished, current, "crash", f"exit status {rc}"
-        msg = json.loads(line)
-        if msg.get("begin"):
-            current, deadline = msg["case"], time.monotonic() + timeout
-            continue
-        current, finished = None, msg["case"]
-        counts[msg["class"]] += 1
-        if msg["class"] in FAILURES:
-            failures.append(msg)
-        if progress:
-            progress(finished + 1, counts)
+
+
+def _record(msg: dict, counts: Counter, failures: list[dict], progress) -> None:
+    counts[msg["class"]] += 1
+    if msg["class"] in FAILURES:
+        failures.append(msg)
+    if progress:
+        progress(msg["case"] + 1, counts)
 
 
 def fuzz(folder: Path, cases: int, seed: int = 0, timeout: float = 60.0,
