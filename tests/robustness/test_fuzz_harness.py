@@ -1,5 +1,6 @@
-"""The fuzz parent's reading of its child (fuzz_harness._watch), with fake children: a report
-line must count the moment it arrives, however the child's writes split into lines."""
+"""The fuzz harness's own machinery, with fake children and stubbed cases: the parent counts
+a report line the moment it arrives, however the child's writes split into lines, and a case's
+deadline covers that case alone."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections import Counter
 
 import pytest
 
+from . import fuzz_harness
 from .fuzz_harness import _watch
 
 # Case 0 begins and is refused, case 1 begins; then the child stops answering (case 1 hangs).
@@ -55,3 +57,21 @@ def test_a_clean_exit_after_the_last_report_is_not_a_crash():
     with proc.stdout:
         assert _watch(proc, 5.0, counts, [], None) == (3, None, "", "")
     assert counts == Counter(same=1)
+
+
+def test_the_model_child_warms_up_before_announcing_its_first_case(tmp_path, monkeypatch, capsys):
+    """The first case's deadline once included the imports and ONNX Runtime's first session:
+    under load, false hangs."""
+    (tmp_path / "seed.onnx").write_bytes(b"seed")
+    calls = []
+
+    def classify(data: bytes, work) -> tuple[str, str]:
+        calls.append((data, capsys.readouterr().out))  # what was announced before this call
+        return "accepted", ""
+
+    monkeypatch.setattr(fuzz_harness, "classify_model", classify)
+    monkeypatch.setattr(fuzz_harness, "mutate_model", lambda *a: (0, b"mutated", "stub"))
+    monkeypatch.setattr(fuzz_harness.resource, "setrlimit", lambda *a: None)  # not in pytest
+    fuzz_harness.model_child(tmp_path, 0, 0, 1)
+    assert calls[0] == (b"seed", "")  # the warm-up: the seed itself, nothing announced yet
+    assert calls[1][0] == b"mutated" and json.loads(calls[1][1]) == {"case": 0, "begin": True}
