@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import lzma
 import os
 import resource
 import selectors
@@ -192,21 +193,31 @@ def _table_mutation(rng: np.random.Generator, data: bytes) -> tuple[bytes, str]:
 def _graph_mutation(rng: np.random.Generator, data: bytes) -> tuple[bytes, str]:
     """The model inside changed (dims, types, external data, XnorConv attributes ...), written
     back with the graph's codec and fresh CRCs: reaches the declared-size checks and the op."""
-    import lzma
+    layout = split(data)
+    model = graph_model(layout)
+    what = _edit_model(rng, model)
+    set_graph_model(layout, model)
+    return join(layout), f"graph-{what}"
 
+
+# (decode, encode) of each codec a graph section may use (docs/FORMAT.md)
+GRAPH_CODECS = {0: (bytes, bytes), 1: (zlib.decompress, zlib.compress),
+                2: (lambda b: lzma.decompress(b, format=lzma.FORMAT_ALONE),
+                    lambda b: lzma.compress(b, format=lzma.FORMAT_ALONE))}
+
+
+def graph_model(layout: Layout):
+    """The model held in a container's graph section (its tensors' data are sections apart)."""
     import onnx
 
-    layout = split(data)
-    raw = {0: lambda b: b, 1: zlib.decompress,
-           2: lambda b: lzma.decompress(b, format=lzma.FORMAT_ALONE)}[layout.graph_codec](
-        layout.graph)
     model = onnx.ModelProto()
-    model.ParseFromString(raw)
-    what = _edit_model(rng, model)
-    out = model.SerializeToString()
-    layout.graph = {0: lambda b: b, 1: zlib.compress,
-                    2: lambda b: lzma.compress(b, format=lzma.FORMAT_ALONE)}[layout.graph_codec](out)
-    return join(layout), f"graph-{what}"
+    model.ParseFromString(GRAPH_CODECS[layout.graph_codec][0](layout.graph))
+    return model
+
+
+def set_graph_model(layout: Layout, model) -> None:
+    """Store `model` as the graph section, in the section's codec."""
+    layout.graph = GRAPH_CODECS[layout.graph_codec][1](model.SerializeToString())
 
 
 def _edit_model(rng: np.random.Generator, model) -> str:

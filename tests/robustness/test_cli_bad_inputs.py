@@ -12,14 +12,17 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import numpy_helper
+from onnx import TensorProto, numpy_helper
 from onnxcompress.cli.main import main
 
+from onnxcompress.container import write_container
 from onnxcompress.io import save_model
 from tests.conftest import tiny_cnn, tiny_data
+from tests.robustness.fuzz_harness import graph_model, join, set_graph_model, split
 
-PASS_COMMANDS = ["compress", "prune", "cluster", "binarize"]  # normalize, then passes
+PASS_COMMANDS = ["compress", "prune", "cluster", "binarize", "early-exit"]  # normalize, passes
 MODEL_COMMANDS = [*PASS_COMMANDS, "pack", "run", "report"]
+DATA_COMMANDS = [*PASS_COMMANDS, "run", "report"]
 
 
 def _bad_models(d: Path) -> dict[str, Path]:
@@ -91,6 +94,28 @@ def _bad_data(d: Path) -> dict[str, Path]:
     return out
 
 
+def _bad_containers(d: Path, model: Path, container: Path) -> dict[str, Path]:
+    """Files `unpack` must refuse, by kind (made from a good plain .onnx and container)."""
+    blob = container.read_bytes()
+    out = {"missing": d / "none.onnxc", "plain onnx": model}
+    (d / "garbage.onnxc").write_bytes(b"\x08\x07garbage" * 50)
+    out["garbage"] = d / "garbage.onnxc"
+    (d / "truncated.onnxc").write_bytes(blob[: len(blob) - 7])
+    out["truncated"] = d / "truncated.onnxc"
+    (d / "flipped.onnxc").write_bytes(blob[:-1] + bytes([blob[-1] ^ 0x10]))
+    out["a byte changed under its CRC"] = d / "flipped.onnxc"
+    layout = split(blob)
+    graph = graph_model(layout)
+    t = graph.graph.initializer[0]
+    t.data_location = TensorProto.EXTERNAL
+    entry = t.external_data.add()
+    entry.key, entry.value = "location", "/etc/passwd"
+    set_graph_model(layout, graph)
+    (d / "external.onnxc").write_bytes(join(layout))
+    out["external data"] = d / "external.onnxc"
+    return out
+
+
 def _claim_huge(path: Path) -> None:
     """Rewrite the stored array's header to claim 10^12 elements (same length, stored zip)."""
     import zipfile
@@ -131,8 +156,11 @@ def files(tmp_path_factory) -> dict:
     save_model(tiny_cnn(), model)
     data = d / "data.npz"
     np.savez(data, **tiny_data(16))
-    return {"dir": d, "model": model, "data": data, "models": _bad_models(d),
-            "lossy": _lossy_bad_models(d), "data_files": _bad_data(d)}
+    container = d / "tiny.onnxc"
+    write_container(tiny_cnn(), container)
+    return {"dir": d, "model": model, "data": data, "container": container,
+            "models": _bad_models(d), "lossy": _lossy_bad_models(d), "data_files": _bad_data(d),
+            "containers": _bad_containers(d, model, container)}
 
 
 def _run_case(files: dict, argv: list, code: int = 2, names: str | None = None,
@@ -178,7 +206,14 @@ def test_models_a_lossy_pass_refuses(files, command: str, kind: str) -> None:
     _run_case(files, _argv(command, model, files["dir"] / "out"), names=str(model))
 
 
-@pytest.mark.parametrize("command", ["compress", "prune", "cluster", "binarize", "run", "report"])
+@pytest.mark.parametrize("kind", ["missing", "garbage", "plain onnx", "truncated",
+                                  "a byte changed under its CRC", "external data"])
+def test_bad_containers(files, kind: str) -> None:
+    container = files["containers"][kind]
+    _run_case(files, _argv("unpack", container, files["dir"] / "out"), names=str(container))
+
+
+@pytest.mark.parametrize("command", DATA_COMMANDS)
 @pytest.mark.parametrize("kind", ["missing", "garbage", "NaN data",
                                   "wrong shape", "wrong dtype", "wrong key",
                                   "labels out of range", "header claims 10^12 elements"])
@@ -189,8 +224,7 @@ def test_bad_data(files, command: str, kind: str) -> None:
     _run_case(files, _argv(command, files["model"], files["dir"] / "out", data), names=str(data))
 
 
-@pytest.mark.parametrize("command", ["compress", "prune", "cluster", "binarize", "pack", "run",
-                                     "report"])
+@pytest.mark.parametrize("command", [*MODEL_COMMANDS, "unpack"])
 def test_outputs_never_overwrite_inputs(files, command: str) -> None:
     model, data = files["model"], files["data"]
     alias = files["dir"] / "sub" / ".." / model.name
@@ -205,6 +239,9 @@ def test_outputs_never_overwrite_inputs(files, command: str) -> None:
         named = files["dir"] / "named.onnxc"  # an ONNX file whose name ends in .onnxc
         named.write_bytes(model.read_bytes())
         cases = [["pack", named, "-o", files["dir"] / "sub" / ".." / named.name]]
+    elif command == "unpack":
+        container = files["container"]
+        cases = [["unpack", container, "-o", files["dir"] / "sub" / ".." / container.name]]
     else:
         out = files["dir"] / "out" / "o.onnx"
         cases = [[command, model, "-o", alias, "--no-latency"],
