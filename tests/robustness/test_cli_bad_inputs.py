@@ -3,6 +3,8 @@ the user's file, no traceback, nothing written, no input changed (issue 8)."""
 
 from __future__ import annotations
 
+import builtins
+import errno
 import hashlib
 import os
 from collections.abc import Callable
@@ -139,8 +141,10 @@ def _digest(paths: list[Path]) -> dict[Path, str]:
 
 
 def _refused(result, code: int = 2, names: str | None = None) -> None:
-    lines = [line for line in result.output.splitlines() if not line.startswith("  .. ")]
-    text = "\n".join(lines)  # without the progress lines
+    # stderr without the progress lines (stdout holds what a command printed before it failed,
+    # such as `run`'s outputs when saving them fails)
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("  .. ")]
+    text = "\n".join(lines)
     assert result.exit_code == code, result.output
     assert "Traceback" not in text and text.strip().startswith("error:"), text
     assert len(text.strip().splitlines()) <= 2, text  # one line (+ the -v hint)
@@ -266,6 +270,71 @@ def test_special_files_are_never_replaced(files) -> None:
     finally:
         fifo.unlink()
         fifo.with_suffix(".onnxc").unlink(missing_ok=True)
+
+
+class _FillingDisk:
+    """A file on a disk that fills up: the first `room` bytes are written, then every write
+    fails with `code` (ENOSPC, or EFBIG past the file system's largest file)."""
+
+    def __init__(self, f, code: int, room: int = 100):
+        self._f, self._code, self._room = f, code, room
+
+    def write(self, data) -> int:
+        if len(data) > self._room:
+            self._f.write(bytes(data[: self._room]))
+            self._room = 0
+            raise OSError(self._code, os.strerror(self._code))
+        self._room -= len(data)
+        return self._f.write(data)
+
+    def writelines(self, chunks) -> None:
+        for c in chunks:
+            self.write(c)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._f.close()
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def _disk_fills_up(monkeypatch, code: int) -> None:
+    """Every file onnxcompress writes (its temporary files, whatever library writes them)
+    lands on a disk that fills up."""
+    real_open = builtins.open
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and Path(file).name.startswith(".onnxcompress-"):
+            return _FillingDisk(f, code)
+        return f
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+
+
+@pytest.mark.parametrize("code, reason", [(errno.ENOSPC, "no space left on the device"),
+                                          (errno.EFBIG, "the file is too large")])
+@pytest.mark.parametrize("command", ["prune", "pack", "unpack", "run", "report"])
+def test_a_full_disk_is_bad_input_and_leaves_no_partial_file(files, monkeypatch, command: str,
+                                                              code: int, reason: str) -> None:
+    """Models (onnx.save), containers, output arrays (np.savez) and reports all fill the disk
+    through the atomic writer: exit 2 naming the output, no temporary file left, an existing
+    output kept whole."""
+    source = files["container"] if command == "unpack" else files["model"]
+    argv = _argv(command, source, files["dir"] / "out", files["data"])
+    target = Path(argv[argv.index("--json" if command == "report" else "-o") + 1])
+    _disk_fills_up(monkeypatch, code)
+    _run_case(files, argv, names=f"{target}: cannot write: {reason}")
+    target.write_bytes(b"the user's old output")
+    try:
+        _refused(_cli(*argv), names=f"{target}: cannot write: {reason}")
+        assert target.read_bytes() == b"the user's old output"
+        assert [p.name for p in target.parent.iterdir()] == [target.name]
+    finally:
+        target.unlink()  # the out folder is not an input of the next case
 
 
 @pytest.mark.parametrize("budget", ["nan", "-1"])
