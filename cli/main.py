@@ -428,19 +428,25 @@ def unpack(container, output):
 def run(model, input_path, output, threads):
     """Run a .onnx or .onnxc model on ONNX Runtime and print (or save) its outputs.
 
+    A model exported for a fixed batch size runs the samples in batches of that size (their
+    count must be a multiple of it), its outputs joined.
+
     \b
     Example:
       onnxcompress run small.onnxc --input x.npy -o outputs.npz
     """
-    from onnxcompress.data import load_dataset, session_specs
+    from onnxcompress.data import fixed_batch, load_dataset, run_batches, session_specs
     from onnxcompress.files import atomic_output, check_outputs
     from onnxcompress.runtime import Session
 
     check_outputs([("-o", output)], [("model", model), ("--input", input_path)])
     sess = Session(model, threads=threads)
-    ds = load_dataset(input_path, session_specs(sess), what="input")
+    specs = session_specs(sess)
+    ds = load_dataset(input_path, specs, what="input")
     names = [o.name for o in sess.get_outputs()]
-    outs = sess.run(None, ds.feeds)
+    # a model that fixes its batch size runs in batches of that size, as compress scores it;
+    # any other takes the samples in one run, as given
+    outs = run_batches(sess, ds, model) if fixed_batch(specs) else sess.run(None, ds.feeds)
     for name, arr in zip(names, outs):
         click.echo(f"{name}: {arr.dtype}{list(arr.shape)}")
         if arr.ndim == 2:

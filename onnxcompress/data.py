@@ -128,12 +128,17 @@ def load_dataset(path: str | Path, specs: list[InputSpec], *, what: str = "data"
                    targets=targets)
 
 
+def fixed_batch(specs: list[InputSpec]) -> int | None:
+    """The batch size the model's inputs fix, or None when the batch is free."""
+    fixed = {shape[0] for _, shape, _ in specs if shape and shape[0] not in (None, 0)}
+    return fixed.pop() if fixed else None
+
+
 def _fixed_batch(specs: list[InputSpec], n: int, where: str) -> int:
     """The model's own batch size when its inputs fix one, else BATCH."""
-    fixed = {shape[0] for _, shape, _ in specs if shape and shape[0] not in (None, 0)}
-    if not fixed:
+    size = fixed_batch(specs)
+    if size is None:
         return BATCH
-    size = fixed.pop()
     if n % size:
         raise BadInputError(f"{where}: the model takes batches of exactly {size} samples, and "
                             f"{n} samples do not split into them; give a multiple of {size}")
@@ -212,6 +217,22 @@ RunFn = Callable[[dict[str, np.ndarray]], np.ndarray]  # feeds -> the scored out
 def predict(run: RunFn, data: Dataset) -> np.ndarray:
     """The model's scored output over the whole dataset, in batches."""
     return np.concatenate([np.asarray(run(feeds)) for feeds in data.batches()])
+
+
+def run_batches(sess, data: Dataset, where: str) -> list[np.ndarray]:
+    """Every output of `sess` over all of `data`, one run per batch of `data.batch` samples (a
+    model with a fixed batch size takes no other), joined along the batch axis. An output that
+    does not follow the batch (a statistic over it, say) cannot be joined: refused."""
+    parts = [sess.run(None, feeds) for feeds in data.batches()]
+    if len(parts) == 1:
+        return parts[0]
+    for out, arrays in zip(sess.get_outputs(), zip(*parts)):
+        if any(a.ndim == 0 or len(a) != data.batch for a in arrays):
+            raise BadInputError(
+                f"{where}: the model takes batches of exactly {data.batch} samples and its output "
+                f"'{out.name}' {list(arrays[0].shape)} does not follow the batch, so the runs "
+                f"over {len(data)} samples cannot be joined; give {data.batch} samples at a time")
+    return [np.concatenate(arrays) for arrays in zip(*parts)]
 
 
 def output_of(sess, name: str | None = None) -> RunFn:

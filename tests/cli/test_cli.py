@@ -197,6 +197,44 @@ def test_dynamic_batch_runs_any_batch(tmp_path, tiny_model_path):
         assert Session(out).run(None, {"input": np.zeros((n, 1, 8, 8), np.float32)})[0].shape == (n, 4)
 
 
+def _fix_batch(model: onnx.ModelProto, size: int) -> onnx.ModelProto:
+    for vi in (*model.graph.input, *model.graph.output):
+        vi.type.tensor_type.shape.dim[0].dim_value = size
+    return model
+
+
+def test_a_fixed_batch_model_runs_in_batches_of_its_size(tmp_path, tiny_model_path):
+    """As compress scores it: 8 samples through a batch-2 model are 4 runs, joined."""
+    fixed = tmp_path / "fixed.onnx"
+    onnx.save(_fix_batch(onnx.load(str(tiny_model_path)), 2), str(fixed))
+    x = tiny_data(8)["input"]
+    np.save(tmp_path / "x.npy", x)
+    r = cli("run", fixed, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npz")
+    assert r.exit_code == 0, r.output
+    np.testing.assert_allclose(np.load(tmp_path / "y.npz")["logits"], _ort(tiny_model_path, x),
+                               rtol=1e-5, atol=1e-6)
+    np.save(tmp_path / "x7.npy", x[:7])
+    _bad(cli("run", fixed, "--input", tmp_path / "x7.npy"), str(tmp_path / "x7.npy"),
+         "batches of exactly 2 samples")
+
+
+def test_a_fixed_batch_output_that_does_not_follow_the_batch_is_not_joined(tmp_path):
+    m = onnx.parser.parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2, 3] x) => (float[2, 3] y, float[3] mean) {
+        y = Relu (x)
+        mean = ReduceMean <axes = [0], keepdims = 0> (x)
+    }""")
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    np.save(tmp_path / "x.npy", np.ones((4, 3), np.float32))
+    r = cli("run", tmp_path / "m.onnx", "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npz")
+    _bad(r, str(tmp_path / "m.onnx"), "output 'mean' [3] does not follow the batch",
+         "give 2 samples at a time")
+    assert not (tmp_path / "y.npz").exists()
+    np.save(tmp_path / "x.npy", np.ones((2, 3), np.float32))  # one batch: nothing to join
+    assert cli("run", tmp_path / "m.onnx", "--input", tmp_path / "x.npy").exit_code == 0
+
+
 def test_unknown_ops_are_left_untouched_and_listed(tmp_path):
     rng = np.random.default_rng(0)
     m = onnx.parser.parse_model("""

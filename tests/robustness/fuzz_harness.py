@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import lzma
 import os
 import resource
 import selectors
@@ -192,21 +193,31 @@ def _table_mutation(rng: np.random.Generator, data: bytes) -> tuple[bytes, str]:
 def _graph_mutation(rng: np.random.Generator, data: bytes) -> tuple[bytes, str]:
     """The model inside changed (dims, types, external data, XnorConv attributes ...), written
     back with the graph's codec and fresh CRCs: reaches the declared-size checks and the op."""
-    import lzma
+    layout = split(data)
+    model = graph_model(layout)
+    what = _edit_model(rng, model)
+    set_graph_model(layout, model)
+    return join(layout), f"graph-{what}"
 
+
+# (decode, encode) of each codec a graph section may use (docs/FORMAT.md)
+GRAPH_CODECS = {0: (bytes, bytes), 1: (zlib.decompress, zlib.compress),
+                2: (lambda b: lzma.decompress(b, format=lzma.FORMAT_ALONE),
+                    lambda b: lzma.compress(b, format=lzma.FORMAT_ALONE))}
+
+
+def graph_model(layout: Layout):
+    """The model held in a container's graph section (its tensors' data are sections apart)."""
     import onnx
 
-    layout = split(data)
-    raw = {0: lambda b: b, 1: zlib.decompress,
-           2: lambda b: lzma.decompress(b, format=lzma.FORMAT_ALONE)}[layout.graph_codec](
-        layout.graph)
     model = onnx.ModelProto()
-    model.ParseFromString(raw)
-    what = _edit_model(rng, model)
-    out = model.SerializeToString()
-    layout.graph = {0: lambda b: b, 1: zlib.compress,
-                    2: lambda b: lzma.compress(b, format=lzma.FORMAT_ALONE)}[layout.graph_codec](out)
-    return join(layout), f"graph-{what}"
+    model.ParseFromString(GRAPH_CODECS[layout.graph_codec][0](layout.graph))
+    return model
+
+
+def set_graph_model(layout: Layout, model) -> None:
+    """Store `model` as the graph section, in the section's codec."""
+    layout.graph = GRAPH_CODECS[layout.graph_codec][1](model.SerializeToString())
 
 
 def _edit_model(rng: np.random.Generator, model) -> str:
@@ -379,6 +390,17 @@ def classify_model(data: bytes, work: Path) -> tuple[str, str]:
     return "accepted", ""
 
 
+def _warm_up(names: list[str], originals: list[bytes], work: Path) -> None:
+    """Compress every seed once, unmutated, before the first case is announced (as the
+    container child runs its seeds first): the imports and ONNX Runtime's first sessions then
+    count against no case's deadline, and a seed the job refuses is a broken setup, not a
+    finding."""
+    for name, data in zip(names, originals):
+        cls, detail = classify_model(data, work)
+        if cls != "accepted":
+            raise RuntimeError(f"seed model {name} is not compressed cleanly: {cls} {detail}")
+
+
 def model_child(folder: Path, seed: int, start: int, end: int) -> None:
     import tempfile
 
@@ -386,6 +408,7 @@ def model_child(folder: Path, seed: int, start: int, end: int) -> None:
     names = sorted(p.stem for p in folder.glob("*.onnx"))
     originals = [(folder / f"{n}.onnx").read_bytes() for n in names]
     with tempfile.TemporaryDirectory(prefix="fuzz-model-") as tmp:
+        _warm_up(names, originals, Path(tmp))
         for case in range(start, end):
             print(json.dumps({"case": case, "begin": True}), flush=True)
             which, data, what = mutate_model(seed, case, originals)
@@ -428,39 +451,51 @@ def _spawn(folder: Path, seed: int, start: int, end: int, stderr) -> subprocess.
     cmd = [sys.executable, "-m", "tests.robustness.fuzz_harness", "child", str(folder),
            str(seed), str(start), str(end)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                            env=env)
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, env=env)
 
 
 def _watch(proc: subprocess.Popen, timeout: float, counts: Counter, failures: list[dict],
            progress) -> tuple[int | None, int | None, str, str]:
     """Read one child's reports until it ends: (last case finished, case in progress when it
-    stopped answering or died, class, detail) -- the last three None/'' when it ended cleanly."""
+    stopped answering or died, class, detail) -- the last three None/'' when it ended cleanly.
+
+    The pipe is read with os.read into our own buffer and every complete line is handled at
+    once: a buffered readline after select would leave lines that came in the same chunk unseen
+    until the child wrote again, so a hang could name a case that had finished and the next case
+    could be timed from an earlier case's start."""
+    fd = proc.stdout.fileno()
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    sel.register(fd, selectors.EVENT_READ)
+    pending = b""
     finished, current = None, None
-    deadline = time.monotonic() + 4 * timeout  # the first case also imports and warms up
+    deadline = time.monotonic() + 4 * timeout  # it imports and warms up before its first case
     while True:
         if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
             proc.kill()
             proc.wait()
             return finished, current, "hang", f"no answer within {timeout} s"
-        line = proc.stdout.readline()
-        if not line:
+        chunk = os.read(fd, 1 << 16)
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            msg = json.loads(line)
+            if msg.get("begin"):
+                current, deadline = msg["case"], time.monotonic() + timeout
+                continue
+            current, finished = None, msg["case"]
+            _record(msg, counts, failures, progress)
+        if not chunk:  # end of file: the child exited (a partial last line means it died)
             rc = proc.wait()
             if rc == 0 and current is None:
                 return finished, None, "", ""
             return finished, current, "crash", f"exit status {rc}"
-        msg = json.loads(line)
-        if msg.get("begin"):
-            current, deadline = msg["case"], time.monotonic() + timeout
-            continue
-        current, finished = None, msg["case"]
-        counts[msg["class"]] += 1
-        if msg["class"] in FAILURES:
-            failures.append(msg)
-        if progress:
-            progress(finished + 1, counts)
+
+
+def _record(msg: dict, counts: Counter, failures: list[dict], progress) -> None:
+    counts[msg["class"]] += 1
+    if msg["class"] in FAILURES:
+        failures.append(msg)
+    if progress:
+        progress(msg["case"] + 1, counts)
 
 
 def fuzz(folder: Path, cases: int, seed: int = 0, timeout: float = 60.0,

@@ -3,6 +3,8 @@ the user's file, no traceback, nothing written, no input changed (issue 8)."""
 
 from __future__ import annotations
 
+import builtins
+import errno
 import hashlib
 import os
 from collections.abc import Callable
@@ -12,14 +14,17 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import numpy_helper
+from onnx import TensorProto, numpy_helper
 from onnxcompress.cli.main import main
 
+from onnxcompress.container import write_container
 from onnxcompress.io import save_model
 from tests.conftest import tiny_cnn, tiny_data
+from tests.robustness.fuzz_harness import graph_model, join, set_graph_model, split
 
-PASS_COMMANDS = ["compress", "prune", "cluster", "binarize"]  # normalize, then passes
+PASS_COMMANDS = ["compress", "prune", "cluster", "binarize", "early-exit"]  # normalize, passes
 MODEL_COMMANDS = [*PASS_COMMANDS, "pack", "run", "report"]
+DATA_COMMANDS = [*PASS_COMMANDS, "run", "report"]
 
 
 def _bad_models(d: Path) -> dict[str, Path]:
@@ -91,6 +96,28 @@ def _bad_data(d: Path) -> dict[str, Path]:
     return out
 
 
+def _bad_containers(d: Path, model: Path, container: Path) -> dict[str, Path]:
+    """Files `unpack` must refuse, by kind (made from a good plain .onnx and container)."""
+    blob = container.read_bytes()
+    out = {"missing": d / "none.onnxc", "plain onnx": model}
+    (d / "garbage.onnxc").write_bytes(b"\x08\x07garbage" * 50)
+    out["garbage"] = d / "garbage.onnxc"
+    (d / "truncated.onnxc").write_bytes(blob[: len(blob) - 7])
+    out["truncated"] = d / "truncated.onnxc"
+    (d / "flipped.onnxc").write_bytes(blob[:-1] + bytes([blob[-1] ^ 0x10]))
+    out["a byte changed under its CRC"] = d / "flipped.onnxc"
+    layout = split(blob)
+    graph = graph_model(layout)
+    t = graph.graph.initializer[0]
+    t.data_location = TensorProto.EXTERNAL
+    entry = t.external_data.add()
+    entry.key, entry.value = "location", "/etc/passwd"
+    set_graph_model(layout, graph)
+    (d / "external.onnxc").write_bytes(join(layout))
+    out["external data"] = d / "external.onnxc"
+    return out
+
+
 def _claim_huge(path: Path) -> None:
     """Rewrite the stored array's header to claim 10^12 elements (same length, stored zip)."""
     import zipfile
@@ -114,8 +141,10 @@ def _digest(paths: list[Path]) -> dict[Path, str]:
 
 
 def _refused(result, code: int = 2, names: str | None = None) -> None:
-    lines = [line for line in result.output.splitlines() if not line.startswith("  .. ")]
-    text = "\n".join(lines)  # without the progress lines
+    # stderr without the progress lines (stdout holds what a command printed before it failed,
+    # such as `run`'s outputs when saving them fails)
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("  .. ")]
+    text = "\n".join(lines)
     assert result.exit_code == code, result.output
     assert "Traceback" not in text and text.strip().startswith("error:"), text
     assert len(text.strip().splitlines()) <= 2, text  # one line (+ the -v hint)
@@ -131,8 +160,11 @@ def files(tmp_path_factory) -> dict:
     save_model(tiny_cnn(), model)
     data = d / "data.npz"
     np.savez(data, **tiny_data(16))
-    return {"dir": d, "model": model, "data": data, "models": _bad_models(d),
-            "lossy": _lossy_bad_models(d), "data_files": _bad_data(d)}
+    container = d / "tiny.onnxc"
+    write_container(tiny_cnn(), container)
+    return {"dir": d, "model": model, "data": data, "container": container,
+            "models": _bad_models(d), "lossy": _lossy_bad_models(d), "data_files": _bad_data(d),
+            "containers": _bad_containers(d, model, container)}
 
 
 def _run_case(files: dict, argv: list, code: int = 2, names: str | None = None,
@@ -178,7 +210,14 @@ def test_models_a_lossy_pass_refuses(files, command: str, kind: str) -> None:
     _run_case(files, _argv(command, model, files["dir"] / "out"), names=str(model))
 
 
-@pytest.mark.parametrize("command", ["compress", "prune", "cluster", "binarize", "run", "report"])
+@pytest.mark.parametrize("kind", ["missing", "garbage", "plain onnx", "truncated",
+                                  "a byte changed under its CRC", "external data"])
+def test_bad_containers(files, kind: str) -> None:
+    container = files["containers"][kind]
+    _run_case(files, _argv("unpack", container, files["dir"] / "out"), names=str(container))
+
+
+@pytest.mark.parametrize("command", DATA_COMMANDS)
 @pytest.mark.parametrize("kind", ["missing", "garbage", "NaN data",
                                   "wrong shape", "wrong dtype", "wrong key",
                                   "labels out of range", "header claims 10^12 elements"])
@@ -189,8 +228,7 @@ def test_bad_data(files, command: str, kind: str) -> None:
     _run_case(files, _argv(command, files["model"], files["dir"] / "out", data), names=str(data))
 
 
-@pytest.mark.parametrize("command", ["compress", "prune", "cluster", "binarize", "pack", "run",
-                                     "report"])
+@pytest.mark.parametrize("command", [*MODEL_COMMANDS, "unpack"])
 def test_outputs_never_overwrite_inputs(files, command: str) -> None:
     model, data = files["model"], files["data"]
     alias = files["dir"] / "sub" / ".." / model.name
@@ -205,6 +243,9 @@ def test_outputs_never_overwrite_inputs(files, command: str) -> None:
         named = files["dir"] / "named.onnxc"  # an ONNX file whose name ends in .onnxc
         named.write_bytes(model.read_bytes())
         cases = [["pack", named, "-o", files["dir"] / "sub" / ".." / named.name]]
+    elif command == "unpack":
+        container = files["container"]
+        cases = [["unpack", container, "-o", files["dir"] / "sub" / ".." / container.name]]
     else:
         out = files["dir"] / "out" / "o.onnx"
         cases = [[command, model, "-o", alias, "--no-latency"],
@@ -229,6 +270,71 @@ def test_special_files_are_never_replaced(files) -> None:
     finally:
         fifo.unlink()
         fifo.with_suffix(".onnxc").unlink(missing_ok=True)
+
+
+class _FillingDisk:
+    """A file on a disk that fills up: the first `room` bytes are written, then every write
+    fails with `code` (ENOSPC, or EFBIG past the file system's largest file)."""
+
+    def __init__(self, f, code: int, room: int = 100):
+        self._f, self._code, self._room = f, code, room
+
+    def write(self, data) -> int:
+        if len(data) > self._room:
+            self._f.write(bytes(data[: self._room]))
+            self._room = 0
+            raise OSError(self._code, os.strerror(self._code))
+        self._room -= len(data)
+        return self._f.write(data)
+
+    def writelines(self, chunks) -> None:
+        for c in chunks:
+            self.write(c)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._f.close()
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def _disk_fills_up(monkeypatch, code: int) -> None:
+    """Every file onnxcompress writes (its temporary files, whatever library writes them)
+    lands on a disk that fills up."""
+    real_open = builtins.open
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and Path(file).name.startswith(".onnxcompress-"):
+            return _FillingDisk(f, code)
+        return f
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+
+
+@pytest.mark.parametrize("code, reason", [(errno.ENOSPC, "no space left on the device"),
+                                          (errno.EFBIG, "the file is too large")])
+@pytest.mark.parametrize("command", ["prune", "pack", "unpack", "run", "report"])
+def test_a_full_disk_is_bad_input_and_leaves_no_partial_file(files, monkeypatch, command: str,
+                                                              code: int, reason: str) -> None:
+    """Models (onnx.save), containers, output arrays (np.savez) and reports all fill the disk
+    through the atomic writer: exit 2 naming the output, no temporary file left, an existing
+    output kept whole."""
+    source = files["container"] if command == "unpack" else files["model"]
+    argv = _argv(command, source, files["dir"] / "out", files["data"])
+    target = Path(argv[argv.index("--json" if command == "report" else "-o") + 1])
+    _disk_fills_up(monkeypatch, code)
+    _run_case(files, argv, names=f"{target}: cannot write: {reason}")
+    target.write_bytes(b"the user's old output")
+    try:
+        _refused(_cli(*argv), names=f"{target}: cannot write: {reason}")
+        assert target.read_bytes() == b"the user's old output"
+        assert [p.name for p in target.parent.iterdir()] == [target.name]
+    finally:
+        target.unlink()  # the out folder is not an input of the next case
 
 
 @pytest.mark.parametrize("budget", ["nan", "-1"])
