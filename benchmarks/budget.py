@@ -91,14 +91,14 @@ def bench(name: str, src: Path, work: Path, calib: Path, eval_npz: Path, score) 
     int8 = peers.quantize_int8(src, work / f"{name}.int8.onnx")
     row = {"model": name, "seconds": seconds, "metric": rep.metric, "units": rep.units,
            "original_bytes": original.bytes, "packed_bytes": final.bytes,
-           "ratio": original.bytes / final.bytes, "score_original": original.accuracy,
-           "score": final.accuracy, "drop": rep.accuracy_drop, "budget": BUDGET,
+           "ratio": original.bytes / final.bytes, "score_original": original.score,
+           "score": final.score, "drop": rep.accuracy_drop, "budget": BUDGET,
            "within_budget": rep.within_budget, **search_summary(rep),
            "int8_bytes": int8.stat().st_size, "int8_score": score(int8),
            "notes": rep.notes}
     try:
         path, settings, acc = peers.onnxsim_at_matched_accuracy(
-            src, work / f"{name}.onnxsim.onnx", score, final.accuracy)
+            src, work / f"{name}.onnxsim.onnx", score, final.score)
         row["onnxsim"] = {"bytes": path.stat().st_size, "xz_bytes": peers.xz_size(path),
                           "settings": settings.label(), "score": acc}
     except Exception as e:  # noqa: BLE001 (a peer failing is a finding, not a crash)
@@ -125,7 +125,7 @@ def markdown(rows: list[dict], cpu: str) -> str:
                 f"{r['held_out_drop']:.2f} ± {r['held_out_error']:.2f} ({r['held_out_samples']})")
         out.append(
             f"| {r['model']} | {r['metric']} | {kb(r['original_bytes'])} | "
-            f"{kb(r['packed_bytes'])} | {r['ratio']:.1f}× | {r['score_original']:.2f} → "
+            f"{kb(r['packed_bytes'])} | {r['ratio']:.2f}× | {r['score_original']:.2f} → "
             f"{r['score']:.2f} ({r['drop']:+.2f}) | {100 * max(r['drop'], 0) / BUDGET:.0f}% | "
             f"{held} | {r['trials']} | {verdict} | {r['seconds']:.0f} s | "
             f"{kb(r['int8_bytes'])} ({r['int8_score']:.2f}) | {sim_txt} |")
@@ -169,10 +169,10 @@ def main() -> None:
                 row = bench(name, REPO / "models" / f"{name}.onnx", work, work / "calib.npz",
                             work / "test.npz", lambda p: zoo_score(p, test))
             rows.append(row)
-            print(markdown(rows[-1:], cpu), flush=True)
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "budget.json").write_text(json.dumps(
                 {"cpu": cpu, "threads": os.cpu_count(), "rows": rows}, indent=2, default=str))
+            print(markdown(rows[-1:], cpu), flush=True)
             (args.out / "budget.md").write_text(markdown(rows, cpu) + "\n")
 
 
