@@ -14,6 +14,7 @@ onnx-simplifier 0.8.1's pruning + k-means at settings that reach our score.
 
     pip install -e '.[bench]'
     python benchmarks/budget.py [--models lenet300 minilm ...]
+    python benchmarks/budget.py --from-json a/budget.json b/budget.json   # merge runs
 
 Writes benchmarks/results/budget.{json,md} after each model (runs are long).
 """
@@ -38,6 +39,7 @@ ZOO = ["lenet300", "lenet5", "vgg", "resnet", "squeezenet", "mobilenet", "vit"]
 TARGETS = {"lenet300": 21, "lenet5": 28.2, "vgg": 40, "resnet": 17, "squeezenet": None,
            "mobilenet": 6, "vit": 6, "minilm": 8}
 BUDGET = 1.0
+MATCHED_SEARCH_MAX_BYTES = 20 << 20
 
 
 def cpu_name() -> str:
@@ -96,9 +98,13 @@ def bench(name: str, src: Path, work: Path, calib: Path, eval_npz: Path, score) 
            "within_budget": rep.within_budget, **search_summary(rep),
            "int8_bytes": int8.stat().st_size, "int8_score": score(int8),
            "notes": rep.notes}
+    # the matched search compresses and xz-9s a whole model per setting: for a large model,
+    # two settings only (4-bit k-means with and without half the weights pruned)
+    big = src.stat().st_size > MATCHED_SEARCH_MAX_BYTES
     try:
         path, settings, acc = peers.onnxsim_at_matched_accuracy(
-            src, work / f"{name}.onnxsim.onnx", score, final.score)
+            src, work / f"{name}.onnxsim.onnx", score, final.score,
+            **({"sparsities": (0.5, 0.0), "bits": (4,)} if big else {}))
         row["onnxsim"] = {"bytes": path.stat().st_size, "xz_bytes": peers.xz_size(path),
                           "settings": settings.label(), "score": acc}
     except Exception as e:  # noqa: BLE001 (a peer failing is a finding, not a crash)
@@ -134,16 +140,32 @@ def markdown(rows: list[dict], cpu: str) -> str:
     return "\n".join(out + ([""] + spared if spared else []))
 
 
+def write(out: Path, rows: list[dict], cpu: str) -> None:
+    """budget.json and budget.md, rewritten after each model (runs are long)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "budget.json").write_text(json.dumps(
+        {"cpu": cpu, "threads": os.cpu_count(), "rows": rows}, indent=2, default=str))
+    (out / "budget.md").write_text(markdown(rows, cpu) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=ZOO + ["minilm"], choices=ZOO + ["minilm"])
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--calib-size", type=int, default=5000,
                     help="zoo calibration images, the first N of the training split")
+    ap.add_argument("--from-json", nargs="+", type=Path, metavar="JSON",
+                    help="only merge the rows of earlier runs' budget.json into --out")
     args = ap.parse_args()
+    cpu = cpu_name()
+    if args.from_json:
+        merged = [r for f in args.from_json for r in json.loads(f.read_text())["rows"]]
+        order = ZOO + ["minilm"]
+        merged.sort(key=lambda r: order.index(r["model"]))
+        write(args.out, merged, cpu)
+        return
     from models.fashion_mnist import load
 
-    cpu = cpu_name()
     rows = []
     with tempfile.TemporaryDirectory(prefix="onnxcompress-budget-") as tmp:
         work = Path(tmp)
@@ -169,11 +191,8 @@ def main() -> None:
                 row = bench(name, REPO / "models" / f"{name}.onnx", work, work / "calib.npz",
                             work / "test.npz", lambda p: zoo_score(p, test))
             rows.append(row)
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "budget.json").write_text(json.dumps(
-                {"cpu": cpu, "threads": os.cpu_count(), "rows": rows}, indent=2, default=str))
+            write(args.out, rows, cpu)
             print(markdown(rows[-1:], cpu), flush=True)
-            (args.out / "budget.md").write_text(markdown(rows, cpu) + "\n")
 
 
 if __name__ == "__main__":
