@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import click
 import numpy as np
 
 from onnxcompress import __version__
-from onnxcompress.errors import AccuracyBudgetExceeded, OnnxCompressError
+from onnxcompress.errors import AccuracyBudgetExceeded
 from onnxcompress.metrics import Metric
+
+from .boundary import ErrorBoundary
 
 EPILOG = """\b
 Exit codes: 0 success; 2 bad input (file, data, option, recipe); 3 the accuracy drop exceeds
@@ -25,58 +26,11 @@ Exit codes: 0 success; 2 bad input (file, data, option, recipe); 3 the accuracy 
 """
 
 ONE_PASS_SEARCHES = {"prune": "auto-prune", "cluster": "auto-cluster"}
-EXIT_INTERNAL = 4  # an error onnxcompress did not expect
-EXIT_INTERRUPTED = 130
-MESSAGE_CHARS = 400  # longer messages (ONNX Runtime's run for lines) are cut; -v shows all
-
-
 def _progress(msg: str) -> None:
     click.echo(f"  .. {msg}", err=True)
 
 
-def _short(text: str) -> str:
-    """One line of at most MESSAGE_CHARS characters."""
-    line = " ".join(text.split())
-    return line if len(line) <= MESSAGE_CHARS else line[: MESSAGE_CHARS - 1] + "…"
-
-
-def _fail(e: BaseException, code: int, verbose: bool, prefix: str = "") -> None:
-    message = f"{prefix}{e}" if str(e) else f"{prefix}{type(e).__name__}"
-    click.echo(f"error: {_short(message)}", err=True)
-    if verbose:
-        import traceback
-
-        detail = getattr(e, "detail", None)  # ONNX Runtime's whole message, when cut short
-        if detail:
-            click.echo(detail, err=True)
-        click.echo("".join(traceback.format_exception(e)), err=True)
-    elif len(" ".join(message.split())) > MESSAGE_CHARS or code == EXIT_INTERNAL:
-        click.echo("  (run with -v for the full message)", err=True)
-    sys.exit(code)
-
-
-class _Group(click.Group):
-    """The one error boundary of the command line: every error becomes one clear line and its
-    documented exit code (2 bad input, 3 over budget, 4 unexpected), never a traceback."""
-
-    def invoke(self, ctx):
-        verbose = bool(ctx.params.get("verbose"))
-        try:
-            return super().invoke(ctx)
-        except OnnxCompressError as e:
-            _fail(e, e.exit_code, verbose)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
-        except KeyboardInterrupt:
-            click.echo("interrupted; nothing was written", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        except MemoryError as e:
-            _fail(e, EXIT_INTERNAL, verbose, "out of memory: ")
-        except Exception as e:  # noqa: BLE001 - the boundary: nothing may leave as a traceback
-            _fail(e, EXIT_INTERNAL, verbose, "internal error (please report it): ")
-
-
-@click.group(cls=_Group, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ErrorBoundary, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="onnxcompress")
 @click.option("-v", "--verbose", is_flag=True, help="Log what each pass does.")
 def main(verbose: bool) -> None:

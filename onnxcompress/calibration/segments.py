@@ -22,6 +22,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..data import Dataset
+from ..graph.topology import downstream_nodes
 from .runner import GraphSession
 
 Batches = list[dict[str, np.ndarray]]  # one dict of tensor values per batch of the data
@@ -92,20 +93,10 @@ def downstream_runner(graph: gs.Graph, node: gs.Node, output: str, state: Batche
                       ) -> tuple[GraphSession, list[str]]:
     """A session computing `output` from the frontier of `node` and everything after it (the
     layer's weights `variable`), and that frontier's names (to capture into `state`)."""
-    after = _downstream(graph, node)
+    after = {node.name} | downstream_nodes(node)
     nodes = [n for n in needed(graph, [output], set()) if n.name in after]
     inputs = frontier(nodes)
     return subgraph_session(graph, nodes, inputs, [output], state[0], variable, threads), inputs
-
-
-def _downstream(graph: gs.Graph, node: gs.Node) -> set[str]:
-    seen, stack = {node.name}, list(node.outputs)
-    while stack:
-        for consumer in stack.pop().outputs:
-            if consumer.name not in seen:
-                seen.add(consumer.name)
-                stack.extend(consumer.outputs)
-    return seen
 
 
 def incremental_inputs(graph: gs.Graph, layers: Sequence[gs.Node], data: Dataset,
@@ -128,7 +119,7 @@ def incremental_inputs(graph: gs.Graph, layers: Sequence[gs.Node], data: Dataset
             available |= set(live)
         yield layer, [{target: b[target]} for b in state]
         # the layer may change now: nothing computed from its output is kept
-        stale = _downstream(graph, layer)
+        stale = {layer.name} | downstream_nodes(layer)
         gone = {n for n in available if producer.get(n) in stale}
         for b in state:
             for name in gone:

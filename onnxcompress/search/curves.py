@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -117,30 +118,50 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
         original = comp.originals[w.tensor.name]
         curve = Curve(w.tensor.name, w.layer, w.kind, int(original.size))
         curve.prune[0.0] = curve.cluster[None] = (0.0, 0.0)
-        rungs = space.SPARSITIES[1:] if prune else ()
-        for s in rungs:
-            keep = magnitude_mask(original, s)
-            w.set_values(apply_mask(original, keep))
-            comp.alone(w, keep, quick=True)
-            curve.prune[s] = cost(w)
-            progress(f"search: {i + 1}/{len(weights)} {w.layer} s={s:g} "
-                     f"drop {curve.prune[s][1]:+.2f}")
-            if curve.prune[s][1] > 2 * budget:
-                break
+        where = f"search: {i + 1}/{len(weights)} {w.layer}"
+        measure_w = partial(cost, w)
+        _climb(curve.prune, space.SPARSITIES[1:] if prune else (),
+               partial(_pruned, w, original, comp), measure_w, budget,
+               partial(_say, progress, where + " s={:g}"))
         comp.restore(w)
-        for bits in (space.bit_ladder(original.size, total)[1:] if cluster else ()):
-            values, book = space.clustered(original, bits, w.kind)
-            w.set_values(values)
-            comp.alone(w, codebook=book)  # as the cluster pass: onto the codebook, refit
-            curve.cluster[bits] = cost(w)
-            progress(f"search: {i + 1}/{len(weights)} {w.layer} {bits:g} bits "
-                     f"drop {curve.cluster[bits][1]:+.2f}")
-            if curve.cluster[bits][1] > 2 * budget:
-                break
+        _climb(curve.cluster, space.bit_ladder(original.size, total)[1:] if cluster else (),
+               partial(_shared, w, original, comp), measure_w, budget,
+               partial(_say, progress, where + " {:g} bits"))
         comp.restore(w)
         curve.sizes = _prices(w, original, curve)
         curves.append(curve)
     return curves
+
+
+def _climb(ladder: dict, rungs, apply: Callable[[float], None],
+           cost: Callable[[], tuple[float, float]], budget: float,
+           say: Callable[[float, float], None]) -> None:
+    """Measure each rung in turn; stop at the first whose drop alone is twice the budget: a
+    rung above it cannot be chosen."""
+    for rung in rungs:
+        apply(rung)
+        ladder[rung] = cost()
+        say(rung, ladder[rung][1])
+        if ladder[rung][1] > 2 * budget:
+            break
+
+
+def _say(progress: Callable[[str], None], label: str, rung: float, drop: float) -> None:
+    progress(f"{label.format(rung)} drop {drop:+.2f}")
+
+
+def _pruned(w: Weight, original: np.ndarray, comp: Compensator, sparsity: float) -> None:
+    """The layer magnitude-pruned, with the prune pass's compensation (its quick estimate)."""
+    keep = magnitude_mask(original, sparsity)
+    w.set_values(apply_mask(original, keep))
+    comp.alone(w, keep, quick=True)
+
+
+def _shared(w: Weight, original: np.ndarray, comp: Compensator, bits: float) -> None:
+    """The layer shared at `bits`, as the cluster pass: onto the codebook, refit."""
+    values, book = space.clustered(original, bits, w.kind)
+    w.set_values(values)
+    comp.alone(w, codebook=book)
 
 
 def curve_samples(graph: gs.Graph, data: Dataset) -> int:
