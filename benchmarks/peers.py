@@ -33,8 +33,10 @@ What onnxsim 0.8.1 offers here (read from the installed wheel, not guessed):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import lzma
+import os
 import shutil
 import statistics
 import subprocess
@@ -62,10 +64,23 @@ def quantize_int8(src: Path, dst: Path, *, preprocess: bool = True) -> Path:
 
     src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="peers-int8-") as tmp:
+    src, dst = src.resolve(), dst.resolve()
+    # ONNX Runtime's shape inference writes its temporary model and external-data files into
+    # the working directory: run it inside the temporary folder so they go with it
+    with tempfile.TemporaryDirectory(prefix="peers-int8-") as tmp, _working_dir(tmp):
         model_in = _ort_preprocessed(src, Path(tmp) / "pre.onnx") if preprocess else src
         quantize_dynamic(model_in, dst, weight_type=QuantType.QInt8)
     return dst
+
+
+@contextlib.contextmanager
+def _working_dir(path: str):
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def _ort_preprocessed(src: Path, out: Path) -> Path:
