@@ -27,7 +27,7 @@ from .graph.cost import infer_shapes
 from .io import file_size, write_output
 from .normalize import normalize_file
 from .passes.base import Context, PassReport
-from .pipeline import Step, run, with_budget
+from .pipeline import Step, run
 from .recipe import load_recipe
 from .report import bench
 from .report.stats import (
@@ -117,7 +117,6 @@ def compress(input_path: str | Path, output_path: str | Path, *,
         steps, ctx = plan.steps, Context(plan.fit, progress)  # fitted as the trials were
         report.notes.extend(plan.notes())
         report.search = plan.facts()
-    steps = [with_budget(s, max_accuracy_drop) for s in steps]
     exit_stages: list[str] = []  # stages whose graph has early exits
 
     def after_step(step: Step, pass_report: PassReport) -> None:
@@ -134,7 +133,7 @@ def compress(input_path: str | Path, output_path: str | Path, *,
             report.stages.append(StageRow(step.stage, size, base_size / size))
 
     try:
-        run(graph, steps, ctx, after_step)
+        run(graph, steps, ctx, after_step, budget=max_accuracy_drop)
     except BadInputError as e:  # name the user's file
         raise type(e)(f"{input_path}: {e}") from e
     progress(f"writing {output_path}")

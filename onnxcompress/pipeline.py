@@ -49,26 +49,43 @@ def check_order(steps: list[Step]) -> None:
 
 
 def run(graph: gs.Graph, steps: list[Step], ctx: Context,
-        after_step: Callable[[Step, PassReport], None] | None = None) -> list[PassReport]:
-    """Apply `steps` in order to `graph` (in place); return their reports."""
+        after_step: Callable[[Step, PassReport], None] | None = None,
+        budget: float | None = None) -> list[PassReport]:
+    """Apply `steps` in order to `graph` (in place); return their reports.
+
+    `budget` is the run's one accuracy budget: each pass that steers by it gets what the passes
+    before it left (their measured drops add up, since each measures against its own input)."""
     check_order(steps)
     reports: list[PassReport] = []
     history: list[str] = []
+    left = budget
     for step in steps:
+        step = with_budget(step, left)
         ctx.progress(f"{step.name}: running")
         try:
             report = registry.get(step.name).run(graph, step.config, ctx)
         except BadInputError as e:
             before = ", ".join(history) or "none"
-            raise type(e)(f"step '{step.name}': {e} (steps run before it: {before})") from e
+            raise type(e)(f"step '{step.name}': {e} (steps run before it: {before}"
+                          f"{_budget_left(budget, left)})") from e
         except OnnxCompressError:
             raise
         except Exception as e:
             raise PassError(step.name, history, e) from e
         graph.cleanup().toposort()
         log.info("%s: modified=%s", step.name, report.modified)
+        if left is not None and report.spent is not None:
+            report.notes.append(f"spent {report.spent:.2f} of the {left:g} points of budget it "
+                                f"was given{_budget_left(budget, left)}")
+            left = max(left - report.spent, 0.0)
         reports.append(report)
         history.append(step.name)
         if after_step is not None:
             after_step(step, report)
     return reports
+
+
+def _budget_left(budget: float | None, left: float | None) -> str:
+    if budget is None or left is None or left >= budget:
+        return ""
+    return f"; earlier passes spent {budget - left:.2f} of the run's {budget:g}-point budget"

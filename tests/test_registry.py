@@ -39,3 +39,38 @@ def test_the_budget_goes_to_the_key_a_pass_names() -> None:
     assert with_budget(step, 1.5).config.max_drop == 1.5
     assert with_budget(Step("prune", prune.Config(max_drop=0.2)), 1.5).config.max_drop == 0.2
     assert with_budget(Step("cluster", cluster.Config()), 1.5).config == cluster.Config()
+
+
+def test_a_run_spends_one_budget_across_its_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each budget-steered pass gets what the passes before it left, not the whole budget."""
+    import onnx_graphsurgeon as gs
+
+    from onnxcompress import pipeline
+    from onnxcompress.passes.base import Context, PassReport
+
+    given: list[float | None] = []
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        max_drop: float | None = None
+
+    class Steered:
+        NAME = STAGE = "steered"
+        BUDGET_KEY, EMITS_OPS = "max_drop", frozenset()
+
+        @staticmethod
+        def run(graph, cfg, ctx):
+            given.append(cfg.max_drop)
+            return PassReport("steered", modified=True, spent=0.3)
+
+    Steered.Config = Config
+    monkeypatch.setattr(pipeline.registry, "get", lambda name: Steered)
+    steps = [Step("steered", Config()), Step("steered", Config()), Step("steered", Config()),
+             Step("steered", Config(max_drop=0.7))]  # a recipe's own key wins
+    reports = pipeline.run(gs.Graph(), steps, Context(), budget=0.75)
+    assert given == pytest.approx([0.75, 0.45, 0.15, 0.7])
+    assert "spent 0.30 of the 0.45 points" in reports[1].notes[-1]
+    assert "earlier passes spent 0.30 of the run's 0.75-point budget" in reports[1].notes[-1]
+    given.clear()
+    pipeline.run(gs.Graph(), steps[:2], Context(), budget=None)
+    assert given == [None, None]

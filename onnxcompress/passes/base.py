@@ -28,6 +28,9 @@ class PassReport:
     # False: no setting of the pass meets the accuracy budget, so it left the graph unchanged
     # (the run then fails its budget, as when the drop exceeds it)
     budget_met: bool | None = None
+    # the drop (in the budget's units) this pass measured against its own input, when it
+    # steered by the budget: the pipeline leaves later passes only what remains
+    spent: float | None = None
 
 
 @dataclass

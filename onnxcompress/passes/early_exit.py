@@ -325,6 +325,7 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
           X.with_table(graph.doc_string, table))
     report.modified = True
     report.budget_met = True
+    report.spent = max(plan.drop, 0.0)
     _fill_report(report, table, plan, total, cuts, {c.name: c.flops for c in costs})
     return report
 

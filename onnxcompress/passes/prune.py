@@ -308,6 +308,8 @@ def run(graph: gs.Graph, cfg: Config, ctx: Context) -> PassReport:
     pruner.finish()
     graph.cleanup().toposort()
     _fill_report(report, weights, result, shifts, pinned, mode)
+    if searching:
+        report.spent = max(result.drop, 0.0)
     if mode is Mode.UNIFORM and cfg.per_layer and cfg.sparsity is None:
         report.notes[0] = "mode: per-layer table (layers it does not name are not pruned)"
     return report
