@@ -19,7 +19,6 @@ from .container.protos import mark_in_memory
 from .container.writer import ContainerReport
 from .errors import BadInputError
 from .files import atomic_output
-from .graph import WEIGHT_INPUTS, all_nodes, to_graph, weight_index, weight_sources
 from .graph.convert import with_arrays
 from .wire import external_locations
 
@@ -133,22 +132,9 @@ def write_output(model: onnx.ModelProto, path: str | os.PathLike,
     `arrays` holds the data of the model's IN_MEMORY initializers (graph.to_light_model)."""
     path = Path(path)
     if path.suffix == ".onnxc":
-        return write_container(model, path, tensor_kinds=tensor_kinds(model), arrays=arrays)
+        return write_container(model, path, arrays=arrays)
     save_model(with_arrays(model, arrays) if arrays else model, path)
     return None
-
-
-def tensor_kinds(model: onnx.ModelProto) -> dict[str, str]:
-    """Stored initializer name -> 'conv' | 'fc' | 'embedding', for the container's sparse gap
-    width."""
-    kinds = {}
-    stored = {t.name for t in model.graph.initializer}
-    for node in all_nodes(to_graph(model)):  # If branches too (early exits)
-        index = weight_index(node)
-        for c in (weight_sources(node, index) or []) if index is not None else []:
-            if c.name in stored:
-                kinds[c.name] = WEIGHT_INPUTS[node.op][1]
-    return kinds
 
 
 def file_size(path: str | os.PathLike) -> int:

@@ -64,16 +64,17 @@ class _Candidate:
 # ----------------------------------------------------------------------------- encoding
 
 
-def encode(data: bytes | memoryview, elem_size: int, gap_bits: int = 8,
+def encode(data: bytes | memoryview, elem_size: int, gap_bits: int | None = None,
            group_bits: int | None = None) -> Encoded:
     """Encode raw little-endian tensor bytes (or a byte memoryview of an array: no copy) with
     the smallest applicable codec.
 
     elem_size is the element width in bytes; codebook codecs need 1, 2, 4 or 8 and a whole number
-    of elements, anything else is stored raw.  group_bits, when given, offers the bitgroups codec
-    (the data is groups of that many bits, padding in the high bits).
+    of elements, anything else is stored raw.  gap_bits pins the sparse form's gap width (None:
+    the width that makes the section smallest).  group_bits, when given, offers the bitgroups
+    codec (the data is groups of that many bits, padding in the high bits).
     """
-    if not 1 <= gap_bits <= 8:
+    if gap_bits is not None and not 1 <= gap_bits <= 8:
         raise ValueError(f"gap_bits must be within 1..8, got {gap_bits}")
     candidates: list[_Candidate] = []
     if group_bits:
@@ -112,12 +113,12 @@ def _raw_candidates(data: bytes | memoryview, best_coded: int | None) -> list[_C
     return out
 
 
-def _codebook_candidates(elements: np.ndarray, gap_bits: int) -> list[_Candidate]:
+def _codebook_candidates(elements: np.ndarray, gap_bits: int | None) -> list[_Candidate]:
     found = _cnative.codebook_index(elements)
     return [] if found is None else _index_candidates(elements.size, *found, gap_bits)
 
 
-def _index_candidates(n: int, book: np.ndarray, idx: np.ndarray, gap_bits: int
+def _index_candidates(n: int, book: np.ndarray, idx: np.ndarray, gap_bits: int | None
                       ) -> list[_Candidate]:
     """The codebook and (when the fill is common enough) sparse forms of book[idx]."""
     counts = huffman.histogram(idx, minlength=book.size)
@@ -128,20 +129,55 @@ def _index_candidates(n: int, book: np.ndarray, idx: np.ndarray, gap_bits: int
     ]
     fill = int(np.argmax(counts))
     if counts[fill] >= SPARSE_MIN_FILL * n:
-        gaps, vals, nz_book = sparse_entries(idx, book, fill, gap_bits)
-        pg, pv = huffman.plan(huffman.histogram(gaps)), huffman.plan(huffman.histogram(vals))
+        widths = GAP_WIDTHS if gap_bits is None else (gap_bits,)
+        gap_hist, long_gaps = gap_histogram(idx, fill)
+        values = np.delete(counts[: book.size], fill)
+        width, pg, pv = min((_sparse_plan(gap_hist, long_gaps, values, w) for w in widths),
+                            key=lambda plan: plan[1].nbytes + plan[2].nbytes)
+        nz_book = np.delete(book, fill)
         size = 1 + 1 + 8 + book.itemsize + 2 + nz_book.nbytes + pg.nbytes + pv.nbytes
-        out.append(
-            _Candidate(
-                Codec.SPARSE,
-                size,
-                lambda: _encode_sparse(n, book[fill], gap_bits, nz_book, gaps, vals, pg, pv),
-            )
-        )
+
+        def build() -> Encoded:
+            gaps, vals, _ = sparse_entries(idx, book, fill, width)
+            return _encode_sparse(n, book[fill], width, nz_book, gaps, vals, pg, pv)
+
+        out.append(_Candidate(Codec.SPARSE, size, build))
     return out
 
 
-def coded_size(book: np.ndarray, idx: np.ndarray, gap_bits: int = 8) -> int:
+GAP_WIDTHS = tuple(range(1, 9))  # the sparse form's gap widths (bits) a writer may choose
+SHORT_GAPS = 256  # gaps below this are counted in a histogram; longer ones kept as they are
+
+
+def gap_histogram(idx: np.ndarray, fill: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fill elements before each non-fill element of `idx`, as a histogram of the gaps
+    below SHORT_GAPS and an array of the longer ones: enough to price every gap width."""
+    pos = np.flatnonzero(idx.reshape(-1) != fill)
+    gap = np.diff(pos, prepend=-1) - 1
+    return np.bincount(gap[gap < SHORT_GAPS], minlength=SHORT_GAPS), gap[gap >= SHORT_GAPS]
+
+
+def fill_gaps(gap_hist: np.ndarray, long_gaps: np.ndarray, width: int) -> tuple[np.ndarray, int]:
+    """(histogram of the gap stream, filler entries) at `width` bits: a gap g is g >> width
+    fillers of gap 2^width - 1 then an entry of gap g mod 2^width (see sparse_entries)."""
+    step = 1 << width
+    g = np.arange(gap_hist.size)
+    counts = np.bincount(g & (step - 1), weights=gap_hist, minlength=step).astype(np.int64)
+    counts += np.bincount(long_gaps & (step - 1), minlength=step)
+    fillers = int(np.dot(gap_hist, g >> width)) + int((long_gaps >> width).sum())
+    counts[step - 1] += fillers
+    return counts, fillers
+
+
+def _sparse_plan(gap_hist: np.ndarray, long_gaps: np.ndarray, values: np.ndarray, width: int
+                 ) -> tuple[int, huffman.StreamPlan, huffman.StreamPlan]:
+    """(width, gap stream plan, value stream plan) of the sparse form at `width`; `values`
+    counts the codebook symbols without the fill (the filler symbol K comes after them)."""
+    gap_counts, fillers = fill_gaps(gap_hist, long_gaps, width)
+    return width, huffman.plan(gap_counts), huffman.plan(np.append(values, fillers))
+
+
+def coded_size(book: np.ndarray, idx: np.ndarray, gap_bits: int | None = None) -> int:
     """Payload bytes the writer would spend on book[idx] (≤ 256 entries) with the best of the
     codebook and sparse codecs, planned from histograms (nothing is encoded): what a search
     needs to price a setting without writing a container."""

@@ -47,9 +47,10 @@ from .protos import (
 
 log = logging.getLogger(__name__)
 
-# relative-index widths per layer kind (Deep Compression: conv 8, fc 5; tables like fc)
+# Deep Compression's relative-index widths per layer kind (conv 8, fc 5; tables like fc), for
+# callers that pin them with tensor_kinds; otherwise each sparse section gets the width (1..8
+# bits) that makes it smallest, priced from its gap histogram
 GAP_BITS = {"conv": 8, "fc": 5, "embedding": 5}
-DEFAULT_GAP_BITS = 8
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def encode_container(
     rows = []
     # one tensor's raw bytes at a time: at VGG-19 scale all of them at once are another 575 MB
     for index, tensor, raw, elem_size in _data_tensors(model, arrays or {}):
-        enc = codecs.encode(raw, elem_size, gap_bits.get(tensor.name, DEFAULT_GAP_BITS),
+        enc = codecs.encode(raw, elem_size, gap_bits.get(tensor.name),
                             groups.get(tensor.name))
         payloads.append((SectionKind.TENSOR, enc.codec, index, enc.payload))
         rows.append(_row(tensor.name, raw, enc))

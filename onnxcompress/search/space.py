@@ -71,18 +71,18 @@ def clustered(w: np.ndarray, bits: float, kind: str, seed: int = 0
 def stored_bytes(w: np.ndarray, sparsity: float, bits: float | None, kind: str) -> int:
     """Container bytes of a layer's weight at this setting."""
     pruned = prune(w, sparsity)
-    gap_bits = GAP_BITS.get(kind, 8)
     if bits is None:
         nnz = int(np.count_nonzero(pruned))
         if sparsity == 0:
             return w.size * FLOAT_BITS // 8
-        positions = _position_bits(pruned.reshape(-1) != 0, gap_bits)
+        positions = _position_bits(pruned.reshape(-1) != 0, GAP_BITS.get(kind, 8))
         return (nnz * FLOAT_BITS + positions) // 8
+    # the codebook and sparse forms as the writer prices them (its best gap width)
     if by_rows(pruned, kind):
         book, idx, mean, std = share_rows(pruned, bits, fit_samples=PRICE_FIT_SAMPLES)
-        return coded_size(book, idx, gap_bits) + mean.nbytes + std.nbytes
+        return coded_size(book, idx) + mean.nbytes + std.nbytes
     book, idx = share_weights(pruned, bits, fit_samples=PRICE_FIT_SAMPLES)
-    return coded_size(book, idx, gap_bits)
+    return coded_size(book, idx)
 
 
 def _position_bits(mask: np.ndarray, gap_bits: int) -> int:

@@ -79,11 +79,28 @@ def sparse_gap_bits(data: bytes, name: str) -> int:
     return data[entry.offset + 1]
 
 
-def test_gap_bits_follow_tensor_kinds() -> None:
-    data = container_bytes(net(), tensor_kinds=KINDS)
-    assert sparse_gap_bits(data, "conv_w") == 8
-    assert sparse_gap_bits(data, "fc_w") == 5
-    assert sparse_gap_bits(data, "emb_idx") == 8  # default
+def test_gap_bits_follow_tensor_kinds_and_are_chosen_otherwise() -> None:
+    pinned = container_bytes(net(), tensor_kinds=KINDS)
+    assert sparse_gap_bits(pinned, "conv_w") == 8
+    assert sparse_gap_bits(pinned, "fc_w") == 5
+    chosen = container_bytes(net())  # nothing pinned: each section at its smallest width
+    assert len(chosen) < len(pinned)
+    assert initializer_bits(read_container_bytes(chosen)) == initializer_bits(net())
+
+
+@pytest.mark.parametrize("keep", [0.02, 0.1, 0.25])
+def test_the_chosen_gap_width_gives_the_smallest_section(keep: float) -> None:
+    rng = np.random.default_rng(int(keep * 100))
+    w = np.where(rng.random(20000) < keep, rng.integers(1, 9, 20000), 0).astype(np.float32)
+    w[3000:3700] = 0.0  # a run longer than any width: fillers
+    raw = w.tobytes()
+    pinned = {b: codecs.encode(raw, 4, b) for b in codecs.GAP_WIDTHS}
+    chosen = codecs.encode(raw, 4)
+    assert chosen.codec == codecs.Codec.SPARSE
+    assert len(chosen.payload) == min(len(e.payload) for e in pinned.values())
+    for enc in [chosen, *pinned.values()]:
+        back = codecs.decode(enc.codec, memoryview(enc.payload), len(raw), 4)
+        assert back.tobytes() == raw
 
 
 def test_fillers_bridge_long_zero_runs() -> None:
