@@ -31,7 +31,8 @@ dense form. Gather form should be the last pass that edits weights: later passes
 weight as a computed tensor, not a constant.
 
 Embedding tables (a Gather's table) that were not pruned are shared by rows: each row keeps
-its mean and standard deviation (float32) and one codebook serves the standardized values,
+its mean and standard deviation (float16 where they fit it, cast to float32 in the graph) and
+one codebook serves the standardized values,
 
     E[r] = mean[r] + std[r] * codebook[indices[r]],
 
@@ -259,13 +260,25 @@ def to_rows_form(graph: gs.Graph, w: Weight, codebook: np.ndarray, indices: np.n
     table = gs.Variable(name, dtype=np.float32, shape=list(indices.shape))
     consumers = list(decoded.outputs)
     graph.nodes.append(gs.Node("Mul", fresh_name(graph, name + "_std"), inputs=[
-        decoded, gs.Constant(fresh_name(graph, name + "_row_std"), std)], outputs=[scaled]))
+        decoded, _as_float32(graph, name + "_row_std", std)], outputs=[scaled]))
     graph.nodes.append(gs.Node("Add", fresh_name(graph, name + "_mean"), inputs=[
-        scaled, gs.Constant(fresh_name(graph, name + "_row_mean"), mean)], outputs=[table]))
+        scaled, _as_float32(graph, name + "_row_mean", mean)], outputs=[table]))
     for node in consumers:
         for i, t in enumerate(node.inputs):
             if t is decoded:
                 node.inputs[i] = table
+
+
+def _as_float32(graph: gs.Graph, name: str, values: np.ndarray) -> gs.Tensor:
+    """A constant for float32 arithmetic: stored as it is, behind a Cast when narrower."""
+    stored = gs.Constant(fresh_name(graph, name), values)
+    if values.dtype == np.float32:
+        return stored
+    wide = gs.Variable(fresh_name(graph, name + "_f32"), dtype=np.float32,
+                       shape=list(values.shape))
+    graph.nodes.append(gs.Node("Cast", fresh_name(graph, name + "_cast"),
+                               {"to": onnx.TensorProto.FLOAT}, inputs=[stored], outputs=[wide]))
+    return wide
 
 
 def to_gather(graph: gs.Graph, w: Weight, codebook: np.ndarray, indices: np.ndarray,
