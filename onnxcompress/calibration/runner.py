@@ -75,6 +75,8 @@ class GraphSession:
 
     def current(self, overrides: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """The variable initializers' values: `overrides`, else what the graph holds now."""
+        if not self.variable:  # (tensors() walks the whole graph: not on every run for nothing)
+            return {}
         tensors = self.values.tensors()
         out = {}
         for name in self.variable:

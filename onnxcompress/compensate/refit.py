@@ -24,6 +24,7 @@ from ..calibration.segments import incremental_inputs
 from ..calibration.service import Snapshot
 from ..data import Dataset
 from ..graph import Weight, conv_geometry
+from ..kernels.bias import conv_output_size
 from ..kernels.refit import (
     Ridge,
     im2col,
@@ -49,12 +50,27 @@ def refit_unsupported(w: Weight) -> str:
     return ""
 
 
-def input_rows(w: Weight, x: np.ndarray) -> np.ndarray:
-    """The layer's input rows: im2col patches for a Conv, else the last axis."""
+def input_rows(w: Weight, x: np.ndarray, pick: np.ndarray | slice = slice(None)
+               ) -> np.ndarray:
+    """The layer's input rows (im2col patches for a Conv, else the last axis), or the rows
+    `pick` selects of them (a Conv builds only those)."""
     if w.node.op != "Conv":
-        return x.reshape(-1, x.shape[-1])
+        return x.reshape(-1, x.shape[-1])[pick]
     geo = conv_geometry(w.node, x.shape[2:])
-    return im2col(x, geo.kernel, geo.strides, geo.pads, geo.dilations)
+    if isinstance(pick, slice):
+        return im2col(x, geo.kernel, geo.strides, geo.pads, geo.dilations)[pick]
+    return im2col(x, geo.kernel, geo.strides, geo.pads, geo.dilations, rows=pick)
+
+
+def row_count(w: Weight, x: np.ndarray) -> int:
+    """How many input rows `input_rows` gives for x."""
+    if w.node.op != "Conv":
+        return x.size // x.shape[-1]
+    geo = conv_geometry(w.node, x.shape[2:])
+    d = len(geo.kernel)
+    return x.shape[0] * int(np.prod([
+        conv_output_size(x.shape[2 + i], geo.kernel[i], geo.strides[i], geo.pads[i],
+                         geo.pads[d + i], geo.dilations[i]) for i in range(d)]))
 
 
 def groups(w: Weight) -> int:
@@ -109,8 +125,8 @@ def layer_grams(snapshot: Snapshot, weights: Sequence[Weight], data: Dataset
     names = [layer_input(w).name for w in weights]
     for k, captured in enumerate(snapshot.batches(data, names)):
         for w in weights:
-            rows = input_rows(w, captured[layer_input(w).name])
-            part = _gram(_by_group(w, rows[_pick(len(rows), k)]))
+            x = captured[layer_input(w).name]
+            part = _gram(_by_group(w, input_rows(w, x, _pick(row_count(w, x), k))))
             grams[w.tensor.name] = grams.get(w.tensor.name, 0.0) + part
     return grams
 
@@ -206,10 +222,9 @@ def _normal_equations(c: Refit, now: Iterable[np.ndarray], was: Iterable[np.ndar
     per = target.shape[0] // g
     gram = cross = 0.0
     for k, (x_now, x_was) in enumerate(zip(now, was)):
-        rows_now = input_rows(w, x_now)
-        pick = _pick(len(rows_now), k)
-        parts_now = _by_group(w, rows_now[pick])
-        parts_was = _by_group(w, input_rows(w, x_was)[pick].astype(np.float64))
+        pick = _pick(row_count(w, x_now), k)
+        parts_now = _by_group(w, input_rows(w, x_now, pick))
+        parts_was = _by_group(w, input_rows(w, x_was, pick).astype(np.float64))
         gram = gram + _gram(parts_now)
         cross = cross + np.stack([
             with_ones(parts_now[i]).T @ (parts_was[i] @ target[i * per:(i + 1) * per].T

@@ -46,9 +46,12 @@ def im2col(
     strides: Sequence[int],
     pads: Sequence[int],
     dilations: Sequence[int],
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """(B * positions, C * prod(kernel)) patches of x (B, C, *spatial), in the order of
-    weight.reshape(O, -1) (channel-major, then kernel offsets)."""
+    weight.reshape(O, -1) (channel-major, then kernel offsets); with `rows`, only those rows
+    (flat indices over (B, *positions)), built directly: a sample of a large layer's rows costs
+    what the sample holds, not the whole matrix."""
     d = len(kernel)
     b, c = x.shape[:2]
     begins, ends = pads[:d], pads[d:]
@@ -57,8 +60,15 @@ def im2col(
         conv_output_size(x.shape[2 + i], kernel[i], strides[i], begins[i], ends[i], dilations[i])
         for i in range(d)
     ]
+    offsets = list(itertools.product(*(range(k) for k in kernel)))
+    if rows is not None:
+        sample, *where = np.unravel_index(rows, (b, *outs))
+        cols = [padded[(sample, slice(None)) + tuple(
+                    p * s + o * dil for p, s, o, dil in zip(where, strides, offset, dilations))]
+                for offset in offsets]  # each (rows, C)
+        return np.stack(cols, axis=2).reshape(len(rows), c * len(cols))
     cols = []
-    for offset in itertools.product(*(range(k) for k in kernel)):
+    for offset in offsets:
         window = (slice(None), slice(None)) + tuple(
             slice(o * dil, o * dil + (n - 1) * s + 1, s)
             for o, dil, n, s in zip(offset, dilations, outs, strides)

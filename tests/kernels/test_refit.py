@@ -104,3 +104,17 @@ def test_the_whole_layer_path_reaches_the_row_by_row_optimum(sparsity: float,
     best = _objective(gram, cross, *exact, lam, w0)
     got = _objective(gram, cross, w, b, lam, w0)
     assert got - best <= 0.005 * (start - best)
+
+
+@pytest.mark.parametrize("kernel,strides,pads,dilations,spatial", [
+    ((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (7, 6)),
+    ((3, 2), (2, 1), (0, 1, 2, 0), (1, 2), (9, 8)),
+    ((5,), (3,), (2, 1), (2,), (17,)),
+    ((1, 1), (2, 2), (0, 0, 0, 0), (1, 1), (5, 5)),
+])
+def test_im2col_of_sampled_rows_is_those_rows_of_the_whole(kernel, strides, pads, dilations,
+                                                           spatial) -> None:
+    x = np.random.default_rng(4).normal(size=(3, 4, *spatial)).astype(np.float32)
+    whole = R.im2col(x, kernel, strides, pads, dilations)
+    rows = np.sort(np.random.default_rng(5).choice(len(whole), len(whole) // 3, replace=False))
+    assert np.array_equal(R.im2col(x, kernel, strides, pads, dilations, rows=rows), whole[rows])
