@@ -53,14 +53,16 @@ def run(graph: gs.Graph, steps: list[Step], ctx: Context,
         budget: float | None = None) -> list[PassReport]:
     """Apply `steps` in order to `graph` (in place); return their reports.
 
-    `budget` is the run's one accuracy budget: each pass that steers by it gets what the passes
-    before it left (their measured drops add up, since each measures against its own input)."""
+    `budget` is the run's one accuracy budget, shared by the passes that steer by it: each gets
+    an equal part of what the passes before it left (their measured drops add up, since each
+    measures against its own input), so a pass that spends less leaves more to the next."""
     check_order(steps)
     reports: list[PassReport] = []
     history: list[str] = []
     left = budget
-    for step in steps:
-        step = with_budget(step, left)
+    for i, step in enumerate(steps):
+        takers = sum(_takes_budget(s) for s in steps[i:])
+        step = with_budget(step, None if left is None else left / max(takers, 1))
         ctx.progress(f"{step.name}: running")
         try:
             report = registry.get(step.name).run(graph, step.config, ctx)
@@ -75,14 +77,20 @@ def run(graph: gs.Graph, steps: list[Step], ctx: Context,
         graph.cleanup().toposort()
         log.info("%s: modified=%s", step.name, report.modified)
         if left is not None and report.spent is not None:
-            report.notes.append(f"spent {report.spent:.2f} of the {left:g} points of budget it "
-                                f"was given{_budget_left(budget, left)}")
+            given = getattr(step.config, registry.get(step.name).BUDGET_KEY)
+            report.notes.append(f"spent {report.spent:.2f} of the {given:.3g} points of budget "
+                                f"it was given{_budget_left(budget, left)}")
             left = max(left - report.spent, 0.0)
         reports.append(report)
         history.append(step.name)
         if after_step is not None:
             after_step(step, report)
     return reports
+
+
+def _takes_budget(step: Step) -> bool:
+    key = registry.get(step.name).BUDGET_KEY
+    return key is not None and getattr(step.config, key) is None
 
 
 def _budget_left(budget: float | None, left: float | None) -> str:

@@ -57,20 +57,27 @@ def test_a_run_spends_one_budget_across_its_passes(monkeypatch: pytest.MonkeyPat
     class Steered:
         NAME = STAGE = "steered"
         BUDGET_KEY, EMITS_OPS = "max_drop", frozenset()
+        spent = 0.3
 
         @staticmethod
         def run(graph, cfg, ctx):
             given.append(cfg.max_drop)
-            return PassReport("steered", modified=True, spent=0.3)
+            return PassReport("steered", modified=True, spent=Steered.spent)
 
     Steered.Config = Config
     monkeypatch.setattr(pipeline.registry, "get", lambda name: Steered)
     steps = [Step("steered", Config()), Step("steered", Config()), Step("steered", Config()),
              Step("steered", Config(max_drop=0.7))]  # a recipe's own key wins
-    reports = pipeline.run(gs.Graph(), steps, Context(), budget=0.75)
-    assert given == pytest.approx([0.75, 0.45, 0.15, 0.7])
-    assert "spent 0.30 of the 0.45 points" in reports[1].notes[-1]
-    assert "earlier passes spent 0.30 of the run's 0.75-point budget" in reports[1].notes[-1]
+    reports = pipeline.run(gs.Graph(), steps, Context(), budget=0.9)
+    # an equal share of what is left among the steps still to take one: 0.9 / 3, then
+    # (0.9 - 0.3) / 2, then what remains; the recipe's own key is kept
+    assert given == pytest.approx([0.3, 0.3, 0.3, 0.7])
+    assert "spent 0.30 of the 0.3 points" in reports[1].notes[-1]
+    assert "earlier passes spent 0.30 of the run's 0.9-point budget" in reports[1].notes[-1]
+    given.clear()
+    Steered.spent = 0.0
+    pipeline.run(gs.Graph(), steps[:3], Context(), budget=0.9)  # nothing spent: more for later
+    assert given == pytest.approx([0.3, 0.45, 0.9])
     given.clear()
     pipeline.run(gs.Graph(), steps[:2], Context(), budget=None)
     assert given == [None, None]
