@@ -11,7 +11,9 @@ from typing import Any
 import onnx_graphsurgeon as gs
 
 from . import registry
+from .calibration import Calibration, GraphSession
 from .errors import BadInputError, OnnxCompressError, PassError, RecipeError
+from .metrics import drop
 from .passes.base import Context, PassReport
 
 log = logging.getLogger(__name__)
@@ -54,14 +56,20 @@ def run(graph: gs.Graph, steps: list[Step], ctx: Context,
     """Apply `steps` in order to `graph` (in place); return their reports.
 
     `budget` is the run's one accuracy budget, shared by the passes that steer by it: each gets
-    an equal part of what the passes before it left (their measured drops add up, since each
-    measures against its own input), so a pass that spends less leaves more to the next."""
+    an equal part of what the passes before it left, so a pass that spends less leaves more to
+    the next. What is left is measured: the drop of the model so far against the original on
+    the held-out calibration samples, so that a pass that does not steer by the budget (cluster
+    at fixed bits) is charged too; without calibration data, the steering passes' own measured
+    drops are added up instead."""
     check_order(steps)
     reports: list[PassReport] = []
     history: list[str] = []
     left = budget
+    measure = _drop_meter(graph, ctx.calibration) if budget is not None else None
     for i, step in enumerate(steps):
         takers = sum(_takes_budget(s) for s in steps[i:])
+        if measure is not None and history and _takes_budget(step):
+            left = min(budget, max(budget - measure(graph), 0.0))
         step = with_budget(step, None if left is None else left / max(takers, 1))
         ctx.progress(f"{step.name}: running")
         try:
@@ -86,6 +94,23 @@ def run(graph: gs.Graph, steps: list[Step], ctx: Context,
         if after_step is not None:
             after_step(step, report)
     return reports
+
+
+def _drop_meter(graph: gs.Graph, calibration: Calibration | None
+                ) -> Callable[[gs.Graph], float] | None:
+    """drop(graph): the metric's drop of `graph` against `graph` as it is now, on the held-out
+    calibration samples (the scored output must still be there)."""
+    if calibration is None:
+        return None
+    held = calibration.split()[1] if calibration.can_split() else calibration.data
+    reference = calibration.snapshot(graph)  # a copy: `graph` changes in place
+
+    def measured(current: gs.Graph) -> float:
+        want = reference.outputs(held, calibration.output)  # cached by the snapshot
+        got = GraphSession(current, [calibration.output],
+                           threads=calibration.threads).collect(held)[calibration.output]
+        return drop(calibration.metric, got, want, held.labels, held.targets)
+    return measured
 
 
 def _takes_budget(step: Step) -> bool:

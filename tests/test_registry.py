@@ -81,3 +81,57 @@ def test_a_run_spends_one_budget_across_its_passes(monkeypatch: pytest.MonkeyPat
     given.clear()
     pipeline.run(gs.Graph(), steps[:2], Context(), budget=None)
     assert given == [None, None]
+
+
+def test_what_is_left_of_the_budget_is_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass that does not steer by the budget (cluster at fixed bits) still costs accuracy:
+    the next steering pass gets the budget minus the drop measured on the model so far."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+    import onnxruntime as ort
+
+    from onnxcompress import pipeline
+    from onnxcompress.metrics import Metric, drop
+    from onnxcompress.passes.base import PassReport
+    from tests.conftest import tiny_cnn, tiny_data
+    from tests.helpers import calib_context
+
+    given: list[float | None] = []
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        max_drop: float | None = None
+
+    class Blunt:  # flips and halves every other hidden weight, ignoring any budget
+        NAME = STAGE = "blunt"
+        BUDGET_KEY, EMITS_OPS = None, frozenset()
+
+        @staticmethod
+        def run(graph, cfg, ctx):
+            w = graph.tensors()["w2"]
+            w.values = (w.values * np.where(np.arange(w.values.size) % 2, 1, -0.5)
+                        .reshape(w.values.shape)).astype(np.float32)
+            return PassReport("blunt", modified=True)
+
+    class Steered:
+        NAME = STAGE = "steered"
+        BUDGET_KEY, EMITS_OPS = "max_drop", frozenset()
+
+        @staticmethod
+        def run(graph, cfg, ctx):
+            given.append(cfg.max_drop)
+            return PassReport("steered", modified=False, spent=0.0)
+
+    Blunt.Config = Steered.Config = Config
+    monkeypatch.setattr(pipeline.registry, "get", {"blunt": Blunt, "steered": Steered}.get)
+    model, data = tiny_cnn(), tiny_data(64, labels=False)
+    graph = gs.import_onnx(model)
+    pipeline.run(graph, [Step("blunt", Config()), Step("steered", Config())],
+                 calib_context({"input": data["input"]}), budget=100.0)
+    # the drop of the blunted model, measured here with ONNX Runtime on the original file
+    blunted = gs.export_onnx(graph)
+    outs = [ort.InferenceSession(m.SerializeToString()).run(None, data)[0]
+            for m in (model, blunted)]
+    expected = drop(Metric.AGREEMENT, outs[1], outs[0])
+    assert expected > 1  # the blunting must cost something for the test to mean anything
+    assert given == pytest.approx([100.0 - expected])
