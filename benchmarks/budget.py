@@ -35,18 +35,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from cpu import cpu_name
+
 ZOO = ["lenet300", "lenet5", "vgg", "resnet", "squeezenet", "mobilenet", "vit"]
 TARGETS = {"lenet300": 21, "lenet5": 28.2, "vgg": 40, "resnet": 17, "squeezenet": None,
            "mobilenet": 6, "vit": 6, "minilm": 8}
 BUDGET = 1.0
 MATCHED_SEARCH_MAX_BYTES = 20 << 20
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def zoo_score(path: Path, data: dict[str, np.ndarray]) -> float:

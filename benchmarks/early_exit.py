@@ -31,6 +31,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from cpu import cpu_name
 
 MODELS = ["resnet", "vgg", "lenet5"]
 TARGETS = {"resnet": 2.5, "vgg": 1.8, "lenet5": 1.5}  # batch-1 speed-up at <= 0.5 points
@@ -40,11 +43,8 @@ DEFAULT_OUT = REPO / "benchmarks" / "results" / "early_exit.md"
 
 
 def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(
-        ["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
-        if ln.startswith("Model name")), "unknown")
     load = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
-    return {"cpu": cpu, "cpus": os.cpu_count(), "uptime": load}
+    return {"cpu": cpu_name(), "cpus": os.cpu_count(), "uptime": load}
 
 
 def session(path: Path):
