@@ -186,11 +186,16 @@ def refit_sweep(graph: gs.Graph, layers: Sequence[Refit], snapshot: Snapshot, da
                 progress: Callable[[str], None] = lambda m: None) -> dict[str, np.ndarray]:
     """Refit (or bias-correct) each layer in topological order against the reference outputs,
     on its input in the current compressed graph; returns weight name -> bias change. Each
-    layer's input is computed from the previous layer's on (segments.py): one pass over the
-    model for the whole sweep."""
+    layer's input, in the compressed graph and in the reference, is computed from the previous
+    layer's on (segments.py): one pass over each model for the whole sweep (asking the snapshot
+    for each layer's reference input would run the reference up to that layer every time when
+    its activations are too big to cache)."""
     changes = {}
     inputs = incremental_inputs(graph, [c.weight.node for c in layers], data, threads)
-    for i, (c, (_, now)) in enumerate(zip(layers, inputs)):
+    reference_nodes = {n.name: n for n in snapshot.graph.nodes}
+    references = incremental_inputs(
+        snapshot.graph, [reference_nodes[c.weight.node.name] for c in layers], data, threads)
+    for i, (c, (_, now), (_, was)) in enumerate(zip(layers, inputs, references)):
         progress(f"refit {i + 1}/{len(layers)} {c.weight.layer}")
         name = layer_input(c.weight).name
         x_now = [b[name] for b in now]
@@ -199,8 +204,7 @@ def refit_sweep(graph: gs.Graph, layers: Sequence[Refit], snapshot: Snapshot, da
             c.slot.shift(output_mean(c.weight, c.before, c.stat_before)
                          - output_mean(c.weight, c.weight.values, layer_stat(c.weight, mean)))
         else:
-            was = (b[name] for b in snapshot.batches(data, [name]))
-            gram, cross = _normal_equations(c, x_now, was)
+            gram, cross = _normal_equations(c, x_now, (b[name] for b in was))
             prior = c.weight.to_rows(c.before).astype(np.float64) * c.weight.gain
             fit = _solve(c.weight, gram, cross, c.weight.to_rows(c.keep), damp, prior,
                          c.codebook)
