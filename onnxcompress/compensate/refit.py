@@ -31,12 +31,12 @@ from ..kernels.refit import (
     masked_lstsq,
     quantize_lstsq,
     ridge_optimum,
-    with_ones,
 )
 from .bias import BiasSlot, correction_unsupported, layer_input, layer_stat, output_mean
 
 MAX_REFIT_INPUTS = 4096  # fan-in above this makes the Gram too big: bias correction instead
 ROWS_PER_BATCH = 16384  # input rows (samples x positions) used per calibration batch
+GROUP_BLOCK_BYTES = 64 << 20  # float64 rows of the groups multiplied in one batched product
 
 
 def refit_unsupported(w: Weight) -> str:
@@ -85,8 +85,33 @@ def _by_group(w: Weight, rows: np.ndarray) -> np.ndarray:
 
 
 def _gram(x: np.ndarray) -> np.ndarray:
-    """(G, f+1, f+1) Grams of grouped rows (G, N, f) with the ones column last."""
-    return np.stack([with_ones(part).T @ with_ones(part) for part in x])
+    """(G, f+1, f+1) Grams of grouped rows (G, N, f) with the ones column last, in float64."""
+    return _normal_terms(x)[0]
+
+
+def _normal_terms(x: np.ndarray, y: np.ndarray | None = None, weights: np.ndarray | None = None,
+                  bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The Grams of grouped rows x (G, N, f) with the ones column last, and, given the
+    reference rows y (G, N, f), `weights` (G, O/G, f) and `bias` (G, O/G), their cross terms
+    with the reference outputs y @ weights.T + bias: (G, f+1, O/G). In float64, a block of
+    groups at a time (a depthwise layer has hundreds of 1-channel groups: one batched product
+    per block, not one per group)."""
+    g, n, f = x.shape
+    gram = np.empty((g, f + 1, f + 1))
+    cross = None if y is None else np.empty((g, f + 1, weights.shape[1]))
+    block = max(1, GROUP_BLOCK_BYTES // max(1, n * f * 8))
+    for start in range(0, g, block):
+        at = slice(start, start + block)
+        xs = x[at].astype(np.float64)
+        sums = xs.sum(axis=1)
+        gram[at, :f, :f] = xs.transpose(0, 2, 1) @ xs
+        gram[at, :f, f] = gram[at, f, :f] = sums
+        gram[at, f, f] = n
+        if cross is not None:
+            out = y[at].astype(np.float64) @ weights[at].transpose(0, 2, 1) + bias[at][:, None, :]
+            cross[at, :f] = xs.transpose(0, 2, 1) @ out
+            cross[at, f] = out.sum(axis=1)
+    return gram, cross
 
 
 def _solve(w: Weight, gram: np.ndarray, cross: np.ndarray, keep_rows: np.ndarray, damp: float,
@@ -220,18 +245,14 @@ def _normal_equations(c: Refit, now: Iterable[np.ndarray], was: Iterable[np.ndar
     """Grams of the compressed input rows and their cross terms with the reference outputs,
     per group: (G, f+1, f+1) and (G, f+1, O/G)."""
     w = c.weight
-    target = w.to_rows(c.before).astype(np.float64) * w.gain
-    bias = c.bias_before.astype(np.float64) * c.slot.scale
     g = groups(w)
-    per = target.shape[0] // g
+    target = w.to_rows(c.before).astype(np.float64) * w.gain
+    target = target.reshape(g, target.shape[0] // g, -1)
+    bias = (c.bias_before.astype(np.float64) * c.slot.scale).reshape(g, -1)
     gram = cross = 0.0
     for k, (x_now, x_was) in enumerate(zip(now, was)):
         pick = _pick(row_count(w, x_now), k)
-        parts_now = _by_group(w, input_rows(w, x_now, pick))
-        parts_was = _by_group(w, input_rows(w, x_was, pick).astype(np.float64))
-        gram = gram + _gram(parts_now)
-        cross = cross + np.stack([
-            with_ones(parts_now[i]).T @ (parts_was[i] @ target[i * per:(i + 1) * per].T
-                                         + bias[i * per:(i + 1) * per])
-            for i in range(g)])
+        g_part, c_part = _normal_terms(_by_group(w, input_rows(w, x_now, pick)),
+                                       _by_group(w, input_rows(w, x_was, pick)), target, bias)
+        gram, cross = gram + g_part, cross + c_part
     return gram, cross

@@ -118,3 +118,26 @@ def test_im2col_of_sampled_rows_is_those_rows_of_the_whole(kernel, strides, pads
     whole = R.im2col(x, kernel, strides, pads, dilations)
     rows = np.sort(np.random.default_rng(5).choice(len(whole), len(whole) // 3, replace=False))
     assert np.array_equal(R.im2col(x, kernel, strides, pads, dilations, rows=rows), whole[rows])
+
+
+@pytest.mark.parametrize("groups, per, block_bytes", [(1, 4, 64 << 20), (3, 2, 64 << 20),
+                                                      (12, 1, 1)])
+def test_grouped_normal_terms_are_each_groups_own(groups: int, per: int, block_bytes: int,
+                                                  monkeypatch) -> None:
+    """Grams and cross terms computed a block of groups at a time (down to one group per
+    block) equal each group's own, with the ones column last."""
+    from onnxcompress.compensate import refit as C
+
+    monkeypatch.setattr(C, "GROUP_BLOCK_BYTES", block_bytes)
+    rng = np.random.default_rng(3)
+    n, f = 50, 9
+    x = rng.normal(size=(groups, n, f)).astype(np.float32)
+    y = rng.normal(size=(groups, n, f)).astype(np.float32)
+    w = rng.normal(size=(groups, per, f))
+    b = rng.normal(size=(groups, per))
+    gram, cross = C._normal_terms(x, y, w, b)
+    for g in range(groups):
+        xo = R.with_ones(x[g])
+        np.testing.assert_allclose(gram[g], xo.T @ xo, rtol=1e-12, atol=1e-9)
+        out = y[g].astype(np.float64) @ w[g].T + b[g]
+        np.testing.assert_allclose(cross[g], xo.T @ out, rtol=1e-12, atol=1e-9)
