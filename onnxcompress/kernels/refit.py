@@ -63,7 +63,9 @@ def im2col(
     offsets = list(itertools.product(*(range(k) for k in kernel)))
     if rows is not None:
         sample, *where = np.unravel_index(rows, (b, *outs))
-        cols = [padded[(sample, slice(None)) + tuple(
+        # channels last: each gathered patch element is then one contiguous run of C values
+        last = np.ascontiguousarray(np.moveaxis(padded, 1, -1))
+        cols = [last[(sample,) + tuple(
                     p * s + o * dil for p, s, o, dil in zip(where, strides, offset, dilations))]
                 for offset in offsets]  # each (rows, C)
         return np.stack(cols, axis=2).reshape(len(rows), c * len(cols))
