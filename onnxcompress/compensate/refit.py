@@ -35,7 +35,10 @@ from ..kernels.refit import (
 from .bias import BiasSlot, correction_unsupported, layer_input, layer_stat, output_mean
 
 MAX_REFIT_INPUTS = 4096  # fan-in above this makes the Gram too big: bias correction instead
-ROWS_PER_BATCH = 16384  # input rows (samples x positions) used per calibration batch
+# input rows (positions) used per calibration sample, at most: 16,384 per batch of 256; a model
+# with a fixed batch of 1 would otherwise give every sample all its positions (3,136 for a
+# 56x56 layer) and its Grams would cost 50 times more for no better fit
+ROWS_PER_SAMPLE = 64
 GROUP_BLOCK_BYTES = 64 << 20  # float64 rows of the groups multiplied in one batched product
 
 
@@ -136,10 +139,13 @@ def _solve(w: Weight, gram: np.ndarray, cross: np.ndarray, keep_rows: np.ndarray
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _pick(n: int, seed: int) -> np.ndarray | slice:
-    if n <= ROWS_PER_BATCH:
+def _pick(w: Weight, x: np.ndarray, seed: int) -> np.ndarray | slice:
+    """The input rows of a batch `x` the layer's statistics use (a seeded sample when the
+    batch has more than ROWS_PER_SAMPLE per sample)."""
+    n, cap = row_count(w, x), ROWS_PER_SAMPLE * x.shape[0]
+    if n <= cap:
         return slice(None)
-    return np.sort(np.random.default_rng(seed).choice(n, ROWS_PER_BATCH, replace=False))
+    return np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
 
 
 def layer_grams(snapshot: Snapshot, weights: Sequence[Weight], data: Dataset
@@ -151,7 +157,7 @@ def layer_grams(snapshot: Snapshot, weights: Sequence[Weight], data: Dataset
     for k, captured in enumerate(snapshot.batches(data, names)):
         for w in weights:
             x = captured[layer_input(w).name]
-            part = _gram(_by_group(w, input_rows(w, x, _pick(row_count(w, x), k))))
+            part = _gram(_by_group(w, input_rows(w, x, _pick(w, x, k))))
             grams[w.tensor.name] = grams.get(w.tensor.name, 0.0) + part
     return grams
 
@@ -251,7 +257,7 @@ def _normal_equations(c: Refit, now: Iterable[np.ndarray], was: Iterable[np.ndar
     bias = (c.bias_before.astype(np.float64) * c.slot.scale).reshape(g, -1)
     gram = cross = 0.0
     for k, (x_now, x_was) in enumerate(zip(now, was)):
-        pick = _pick(row_count(w, x_now), k)
+        pick = _pick(w, x_now, k)
         g_part, c_part = _normal_terms(_by_group(w, input_rows(w, x_now, pick)),
                                        _by_group(w, input_rows(w, x_was, pick)), target, bias)
         gram, cross = gram + g_part, cross + c_part

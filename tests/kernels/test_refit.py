@@ -141,3 +141,22 @@ def test_grouped_normal_terms_are_each_groups_own(groups: int, per: int, block_b
         np.testing.assert_allclose(gram[g], xo.T @ xo, rtol=1e-12, atol=1e-9)
         out = y[g].astype(np.float64) @ w[g].T + b[g]
         np.testing.assert_allclose(cross[g], xo.T @ out, rtol=1e-12, atol=1e-9)
+
+
+def test_layer_statistics_sample_rows_per_sample_not_per_batch() -> None:
+    """A model with a fixed batch of 1 gives its Grams as many rows per sample as one that
+    runs 256 samples at a time: ROWS_PER_SAMPLE, not every position of every sample."""
+    import onnx_graphsurgeon as gs
+
+    from onnxcompress.compensate import refit as C
+    from onnxcompress.graph import iter_weights
+    from tests.conftest import tiny_cnn
+
+    conv = next(w for w in iter_weights(gs.import_onnx(tiny_cnn())) if w.node.op == "Conv")
+    small = np.zeros((3, 1, 4, 4), np.float32)  # 48 positions: all of them
+    assert C._pick(conv, small, 0) == slice(None)
+    for batch in (1, 5):
+        x = np.zeros((batch, 1, 32, 32), np.float32)  # 1,024 positions per sample
+        picked = C._pick(conv, x, 0)
+        assert len(picked) == C.ROWS_PER_SAMPLE * batch
+        assert len(C.input_rows(conv, x, picked)) == C.ROWS_PER_SAMPLE * batch
