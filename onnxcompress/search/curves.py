@@ -68,7 +68,8 @@ class _Downstream:
     the frontier values the rest of the model had (captured once for every layer)."""
 
     def __init__(self, graph: gs.Graph, weights: list[Weight], slots: dict, output: str,
-                 data: Dataset, threads: int | None):
+                 data: Dataset, threads: int | None,
+                 progress: Callable[[str], None] = lambda m: None):
         self.output = output
         first = next(data.batches())
         plans = {}
@@ -79,11 +80,16 @@ class _Downstream:
             nodes = [n for n in needed(graph, [output], set()) if n.name in after]
             plans[w.tensor.name] = (nodes, frontier(nodes), variable)
         names = {n for _, inputs, _ in plans.values() for n in inputs}
+        progress("search: capturing the activations every layer's curve starts from")
         self.state = capture(graph, sorted(names), data, threads)
-        self.sessions = {
-            name: subgraph_session(graph, nodes, inputs, [output], {**first, **self.state[0]},
-                                   variable, threads)
-            for name, (nodes, inputs, variable) in plans.items() if nodes}
+        self.sessions = {}
+        layers = {w.tensor.name: w.layer for w in weights}
+        for i, (name, (nodes, inputs, variable)) in enumerate(plans.items()):
+            progress(f"search: preparing {i + 1}/{len(plans)}: the model after {layers[name]}")
+            if nodes:
+                self.sessions[name] = subgraph_session(
+                    graph, nodes, inputs, [output], {**first, **self.state[0]}, variable,
+                    threads)
 
     def __call__(self, w: Weight) -> np.ndarray | None:
         sess = self.sessions.get(w.tensor.name)
@@ -104,7 +110,7 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
     comp = Compensator(work, weights, reference, fit, refit=True)
     held = held.head(min(len(held), curve_samples(work, held)))
     want = reference.outputs(held, output)
-    run = _Downstream(work, weights, comp.slots, output, held, threads)
+    run = _Downstream(work, weights, comp.slots, output, held, threads, progress)
 
     def cost(w: Weight) -> tuple[float, float]:
         got = run(w)
