@@ -109,11 +109,12 @@ def bench(name: str, src: Path, work: Path, calib: Path, eval_npz: Path, score) 
 
 def markdown(rows: list[dict], cpu: str) -> str:
     kb = lambda n: f"{n / 1024:.1f} KB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MB"
-    out = [f"CPU: {cpu}; budget {BUDGET:g} in each model's units; default recipe.", "",
+    out = [(f"Budget {BUDGET:g} in each model's units; default recipe; each row names its CPU "
+           f"(this run's: {cpu})."), "",
            ("| model | metric | original | packed | ratio | score orig → packed (drop) | "
-            "budget used | search: held-out drop ± se (n) | trials | target | time | "
+            "budget used | search: held-out drop ± se (n) | trials | target | time | CPU | "
             "ORT int8 (score) | onnxsim 0.8.1 at matched score (xz) |"),
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tgt = TARGETS.get(r["model"])
         ok = r["ratio"] >= tgt and r["drop"] <= BUDGET if tgt else None
@@ -128,7 +129,7 @@ def markdown(rows: list[dict], cpu: str) -> str:
             f"| {r['model']} | {r['metric']} | {kb(r['original_bytes'])} | "
             f"{kb(r['packed_bytes'])} | {r['ratio']:.2f}× | {r['score_original']:.2f} → "
             f"{r['score']:.2f} ({r['drop']:+.2f}) | {100 * max(r['drop'], 0) / BUDGET:.0f}% | "
-            f"{held} | {r['trials']} | {verdict} | {r['seconds']:.0f} s | "
+            f"{held} | {r['trials']} | {verdict} | {r['seconds']:.0f} s | {r.get('cpu', cpu)} | "
             f"{kb(r['int8_bytes'])} ({r['int8_score']:.2f}) | {sim_txt} |")
     spared = [f"- {r['model']}: spared {layer}: {why}" for r in rows
               for layer, why in r["spared"].items()]
@@ -154,7 +155,8 @@ def main() -> None:
     args = ap.parse_args()
     cpu = cpu_name()
     if args.from_json:
-        merged = [r for f in args.from_json for r in json.loads(f.read_text())["rows"]]
+        runs = [json.loads(f.read_text()) for f in args.from_json]
+        merged = [{"cpu": run["cpu"], **r} for run in runs for r in run["rows"]]
         order = ZOO + ["minilm"]
         merged.sort(key=lambda r: order.index(r["model"]))
         write(args.out, merged, cpu)
@@ -185,7 +187,7 @@ def main() -> None:
             else:
                 row = bench(name, REPO / "models" / f"{name}.onnx", work, work / "calib.npz",
                             work / "test.npz", lambda p: zoo_score(p, test))
-            rows.append(row)
+            rows.append({"cpu": cpu, **row})
             write(args.out, rows, cpu)
             print(markdown(rows[-1:], cpu), flush=True)
 
