@@ -40,6 +40,7 @@ MAX_REFIT_INPUTS = 4096  # fan-in above this makes the Gram too big: bias correc
 # 56x56 layer) and its Grams would cost 50 times more for no better fit
 ROWS_PER_SAMPLE = 64
 GROUP_BLOCK_BYTES = 64 << 20  # float64 rows of the groups multiplied in one batched product
+GATHER_BYTES = 32 << 20  # sampled rows of a layer gathered before their Gram is taken
 
 
 def refit_unsupported(w: Weight) -> str:
@@ -153,13 +154,42 @@ def layer_grams(snapshot: Snapshot, weights: Sequence[Weight], data: Dataset
     """Weight name -> Grams (G, f+1, f+1) of its layer's reference input rows, one per group
     (ones column last)."""
     grams: dict[str, np.ndarray] = {}
+    pending = {w.tensor.name: _Rows() for w in weights}
     names = [layer_input(w).name for w in weights]
     for k, captured in enumerate(snapshot.batches(data, names)):
         for w in weights:
             x = captured[layer_input(w).name]
-            part = _gram(_by_group(w, input_rows(w, x, _pick(w, x, k))))
-            grams[w.tensor.name] = grams.get(w.tensor.name, 0.0) + part
+            full = pending[w.tensor.name].add(_by_group(w, input_rows(w, x, _pick(w, x, k))))
+            if full is not None:
+                grams[w.tensor.name] = grams.get(w.tensor.name, 0.0) + _gram(*full)
+    for name, rows in pending.items():
+        if (rest := rows.take()) is not None:
+            grams[name] = grams.get(name, 0.0) + _gram(*rest)
     return grams
+
+
+class _Rows:
+    """Sampled rows of a few batches gathered into one block before their Gram is taken: a
+    model with a fixed batch of 1 gives 64 rows per batch, and a Gram product per batch would
+    write the whole (f+1)² matrix for every 64 rows."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[np.ndarray, ...]] = []
+        self.bytes = 0
+
+    def add(self, *grouped: np.ndarray) -> tuple[np.ndarray, ...] | None:
+        """Keep these (G, N, f) rows (and their partners); the gathered block once it holds
+        GATHER_BYTES."""
+        self.parts.append(grouped)
+        self.bytes += sum(a.nbytes for a in grouped)
+        return self.take() if self.bytes >= GATHER_BYTES else None
+
+    def take(self) -> tuple[np.ndarray, ...] | None:
+        if not self.parts:
+            return None
+        block = tuple(np.concatenate(arrays, axis=1) for arrays in zip(*self.parts))
+        self.parts, self.bytes = [], 0
+        return block
 
 
 class Alone:
@@ -256,9 +286,16 @@ def _normal_equations(c: Refit, now: Iterable[np.ndarray], was: Iterable[np.ndar
     target = target.reshape(g, target.shape[0] // g, -1)
     bias = (c.bias_before.astype(np.float64) * c.slot.scale).reshape(g, -1)
     gram = cross = 0.0
+    pending = _Rows()
     for k, (x_now, x_was) in enumerate(zip(now, was)):
         pick = _pick(w, x_now, k)
-        g_part, c_part = _normal_terms(_by_group(w, input_rows(w, x_now, pick)),
-                                       _by_group(w, input_rows(w, x_was, pick)), target, bias)
+        block = pending.add(_by_group(w, input_rows(w, x_now, pick)),
+                            _by_group(w, input_rows(w, x_was, pick)))
+        if block is None:
+            continue
+        g_part, c_part = _normal_terms(*block, target, bias)
+        gram, cross = gram + g_part, cross + c_part
+    if (rest := pending.take()) is not None:
+        g_part, c_part = _normal_terms(*rest, target, bias)
         gram, cross = gram + g_part, cross + c_part
     return gram, cross

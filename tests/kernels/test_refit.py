@@ -160,3 +160,26 @@ def test_layer_statistics_sample_rows_per_sample_not_per_batch() -> None:
         picked = C._pick(conv, x, 0)
         assert len(picked) == C.ROWS_PER_SAMPLE * batch
         assert len(C.input_rows(conv, x, picked)) == C.ROWS_PER_SAMPLE * batch
+
+
+def test_grams_gathered_over_batches_equal_the_sum_of_each_batchs(monkeypatch) -> None:
+    """Rows of several small batches are gathered before their Gram is taken (a batch-1 model
+    gives 64 rows a batch): the Grams are those of every batch added up."""
+    import onnx_graphsurgeon as gs
+
+    from onnxcompress.calibration import Snapshot
+    from onnxcompress.compensate import refit as C
+    from onnxcompress.data import Dataset
+    from onnxcompress.graph import iter_weights
+    from tests.conftest import tiny_cnn, tiny_data
+
+    graph = gs.import_onnx(tiny_cnn())
+    weights = iter_weights(graph)
+    data = Dataset({"input": tiny_data(40)["input"]}, None, batch=3)
+    grams = {}
+    for gather in (1, 1 << 40):  # a Gram per batch; one Gram of all rows
+        monkeypatch.setattr(C, "GATHER_BYTES", gather)
+        grams[gather] = C.layer_grams(Snapshot(graph.copy()), weights, data)
+    assert grams[1].keys() == grams[1 << 40].keys() == {w.tensor.name for w in weights}
+    for name, gram in grams[1].items():
+        np.testing.assert_allclose(grams[1 << 40][name], gram, rtol=1e-10, atol=1e-8)
