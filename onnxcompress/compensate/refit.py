@@ -187,7 +187,10 @@ class _Rows:
     def take(self) -> tuple[np.ndarray, ...] | None:
         if not self.parts:
             return None
-        block = tuple(np.concatenate(arrays, axis=1) for arrays in zip(*self.parts))
+        if len(self.parts) == 1:  # one batch filled it: nothing to gather
+            block = self.parts[0]
+        else:
+            block = tuple(np.concatenate(arrays, axis=1) for arrays in zip(*self.parts))
         self.parts, self.bytes = [], 0
         return block
 
