@@ -68,11 +68,11 @@ def run(graph: gs.Graph, steps: list[Step], ctx: Context,
     measure = _drop_meter(graph, ctx.calibration) if budget is not None else None
     for i, step in enumerate(steps):
         takers = sum(_takes_budget(s) for s in steps[i:])
-        if measure is not None and history and _takes_budget(step):
-            left = min(budget, max(budget - measure(graph), 0.0))
-        step = with_budget(step, None if left is None else left / max(takers, 1))
         ctx.progress(f"{step.name}: running")
-        try:
+        try:  # measuring what is left runs the model so far: its failure is this step's
+            if measure is not None and history and _takes_budget(step):
+                left = min(budget, max(budget - measure(graph), 0.0))
+            step = with_budget(step, None if left is None else left / max(takers, 1))
             report = registry.get(step.name).run(graph, step.config, ctx)
         except BadInputError as e:
             before = ", ".join(history) or "none"

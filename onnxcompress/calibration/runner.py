@@ -15,7 +15,9 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from .. import ops
 from ..data import Dataset
+from ..runtime import custom_ops
 
 
 def ort_session(model: onnx.ModelProto, threads: int | None = 1) -> ort.InferenceSession:
@@ -24,6 +26,8 @@ def ort_session(model: onnx.ModelProto, threads: int | None = 1) -> ort.Inferenc
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+    if any(node.domain == ops.DOMAIN for node in model.graph.node):  # binarized layers
+        custom_ops.add_to(so)
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 

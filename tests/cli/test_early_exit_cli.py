@@ -146,3 +146,21 @@ def test_a_budget_no_threshold_meets_exits_3_with_the_model_unchanged(tmp_path, 
     written = onnx.load(str(out))
     assert [o.name for o in written.graph.output] == ["logits"]
     assert ExitTable.from_doc(written.graph.doc_string) is None
+
+
+def test_exits_after_binarized_layers_are_given_what_the_binarization_left(tmp_path, files):
+    """The budget left for the exits is measured on the model so far, XnorConv layers and all
+    (the calibration sessions register the op)."""
+    model, calib, _ = files
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[[steps]]\npass = "binarize"\nlayers = "all"\n'
+                      '[[steps]]\npass = "early_exit"\n')
+    out, report = tmp_path / "small.onnx", tmp_path / "r.json"
+    r = cli("compress", model, "-o", out, "--recipe", recipe, "--calib", calib,
+            "--max-accuracy-drop", 100, "--json", report, "--no-latency")
+    assert r.exit_code == 0, r.output
+    notes = json.loads(report.read_text())["notes"]
+    assert any(n.startswith("binarize:") and "binarized 4 layer(s)" in n for n in notes)
+    (spent,) = [n for n in notes if n.startswith("early_exit: spent")]
+    assert "earlier passes spent" in spent  # the binarized model's drop, measured
+    assert "XnorConv" in out.read_bytes().decode("latin-1")  # in the exits' branches
