@@ -21,7 +21,7 @@ from functools import partial
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..calibration import Snapshot
+from ..calibration import GraphSession, Snapshot
 from ..calibration.segments import capture, frontier, needed, run_batches, subgraph_session
 from ..compensate import Compensator
 from ..data import Dataset
@@ -65,34 +65,36 @@ class Curve:
 
 class _Downstream:
     """The scored output with one layer changed: only that layer and what follows it run, fed
-    the frontier values the rest of the model had (captured once for every layer)."""
+    the frontier values the rest of the model had (captured once for every layer). Each
+    layer's session is built when its curve starts and dropped when the next one does: the
+    sessions of a deep model's every segment at once hold its weights many times over."""
 
     def __init__(self, graph: gs.Graph, weights: list[Weight], slots: dict, output: str,
                  data: Dataset, threads: int | None,
                  progress: Callable[[str], None] = lambda m: None):
-        self.output = output
-        first = next(data.batches())
-        plans = {}
+        self.graph, self.output, self.threads = graph, output, threads
+        self.plans = {}
         for w in weights:
             slot = slots.get(w.tensor.name)
             variable = [w.tensor.name] + ([slot.tensor.name] if slot is not None else [])
             after = downstream_nodes(w.node) | {w.node.name}
             nodes = [n for n in needed(graph, [output], set()) if n.name in after]
-            plans[w.tensor.name] = (nodes, frontier(nodes), variable)
-        names = {n for _, inputs, _ in plans.values() for n in inputs}
+            self.plans[w.tensor.name] = (nodes, frontier(nodes), variable)
+        names = {n for _, inputs, _ in self.plans.values() for n in inputs}
         progress("search: capturing the activations every layer's curve starts from")
+        self.first = next(data.batches())
         self.state = capture(graph, sorted(names), data, threads)
-        self.sessions = {}
-        layers = {w.tensor.name: w.layer for w in weights}
-        for i, (name, (nodes, inputs, variable)) in enumerate(plans.items()):
-            progress(f"search: preparing {i + 1}/{len(plans)}: the model after {layers[name]}")
-            if nodes:
-                self.sessions[name] = subgraph_session(
-                    graph, nodes, inputs, [output], {**first, **self.state[0]}, variable,
-                    threads)
+        self.current: tuple[str, GraphSession | None] | None = None
 
     def __call__(self, w: Weight) -> np.ndarray | None:
-        sess = self.sessions.get(w.tensor.name)
+        name = w.tensor.name
+        if self.current is None or self.current[0] != name:
+            self.current = None  # the previous layer's session goes before the next is built
+            nodes, inputs, variable = self.plans[name]
+            self.current = (name, subgraph_session(
+                self.graph, nodes, inputs, [self.output], {**self.first, **self.state[0]},
+                variable, self.threads) if nodes else None)
+        sess = self.current[1]
         if sess is None:  # the layer does not reach the scored output
             return None
         return np.concatenate([b[self.output] for b in run_batches(sess, self.state)])
