@@ -41,6 +41,7 @@ from .format import (
     prefix_size,
     tensor_section,
 )
+from .inflate import inflate
 from .protos import PACKED_4BIT, clear_data, element_width
 
 log = logging.getLogger(__name__)
@@ -257,7 +258,7 @@ def _graph(p: _Parsed) -> onnx.ModelProto:
     data = _section(p, p.graph, GRAPH_SECTION)
     try:
         if p.graph.codec in (Codec.ZLIB, Codec.LZMA):
-            data = codecs.inflate(p.graph.codec, data, graph_limit(len(data)))
+            data = inflate(p.graph.codec, data, graph_limit(len(data)))
         elif p.graph.codec != Codec.STORED:
             raise _fail(p.where, GRAPH_SECTION, f"codec {p.graph.codec.name} is not for graphs")
         model = onnx.ModelProto()
