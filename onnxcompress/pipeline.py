@@ -11,7 +11,7 @@ from typing import Any
 import onnx_graphsurgeon as gs
 
 from . import registry
-from .calibration import Calibration, GraphSession
+from .calibration import Calibration
 from .errors import BadInputError, OnnxCompressError, PassError, RecipeError
 from .metrics import drop
 from .passes.base import Context, PassReport
@@ -106,10 +106,9 @@ def _drop_meter(graph: gs.Graph, calibration: Calibration | None
     reference = calibration.snapshot(graph)  # a copy: `graph` changes in place
 
     def measured(current: gs.Graph) -> float:
-        want = reference.outputs(held, calibration.output)  # cached by the snapshot
-        got = GraphSession(current, [calibration.output],
-                           threads=calibration.threads).collect(held)[calibration.output]
-        return drop(calibration.metric, got, want, held.labels, held.targets)
+        scorer = calibration.scorer(reference, held)  # the reference outputs: snapshot-cached
+        return drop(calibration.metric, scorer.outputs(current), scorer.reference, held.labels,
+                    held.targets)
     return measured
 
 

@@ -15,7 +15,6 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from .. import ops
 from ..data import Dataset
 from ..runtime import custom_ops
 
@@ -26,9 +25,10 @@ def ort_session(model: onnx.ModelProto, threads: int | None = 1) -> ort.Inferenc
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    if any(node.domain == ops.DOMAIN for node in model.graph.node):  # binarized layers
+    serialized = model.SerializeToString()
+    if custom_ops.uses_custom_domain(serialized):  # binarized layers, in any subgraph too
         custom_ops.add_to(so)
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(serialized, so, providers=["CPUExecutionProvider"])
 
 
 def elem_type(tensor: gs.Tensor) -> int:

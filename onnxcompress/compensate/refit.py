@@ -14,7 +14,7 @@ bias) on the patches of its one input channel: cheap, and exact for what it can 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -288,17 +288,26 @@ def _normal_equations(c: Refit, now: Iterable[np.ndarray], was: Iterable[np.ndar
     target = w.to_rows(c.before).astype(np.float64) * w.gain
     target = target.reshape(g, target.shape[0] // g, -1)
     bias = (c.bias_before.astype(np.float64) * c.slot.scale).reshape(g, -1)
+
+    def picked():
+        for k, (x_now, x_was) in enumerate(zip(now, was)):
+            pick = _pick(w, x_now, k)
+            yield (_by_group(w, input_rows(w, x_now, pick)),
+                   _by_group(w, input_rows(w, x_was, pick)))
+
     gram = cross = 0.0
-    pending = _Rows()
-    for k, (x_now, x_was) in enumerate(zip(now, was)):
-        pick = _pick(w, x_now, k)
-        block = pending.add(_by_group(w, input_rows(w, x_now, pick)),
-                            _by_group(w, input_rows(w, x_was, pick)))
-        if block is None:
-            continue
+    for block in _gathered(picked()):
         g_part, c_part = _normal_terms(*block, target, bias)
         gram, cross = gram + g_part, cross + c_part
-    if (rest := pending.take()) is not None:
-        g_part, c_part = _normal_terms(*rest, target, bias)
-        gram, cross = gram + g_part, cross + c_part
     return gram, cross
+
+
+def _gathered(parts: Iterable[tuple[np.ndarray, ...]]) -> Iterator[tuple[np.ndarray, ...]]:
+    """The batches' grouped rows (and their partners) gathered into blocks of GATHER_BYTES,
+    the last block whatever it holds."""
+    rows = _Rows()
+    for part in parts:
+        if (block := rows.add(*part)) is not None:
+            yield block
+    if (rest := rows.take()) is not None:
+        yield rest
