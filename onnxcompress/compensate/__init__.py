@@ -119,7 +119,8 @@ class Compensator:
         if keeps is None or not any(self.method(w) == "refit" for w in todo):
             layers = [Corrected(w, self.slots[w.tensor.name], self.originals[w.tensor.name],
                                 self.stats[w.tensor.name]) for w in todo]
-            return correct_biases(self.graph, layers, self.data, progress=self.progress)
+            return correct_biases(self.graph, layers, self.data, self.snapshot.threads,
+                                  progress=self.progress)
         items = [
             Refit(w, self.slots[w.tensor.name], self.originals[w.tensor.name],
                   self.bias_before[w.tensor.name],
@@ -128,7 +129,7 @@ class Compensator:
             for w in todo
         ]
         return refit_sweep(self.graph, items, self.snapshot, self.data, self.damp,
-                           progress=self.progress)
+                           self.snapshot.threads, progress=self.progress)
 
     def finish(self) -> None:
         """Remove the biases this object created that stayed zero."""

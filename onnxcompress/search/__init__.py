@@ -125,7 +125,8 @@ def plan(graph: gs.Graph, calibration: Calibration, budget: float | None, *,
             return trials[i]
         g = graph.copy()
         run(g, steps_for(alloc), Context(fit_cal))
-        got = GraphSession(g, [calibration.output]).collect(held)[calibration.output]
+        got = GraphSession(g, [calibration.output], threads=calibration.threads).collect(held)[
+            calibration.output]
         d = M.drop(calibration.metric, got, want, held.labels, held.targets)
         se = M.standard_error(calibration.metric, got, want, held.labels)
         trials[i] = Trial(i, d, se, size, d + margin(se, budget) <= budget)
