@@ -9,7 +9,7 @@ from onnx import numpy_helper
 
 from onnxcompress.errors import BadInputError
 from onnxcompress.graph import to_graph
-from onnxcompress.metrics import Metric, choose_metric, drop, score, scored_output
+from onnxcompress.metrics import Metric, choose_metric, distortion, drop, score, scored_output
 
 
 def test_scores_in_points() -> None:
@@ -78,3 +78,13 @@ def test_classifiers_are_scored_by_argmax() -> None:
         choose_metric(g, "p", labels=False, metric="top1")
     with pytest.raises(BadInputError, match="needs 'targets'"):
         choose_metric(g, "p", labels=True, metric="psnr")
+
+
+def test_distortion_is_never_below_zero() -> None:
+    """Probabilities a rounding away from summing to 1 give a KL below zero; it would rank a
+    change above no change, so it reads as none."""
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(10), size=32)
+    assert distortion(Metric.AGREEMENT, probs * 1.0009, probs) == 0.0
+    assert distortion(Metric.AGREEMENT, probs[:, ::-1], probs) > 0.0
+    assert all(distortion(metric, probs, probs) == 0.0 for metric in Metric)
