@@ -8,6 +8,15 @@ scored output on the held-out half is compared with the uncompressed model's, in
 smooth stand-in (metrics.distortion) and in the metric itself. A ladder stops at the first rung
 whose own drop already exceeds twice the whole budget: a rung above cannot be chosen.
 
+When running the model after every layer at every rung would cost more than FULL_CURVES_FLOPS
+(a 25 M-parameter CNN at 224x224: about 250 TFLOPs, half an hour on two vCPUs), the rungs are
+measured at the layer's own output instead (the squared change of what the layer computes,
+on the same held-out samples: a run of that one layer), and one end-to-end run per layer, at
+its rung of median output change, gives the factor that turns the layer's output change into
+the scored output's distortion and drop. To first order a small change at a layer's output
+reaches the scored output through the same Jacobian whatever caused it, so the factor carries
+from that rung to the others; the trials measure what the approximation misses.
+
 The curves also price every (sparsity, bits) pair of the layer in container bytes (space.py).
 """
 
@@ -38,6 +47,10 @@ SIZE_SAMPLE = 1 << 19  # elements priced exactly; larger tensors are priced on a
 # large model needs fewer samples than its end-to-end trials.
 MIN_CURVE_SAMPLES, MAX_CURVE_SAMPLES = 64, 256
 CURVE_FLOPS = 16e9
+# Beyond this, for every rung of every layer, the curves are measured at each layer's output
+# with one end-to-end run per layer (module docstring): a few minutes of these two vCPUs.
+FULL_CURVES_FLOPS = 1000 * CURVE_FLOPS
+MIN_PROBE_SAMPLES = 16  # held-out samples of those end-to-end runs, at the least
 
 
 @dataclass
@@ -73,31 +86,47 @@ class _Downstream:
                  data: Dataset, threads: int | None,
                  progress: Callable[[str], None] = lambda m: None):
         self.graph, self.output, self.threads = graph, output, threads
-        self.plans = {}
+        self.plans: dict[str, tuple] = {}  # weight -> (nodes, inputs, variable) to the output
+        self.own: dict[str, tuple] = {}  # the same for the layer alone (and its bias Add)
         for w in weights:
             slot = slots.get(w.tensor.name)
             variable = [w.tensor.name] + ([slot.tensor.name] if slot is not None else [])
             after = downstream_nodes(w.node) | {w.node.name}
             nodes = [n for n in needed(graph, [output], set()) if n.name in after]
             self.plans[w.tensor.name] = (nodes, frontier(nodes), variable)
-        names = {n for _, inputs, _ in self.plans.values() for n in inputs}
+            own = [w.node] + ([slot.add] if slot is not None and slot.add is not None else [])
+            self.own[w.tensor.name] = (own, frontier(own), variable)
+        names = {n for plan in (*self.plans.values(), *self.own.values()) for n in plan[1]}
         progress("search: capturing the activations every layer's curve starts from")
         self.first = next(data.batches())
         self.state = capture(graph, sorted(names), data, threads)
-        self.current: tuple[str, GraphSession | None] | None = None
+        self.current: tuple[str, GraphSession | None, GraphSession] | None = None
+
+    def _sessions(self, name: str) -> tuple[GraphSession | None, GraphSession]:
+        if self.current is None or self.current[0] != name:
+            self.current = None  # the previous layer's sessions go before the next are built
+            sample = {**self.first, **self.state[0]}
+            nodes, inputs, variable = self.plans[name]
+            down = subgraph_session(self.graph, nodes, inputs, [self.output], sample, variable,
+                                    self.threads) if nodes else None
+            own, inputs, variable = self.own[name]
+            alone = subgraph_session(self.graph, own, inputs, [own[-1].outputs[0].name], sample,
+                                     variable, self.threads)
+            self.current = (name, down, alone)
+        return self.current[1], self.current[2]
 
     def __call__(self, w: Weight) -> np.ndarray | None:
-        name = w.tensor.name
-        if self.current is None or self.current[0] != name:
-            self.current = None  # the previous layer's session goes before the next is built
-            nodes, inputs, variable = self.plans[name]
-            self.current = (name, subgraph_session(
-                self.graph, nodes, inputs, [self.output], {**self.first, **self.state[0]},
-                variable, self.threads) if nodes else None)
-        sess = self.current[1]
-        if sess is None:  # the layer does not reach the scored output
+        """The scored output; None when the layer does not reach it."""
+        sess = self._sessions(w.tensor.name)[0]
+        if sess is None:
             return None
         return np.concatenate([b[self.output] for b in run_batches(sess, self.state)])
+
+    def layer_output(self, w: Weight) -> np.ndarray:
+        """What the layer itself computes (after its bias)."""
+        sess = self._sessions(w.tensor.name)[1]
+        name = sess.graph.outputs[0].name
+        return np.concatenate([b[name] for b in run_batches(sess, self.state)])
 
 
 def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, output: str,
@@ -110,9 +139,18 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
     weights = iter_weights(work)
     progress("search: collecting calibration statistics")
     comp = Compensator(work, weights, reference, fit, refit=True)
-    held = held.head(min(len(held), curve_samples(work, held)))
+    total = sum(w.values.size for w in weights)
+    ladders = {w.tensor.name: (space.SPARSITIES[1:] if prune else (),
+                               space.bit_ladder(w.values.size, total)[1:] if cluster else ())
+               for w in weights}
+    samples, local = plan_samples(work, weights, ladders, held)
+    held = held.head(min(len(held), samples))
     want = reference.outputs(held, output)
     run = _Downstream(work, weights, comp.slots, output, held, threads, progress)
+    if local:
+        progress(f"search: every rung measured at its layer's output, one run to the model's "
+                 f"output per layer ({samples} samples): the whole model after every rung "
+                 "would take too long")
 
     def cost(w: Weight) -> tuple[float, float]:
         got = run(w)
@@ -121,24 +159,46 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
         return distortion(metric, got, want), drop(metric, got, want, held.labels, held.targets)
 
     curves = []
-    total = sum(w.values.size for w in weights)
     for i, w in enumerate(weights):
         original = comp.originals[w.tensor.name]
         curve = Curve(w.tensor.name, w.layer, w.kind, int(original.size))
         curve.prune[0.0] = curve.cluster[None] = (0.0, 0.0)
         where = f"search: {i + 1}/{len(weights)} {w.layer}"
-        measure_w = partial(cost, w)
-        _climb(curve.prune, space.SPARSITIES[1:] if prune else (),
-               partial(_pruned, w, original, comp), measure_w, budget,
-               partial(_say, progress, where + " s={:g}"))
-        comp.restore(w)
-        _climb(curve.cluster, space.bit_ladder(original.size, total)[1:] if cluster else (),
-               partial(_shared, w, original, comp), measure_w, budget,
-               partial(_say, progress, where + " {:g} bits"))
-        comp.restore(w)
+        sparsities, bits = ladders[w.tensor.name]
+        rungs = [(curve.prune, sparsities, partial(_pruned, w, original, comp), " s={:g}"),
+                 (curve.cluster, bits, partial(_shared, w, original, comp), " {:g} bits")]
+        if local:
+            _local(rungs, w, comp, run, partial(cost, w), partial(_say_at, progress, where))
+        for ladder, steps, apply, label in rungs if not local else ():
+            _climb(ladder, steps, apply, partial(cost, w), budget,
+                   partial(_say, progress, where + label))
+            comp.restore(w)
         curve.sizes = _prices(w, original, curve)
         curves.append(curve)
     return curves
+
+
+def _local(rungs: list[tuple], w: Weight, comp: Compensator, run: _Downstream,
+           cost: Callable[[], tuple[float, float]], say: Callable[[str, float, float], None]
+           ) -> None:
+    """One layer's curves measured at its own output, each ladder scaled by one end-to-end
+    run at its rung of median change (module docstring)."""
+    before = run.layer_output(w).astype(np.float64)
+
+    def change() -> tuple[float, float]:
+        return float(np.mean(np.square(run.layer_output(w) - before))), 0.0
+
+    for ladder, steps, apply, label in rungs:
+        _climb(ladder, steps, apply, change, math.inf, lambda rung, d: None)
+        changed = sorted((v[0], rung) for rung, v in ladder.items() if v[0] > 0)
+        if changed:
+            own, rung = changed[len(changed) // 2]
+            apply(rung)
+            dist, lost = cost()
+            say(label + " (end to end)", rung, lost)
+            for r, (e, _) in ladder.items():
+                ladder[r] = (dist * e / own, lost * e / own)
+        comp.restore(w)
 
 
 def _climb(ladder: dict, rungs, apply: Callable[[float], None],
@@ -158,6 +218,11 @@ def _say(progress: Callable[[str], None], label: str, rung: float, drop: float) 
     progress(f"{label.format(rung)} drop {drop:+.2f}")
 
 
+def _say_at(progress: Callable[[str], None], where: str, label: str, rung: float,
+            drop: float) -> None:
+    _say(progress, where + label, rung, drop)
+
+
 def _pruned(w: Weight, original: np.ndarray, comp: Compensator, sparsity: float) -> None:
     """The layer magnitude-pruned, with the prune pass's compensation (its quick estimate)."""
     keep = magnitude_mask(original, sparsity)
@@ -172,12 +237,22 @@ def _shared(w: Weight, original: np.ndarray, comp: Compensator, bits: float) -> 
     comp.alone(w, codebook=book)
 
 
-def curve_samples(graph: gs.Graph, data: Dataset) -> int:
-    """How many samples the curves measure on (see CURVE_FLOPS)."""
+def plan_samples(graph: gs.Graph, weights: list[Weight], ladders: dict[str, tuple],
+                 data: Dataset) -> tuple[int, bool]:
+    """How many held-out samples the curves measure on (CURVE_FLOPS), and whether they are
+    measured at each layer's output (FULL_CURVES_FLOPS; then the end-to-end runs get fewer
+    samples, MIN_PROBE_SAMPLES at the least)."""
     first = next(data.head(1).batches())
-    per_sample = sum(c.flops for c in graph_costs(graph, dims_of(graph, first)))
+    flops = {c.name: c.flops for c in graph_costs(graph, dims_of(graph, first))}
+    per_sample = sum(flops.values())
     fit = int(CURVE_FLOPS / per_sample) if per_sample > 0 else MAX_CURVE_SAMPLES
-    return max(MIN_CURVE_SAMPLES, min(MAX_CURVE_SAMPLES, fit))
+    samples = max(MIN_CURVE_SAMPLES, min(MAX_CURVE_SAMPLES, fit))
+    after = {w.tensor.name: sum(flops.get(n, 0.0) for n in downstream_nodes(w.node) | {w.node.name})
+             for w in weights}
+    per_rung = sum(after[name] * (len(s) + len(b)) for name, (s, b) in ladders.items())
+    if per_rung * samples <= FULL_CURVES_FLOPS:
+        return samples, False
+    return max(MIN_PROBE_SAMPLES, min(samples, int(FULL_CURVES_FLOPS / per_rung))), True
 
 
 def _prices(w: Weight, original: np.ndarray, curve: Curve) -> dict[space.Setting, int]:
