@@ -119,23 +119,29 @@ def compress(input_path: str | Path, output_path: str | Path, *,
         report.search = plan.facts()
     exit_stages: list[str] = []  # stages whose graph has early exits
 
-    def after_step(step: Step, pass_report: PassReport) -> None:
+    def after_step(step: Step, pass_report: PassReport, stage: gs.Graph) -> None:
         report.notes.extend(f"{step.name}: {n}" for n in pass_report.notes)
-        if ExitTable.from_doc(graph.doc_string) is not None:
+        if ExitTable.from_doc(stage.doc_string) is not None:
             exit_stages.append(step.stage)
         report.passes.append(pass_summary(pass_report))
         if evaluator:
-            m = gs.export_onnx(graph, do_type_check=False)
+            m = gs.export_onnx(stage, do_type_check=False)
             run_m = D.output_of(Session(m.SerializeToString(), threads=1), scored)
             report.stages.append(evaluator.stage(step.stage, m.ByteSize(), base_size, run_m))
         else:  # the size alone: no copy of the weights
-            size = exported_size(graph)
+            size = exported_size(stage)
             report.stages.append(StageRow(step.stage, size, base_size / size))
 
-    try:
-        run(graph, steps, ctx, after_step, budget=max_accuracy_drop)
-    except BadInputError as e:  # name the user's file
-        raise type(e)(f"{input_path}: {e}") from e
+    if plan is not None and plan.outcome:  # the search's chosen trial: written, not run again
+        for step, pass_report, stage in plan.outcome:
+            after_step(step, pass_report, stage)
+        graph, plan.outcome = plan.outcome[-1][2], None
+    else:
+        try:
+            run(graph, steps, ctx, lambda step, rep: after_step(step, rep, graph),
+                budget=max_accuracy_drop)
+        except BadInputError as e:  # name the user's file
+            raise type(e)(f"{input_path}: {e}") from e
     progress(f"writing {output_path}")
     # the weights stay the graph's arrays (no proto copy of them) until they are written
     sizes_before = original_weights(model)

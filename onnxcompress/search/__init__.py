@@ -11,9 +11,10 @@
    away from there. Layers left
    untouched are reported with the reason.
 
-The result is a recipe (prune + cluster steps with per-layer tables) that `compress` runs
-through the ordinary pipeline, fitted on the same half, so the model written is the one
-measured. The curves reach the JSON report.
+The result is a recipe (prune + cluster steps with per-layer tables), fitted on the same half
+as the trials, and the chosen trial's own run (`Plan.outcome`: the graph after each step and
+the step's report), which `compress` writes instead of running the recipe again: the model
+written is the one measured. The curves reach the JSON report.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .. import metrics as M
 from ..calibration import Calibration, GraphSession
 from ..passes import cluster as cluster_pass
 from ..passes import prune as prune_pass
-from ..passes.base import Context
+from ..passes.base import Context, PassReport
 from ..pipeline import Step, run
 from .allocate import Allocation, frontier, predicted
 from .curves import Curve, measure
@@ -65,6 +66,8 @@ class Plan:
     curves: list[Curve] = field(default_factory=list)
     trials: list[Trial] = field(default_factory=list)
     spared: dict[str, str] = field(default_factory=dict)  # layer -> why it is untouched
+    # the chosen trial's run: each step, its report and the graph after it (None: not kept)
+    outcome: list[tuple[Step, PassReport, gs.Graph]] | None = None
 
     def notes(self) -> list[str]:
         used = 100 * max(self.drop, 0.0) / self.budget if self.budget > 0 else 0.0
@@ -114,6 +117,10 @@ def plan(graph: gs.Graph, calibration: Calibration, budget: float | None, *,
     fit_cal = calibration.on(fit)  # the trials and the final run share their k-means
     want = reference.outputs(held, calibration.output)
     trials: dict[int, Trial] = {}
+    # the runs of fitting trials that may still be chosen: the chosen one is the fitting trial
+    # of fewest predicted bytes (the frontier and the path between neighbours both run from
+    # the most compressed allocation to the least)
+    runs: dict[int, list[tuple[Step, PassReport, gs.Graph]]] = {}
 
     def trial(i: int) -> Trial:
         if i in trials:
@@ -123,13 +130,19 @@ def plan(graph: gs.Graph, calibration: Calibration, budget: float | None, *,
         if all(s.untouched for s in alloc.values()):
             trials[i] = Trial(i, 0.0, 0.0, size, True)
             return trials[i]
-        g = graph.copy()
-        run(g, steps_for(alloc), Context(fit_cal))
+        g = _copy(graph)
+        stages: list[tuple[Step, PassReport, gs.Graph]] = []
+        run(g, steps_for(alloc), Context(fit_cal),
+            lambda step, report: stages.append((step, report, _copy(g))))
         got = GraphSession(g, [calibration.output], threads=calibration.threads).collect(held)[
             calibration.output]
         d = M.drop(calibration.metric, got, want, held.labels, held.targets)
         se = M.standard_error(calibration.metric, got, want, held.labels)
         trials[i] = Trial(i, d, se, size, d + margin(se, budget) <= budget)
+        if trials[i].fits:
+            for k in [k for k in runs if trials[k].predicted_bytes > size]:
+                del runs[k]
+            runs[i] = stages
         progress(f"search: trial {len(trials)}: {size:,} B of weights, drop {d:+.2f} ± "
                  f"{se:.2f} ({'fits' if trials[i].fits else 'over'} the budget {budget:g})")
         return trials[i]
@@ -144,7 +157,14 @@ def plan(graph: gs.Graph, calibration: Calibration, budget: float | None, *,
     chosen = allocations[best]
     result = trials[best]
     return Plan(steps_for(chosen), chosen, budget, result.drop, result.error, len(held), fit_cal,
-                curves, list(trials.values()), _spared(curves, chosen, budget))
+                curves, list(trials.values()), _spared(curves, chosen, budget), runs.get(best))
+
+
+def _copy(graph: gs.Graph) -> gs.Graph:
+    """A copy that keeps what gs's copy drops: the producer's name and version."""
+    out = graph.copy()
+    out.producer_name, out.producer_version = graph.producer_name, graph.producer_version
+    return out
 
 
 def margin(error: float, budget: float) -> float:

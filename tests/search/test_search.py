@@ -137,3 +137,29 @@ def test_path_passes_through_a_layers_settings_in_between() -> None:
     dists = [c.distortion(p["a"]) for p in path]
     assert sizes == sorted(sizes, reverse=True) and dists == sorted(dists)
     assert c.sizes[failing["a"]] < sizes[-1] and sizes[0] < c.sizes[fitting["a"]]
+
+
+def test_compress_writes_the_chosen_trial_as_a_rerun_of_its_recipe_would(
+        tmp_path, tiny_model_path, tiny_data_path) -> None:
+    from onnxcompress import compress as job
+
+    original_plan = search.plan
+    reports = {}
+    for kept in (True, False):
+        def planned(*args, kept=kept, **kwargs):
+            p = original_plan(*args, **kwargs)
+            assert p.outcome  # the chosen trial's run comes with the plan
+            if not kept:
+                p.outcome = None  # compress must then run the recipe itself
+            return p
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(job.search, "plan", planned)
+            if kept:
+                mp.setattr(job, "run", lambda *a, **k: pytest.fail("the recipe ran again"))
+            reports[kept] = job.compress(tiny_model_path, tmp_path / f"{kept}.onnxc",
+                                         calib=tiny_data_path, eval_data=tiny_data_path,
+                                         max_accuracy_drop=10, measure_latency=False)
+    assert (tmp_path / "True.onnxc").read_bytes() == (tmp_path / "False.onnxc").read_bytes()
+    assert reports[True].stages == reports[False].stages
+    assert reports[True].passes == reports[False].passes
