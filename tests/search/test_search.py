@@ -16,7 +16,7 @@ from onnxcompress.normalize import normalize
 from onnxcompress.passes.base import Context
 from onnxcompress.pipeline import run
 from onnxcompress.runtime import Session
-from onnxcompress.search import allocate, space
+from onnxcompress.search import allocate, curves, space
 from onnxcompress.search.curves import Curve
 from tests.conftest import tiny_cnn, tiny_data
 from tests.helpers import calib_context
@@ -107,7 +107,10 @@ def test_prices_are_what_the_container_stores(sparsity, bits, kind) -> None:
     assert abs(price - len(stored.payload)) <= 0.02 * len(stored.payload) + 16
 
 
-def test_plan_stays_within_the_budget_and_grows_with_it() -> None:
+@pytest.mark.parametrize("local", [False, True], ids=["full-curves", "local-curves"])
+def test_plan_stays_within_the_budget_and_grows_with_it(local, monkeypatch) -> None:
+    if local:  # as for a model too expensive to run after every rung
+        monkeypatch.setattr(curves, "FULL_CURVES_FLOPS", 0.0)
     model = normalize(tiny_cnn())
     data = tiny_data(n=600, seed=3, labels=False)
     want = None
