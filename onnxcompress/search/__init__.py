@@ -132,7 +132,8 @@ def plan(graph: gs.Graph, calibration: Calibration, budget: float | None, *,
             return trials[i]
         g = _copy(graph)
         stages: list[tuple[Step, PassReport, gs.Graph]] = []
-        run(g, steps_for(alloc), Context(fit_cal),
+        step_progress = lambda m: progress(f"search: trial {len(trials) + 1}: {m}")
+        run(g, steps_for(alloc), Context(fit_cal, step_progress),
             lambda step, report: stages.append((step, report, _copy(g))))
         got = GraphSession(g, [calibration.output], threads=calibration.threads).collect(held)[
             calibration.output]

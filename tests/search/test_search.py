@@ -166,3 +166,15 @@ def test_compress_writes_the_chosen_trial_as_a_rerun_of_its_recipe_would(
     assert (tmp_path / "True.onnxc").read_bytes() == (tmp_path / "False.onnxc").read_bytes()
     assert reports[True].stages == reports[False].stages
     assert reports[True].passes == reports[False].passes
+
+
+def test_the_mildest_allocation_leaves_free_looking_layers_untouched() -> None:
+    """A layer whose every setting measured no distortion (a saturated output) is compressed
+    all the way along the frontier but its last, least distorting allocation touches nothing:
+    a search whose first trial fails there could only exit 3."""
+    free = _curve("free", 1.0)
+    free.prune = {s: (0.0, 0.0) for s in free.prune}
+    free.cluster = {b: (0.0, 0.0) for b in free.cluster}
+    front = allocate.frontier([free, _curve("b", 1.0)])
+    assert all(s.untouched for s in front[-1].values())
+    assert front[0]["free"] == space.Setting(0.8, 4)
