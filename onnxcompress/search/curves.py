@@ -264,5 +264,6 @@ def _prices(w: Weight, original: np.ndarray, curve: Curve) -> dict[space.Setting
         picked = np.random.default_rng(0).choice(original.shape[0], rows, replace=False)
         sample = original[np.sort(picked)]
         scale = original.size / sample.size
-    return {st: math.ceil(space.stored_bytes(sample, st.sparsity, st.bits, w.kind) * scale)
-            for st in curve.settings()}
+    pruned = {s: space.prune(sample, s) for s in curve.prune}
+    return {st: math.ceil(space.pruned_bytes(pruned[st.sparsity], st.sparsity, st.bits, w.kind)
+                          * scale) for st in curve.settings()}

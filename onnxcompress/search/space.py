@@ -70,11 +70,16 @@ def clustered(w: np.ndarray, bits: float, kind: str, seed: int = 0
 
 def stored_bytes(w: np.ndarray, sparsity: float, bits: float | None, kind: str) -> int:
     """Container bytes of a layer's weight at this setting."""
-    pruned = prune(w, sparsity)
+    return pruned_bytes(prune(w, sparsity), sparsity, bits, kind)
+
+
+def pruned_bytes(pruned: np.ndarray, sparsity: float, bits: float | None, kind: str) -> int:
+    """`stored_bytes` of a weight already pruned at `sparsity` (one mask serves every bit
+    width)."""
     if bits is None:
         nnz = int(np.count_nonzero(pruned))
         if sparsity == 0:
-            return w.size * FLOAT_BITS // 8
+            return pruned.size * FLOAT_BITS // 8
         positions = _position_bits(pruned.reshape(-1) != 0, GAP_BITS.get(kind, 8))
         return (nnz * FLOAT_BITS + positions) // 8
     # the codebook and sparse forms as the writer prices them (its best gap width)
