@@ -90,15 +90,17 @@ def distortion(metric: Metric, outputs: np.ndarray, reference: np.ndarray) -> fl
     outputs, where a count of flipped argmaxes moves in steps. Class scores: 100 x mean
     KL(softmax(reference) || softmax(outputs)); cosine: 100 x (1 - mean cosine); otherwise:
     100 x relative squared error."""
-    # each is non-negative in exact arithmetic; rounding can make an unchanged output read as
-    # slightly negative, which would rank a damaging setting above leaving the layer alone
     if metric in (Metric.TOP1, Metric.AGREEMENT):
         p = _log_probs(reference)
         q = _log_probs(outputs)
-        return max(0.0, float(100 * (np.exp(p) * (p - q)).sum(axis=1).mean()))
-    if metric is Metric.COSINE:
-        return max(0.0, 100.0 - score(Metric.COSINE, outputs, reference))
-    return max(0.0, -score(Metric.MSE, outputs, reference))
+        value = float(100 * (np.exp(p) * (p - q)).sum(axis=1).mean())
+    elif metric is Metric.COSINE:
+        value = 100.0 - score(Metric.COSINE, outputs, reference)
+    else:
+        value = -score(Metric.MSE, outputs, reference)
+    # non-negative in exact arithmetic; rounding can make an unchanged output read as slightly
+    # negative, which would rank a damaging setting above leaving the layer alone
+    return max(0.0, value)
 
 
 def _log_probs(x: np.ndarray) -> np.ndarray:

@@ -80,10 +80,11 @@ class _Downstream:
     """The scored output with one layer changed: only that layer and what follows it run, fed
     the frontier values the rest of the model had (captured once for every layer). Each
     layer's session is built when its curve starts and dropped when the next one does: the
-    sessions of a deep model's every segment at once hold its weights many times over."""
+    sessions of a deep model's every segment at once hold its weights many times over. With
+    `alone`, also what the layer itself computes (a session of the layer and its bias Add)."""
 
     def __init__(self, graph: gs.Graph, weights: list[Weight], slots: dict, output: str,
-                 data: Dataset, threads: int | None,
+                 data: Dataset, threads: int | None, alone: bool = False,
                  progress: Callable[[str], None] = lambda m: None):
         self.graph, self.output, self.threads = graph, output, threads
         self.plans: dict[str, tuple] = {}  # weight -> (nodes, inputs, variable) to the output
@@ -94,39 +95,45 @@ class _Downstream:
             after = downstream_nodes(w.node) | {w.node.name}
             nodes = [n for n in needed(graph, [output], set()) if n.name in after]
             self.plans[w.tensor.name] = (nodes, frontier(nodes), variable)
-            own = [w.node] + ([slot.add] if slot is not None and slot.add is not None else [])
-            self.own[w.tensor.name] = (own, frontier(own), variable)
+            if alone:
+                own = [w.node] + ([slot.add] if slot is not None and slot.add is not None
+                                  else [])
+                self.own[w.tensor.name] = (own, frontier(own), variable)
         names = {n for plan in (*self.plans.values(), *self.own.values()) for n in plan[1]}
         progress("search: capturing the activations every layer's curve starts from")
         self.first = next(data.batches())
         self.state = capture(graph, sorted(names), data, threads)
-        self.current: tuple[str, GraphSession | None, GraphSession] | None = None
-
-    def _sessions(self, name: str) -> tuple[GraphSession | None, GraphSession]:
-        if self.current is None or self.current[0] != name:
-            self.current = None  # the previous layer's sessions go before the next are built
-            sample = {**self.first, **self.state[0]}
-            nodes, inputs, variable = self.plans[name]
-            down = subgraph_session(self.graph, nodes, inputs, [self.output], sample, variable,
-                                    self.threads) if nodes else None
-            own, inputs, variable = self.own[name]
-            alone = subgraph_session(self.graph, own, inputs, [own[-1].outputs[0].name], sample,
-                                     variable, self.threads)
-            self.current = (name, down, alone)
-        return self.current[1], self.current[2]
+        self.sample = {**self.first, **self.state[0]}
+        # the current layer's name and sessions (to the output; of the layer alone, when asked)
+        self.current: tuple[str, GraphSession | None] | None = None
+        self.current_alone: tuple[str, GraphSession] | None = None
 
     def __call__(self, w: Weight) -> np.ndarray | None:
         """The scored output; None when the layer does not reach it."""
-        sess = self._sessions(w.tensor.name)[0]
+        name = w.tensor.name
+        if self.current is None or self.current[0] != name:
+            self.current = None  # the previous layer's session goes before the next is built
+            nodes, inputs, variable = self.plans[name]
+            self.current = (name, subgraph_session(
+                self.graph, nodes, inputs, [self.output], self.sample, variable,
+                self.threads) if nodes else None)
+        sess = self.current[1]
         if sess is None:
             return None
         return np.concatenate([b[self.output] for b in run_batches(sess, self.state)])
 
     def layer_output(self, w: Weight) -> np.ndarray:
         """What the layer itself computes (after its bias)."""
-        sess = self._sessions(w.tensor.name)[1]
-        name = sess.graph.outputs[0].name
-        return np.concatenate([b[name] for b in run_batches(sess, self.state)])
+        name = w.tensor.name
+        if self.current_alone is None or self.current_alone[0] != name:
+            self.current_alone = None
+            own, inputs, variable = self.own[name]
+            self.current_alone = (name, subgraph_session(
+                self.graph, own, inputs, [own[-1].outputs[0].name], self.sample, variable,
+                self.threads))
+        sess = self.current_alone[1]
+        out = sess.graph.outputs[0].name
+        return np.concatenate([b[out] for b in run_batches(sess, self.state)])
 
 
 def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, output: str,
@@ -146,7 +153,7 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
     samples, local = plan_samples(work, weights, ladders, held)
     held = held.head(min(len(held), samples))
     want = reference.outputs(held, output)
-    run = _Downstream(work, weights, comp.slots, output, held, threads, progress)
+    run = _Downstream(work, weights, comp.slots, output, held, threads, local, progress)
     if local:
         progress(f"search: every rung measured at its layer's output, one run to the model's "
                  f"output per layer ({samples} samples): the whole model after every rung "
@@ -165,14 +172,15 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
         curve.prune[0.0] = curve.cluster[None] = (0.0, 0.0)
         where = f"search: {i + 1}/{len(weights)} {w.layer}"
         sparsities, bits = ladders[w.tensor.name]
-        rungs = [(curve.prune, sparsities, partial(_pruned, w, original, comp), " s={:g}"),
-                 (curve.cluster, bits, partial(_shared, w, original, comp), " {:g} bits")]
+        rungs = [(curve.prune, sparsities, partial(_pruned, w, original, comp), where + " s={:g}"),
+                 (curve.cluster, bits, partial(_shared, w, original, comp), where + " {:g} bits")]
         if local:
-            _local(rungs, w, comp, run, partial(cost, w), partial(_say_at, progress, where))
-        for ladder, steps, apply, label in rungs if not local else ():
-            _climb(ladder, steps, apply, partial(cost, w), budget,
-                   partial(_say, progress, where + label))
-            comp.restore(w)
+            _local(rungs, w, comp, run, partial(cost, w), partial(_say, progress))
+        else:
+            for ladder, steps, apply, label in rungs:
+                _climb(ladder, steps, apply, partial(cost, w), budget,
+                       partial(_say, progress, label))
+                comp.restore(w)
         curve.sizes = _prices(w, original, curve)
         curves.append(curve)
     return curves
@@ -216,11 +224,6 @@ def _climb(ladder: dict, rungs, apply: Callable[[float], None],
 
 def _say(progress: Callable[[str], None], label: str, rung: float, drop: float) -> None:
     progress(f"{label.format(rung)} drop {drop:+.2f}")
-
-
-def _say_at(progress: Callable[[str], None], where: str, label: str, rung: float,
-            drop: float) -> None:
-    _say(progress, where + label, rung, drop)
 
 
 def _pruned(w: Weight, original: np.ndarray, comp: Compensator, sparsity: float) -> None:
