@@ -30,6 +30,7 @@ from .bias import conv_output_size
 SOLVE_BUDGET = 1 << 24  # float64 elements per batched solve (128 MB)
 CG_ITERS = 30  # conjugate-gradient polish after the OBS sweep (measured: within 0.1% of exact)
 SWEEP_BLOCK = 128  # columns per lazy batch of the OBS/GPTQ sweeps
+MAX_DAMP_RAISES = 6  # tenfold ridge raises tried when H is numerically indefinite
 CG_TOL = 1e-8  # conjugate gradient stops once every row's residual fell this far
 # Cost model of the two paths, from timings of both on layers 384 to 1536 wide (65 to 1536
 # rows, 30-90% pruned): the row by row solves pay numpy's per-matrix overhead; the whole-layer
@@ -194,14 +195,31 @@ def ridge_optimum(gram: np.ndarray, cross: np.ndarray, damp: float = 0.01,
                   prior: np.ndarray | None = None) -> Ridge:
     k = gram.shape[0] - 1
     lam = max(damp * ridge_scale(gram), 1e-12)
-    reg = np.full(k + 1, lam)
-    reg[-1] = 0.0
-    h = gram + np.diag(reg)
+    for _ in range(MAX_DAMP_RAISES):
+        reg = np.full(k + 1, lam)
+        reg[-1] = 0.0
+        h = gram + np.diag(reg)
+        try:
+            upper = inverse_factor(h)
+            break
+        except np.linalg.LinAlgError:  # rounding left H indefinite: a larger ridge fixes it
+            lam *= 10
+    else:
+        upper = inverse_factor(h)  # still failing: the caller reports the layer
     rhs = cross.astype(np.float64)
     if prior is not None:
         rhs = rhs.copy()
         rhs[:k] += lam * prior.T
-    return Ridge(h, np.linalg.solve(h, rhs).T, np.linalg.cholesky(np.linalg.inv(h)).T)
+    return Ridge(h, np.linalg.solve(h, rhs).T, upper)
+
+
+def inverse_factor(h: np.ndarray) -> np.ndarray:
+    """Upper triangular U with H^-1 = U^T U, without forming H^-1: with M the Cholesky
+    factor of H with rows and columns reversed (J H J = M M^T), U = J M^-1 J. Inverting H
+    first (then factoring) fails once H's condition number passes about 1e8 (the rounding of
+    the inverse exceeds its smallest eigenvalue: a 2048-wide classifier fed 250 rows)."""
+    m = np.linalg.cholesky(h[::-1, ::-1])
+    return np.triu(np.linalg.inv(m)[::-1, ::-1])  # (inv leaves rounding below the diagonal)
 
 
 def quantize_lstsq(gram: np.ndarray, cross: np.ndarray, keep: np.ndarray, codebook: np.ndarray,

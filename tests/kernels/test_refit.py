@@ -121,11 +121,12 @@ def test_im2col_of_sampled_rows_is_those_rows_of_the_whole(kernel, strides, pads
 
 
 @pytest.mark.parametrize("groups, per, block_bytes", [(1, 4, 64 << 20), (3, 2, 64 << 20),
-                                                      (12, 1, 1)])
+                                                      (12, 1, 1), (1, 8, 64 << 20), (3, 6, 1)])
 def test_grouped_normal_terms_are_each_groups_own(groups: int, per: int, block_bytes: int,
                                                   monkeypatch) -> None:
     """Grams and cross terms computed a block of groups at a time (down to one group per
-    block) equal each group's own, with the ones column last."""
+    block) equal each group's own, with the ones column last; the cross terms of layers with
+    more outputs than half their fan-in (through X^T Y) too."""
     from onnxcompress.compensate import refit as C
 
     monkeypatch.setattr(C, "GROUP_BLOCK_BYTES", block_bytes)
@@ -183,3 +184,26 @@ def test_grams_gathered_over_batches_equal_the_sum_of_each_batchs(monkeypatch) -
     assert grams[1].keys() == grams[1 << 40].keys() == {w.tensor.name for w in weights}
     for name, gram in grams[1].items():
         np.testing.assert_allclose(grams[1 << 40][name], gram, rtol=1e-10, atol=1e-8)
+
+
+def test_refit_of_a_badly_conditioned_wide_layer_does_not_fail() -> None:
+    """Inputs with a mean far above their spread and fewer rows than inputs (a classifier
+    after global pooling, refit on a few hundred samples) make H's condition number about
+    1e9: H^-1's rounding made it indefinite and its Cholesky factor failed. The factor is
+    now taken from H itself; the codebook refit still beats plain rounding."""
+    rng = np.random.default_rng(2)  # (one of the draws on which the old factor failed)
+    n, f, o = 64, 512, 16
+    x = 1000.0 + rng.normal(size=(n, f))
+    w = rng.normal(size=(o, f))
+    xo = R.with_ones(x)
+    gram = xo.T @ xo
+    cross = xo.T @ (x @ w.T)
+    ridge = R.ridge_optimum(gram, cross, 0.01, w)
+    u = ridge.upper
+    assert np.array_equal(u, np.triu(u)) and (np.diag(u) > 0).all()
+    book = np.linspace(-2.5, 2.5, 16)
+    q, b = R.quantize_lstsq(gram, cross, np.ones((o, f), dtype=bool), book, 0.01, w)
+    rounded = book[np.abs(w[..., None] - book).argmin(axis=-1)]
+    assert np.isin(q, book).all()
+    err = lambda wq, bias: np.square(x @ wq.T + bias - x @ w.T).mean()
+    assert err(q, b) < 0.01 * err(rounded, 0.0)
