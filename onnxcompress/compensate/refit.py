@@ -112,10 +112,26 @@ def _normal_terms(x: np.ndarray, y: np.ndarray | None = None, weights: np.ndarra
         gram[at, :f, f] = gram[at, f, :f] = sums
         gram[at, f, f] = n
         if cross is not None:
-            out = y[at].astype(np.float64) @ weights[at].transpose(0, 2, 1) + bias[at][:, None, :]
-            cross[at, :f] = xs.transpose(0, 2, 1) @ out
-            cross[at, f] = out.sum(axis=1)
+            cross[at] = _cross(xs, sums, y[at].astype(np.float64), weights[at], bias[at])
     return gram, cross
+
+
+def _cross(xs: np.ndarray, sums: np.ndarray, ys: np.ndarray, weights: np.ndarray,
+           bias: np.ndarray) -> np.ndarray:
+    """[X 1]^T (Y W^T + 1 b^T) for grouped rows: through the outputs Y W^T (2 N f O
+    multiply-adds) or, when a layer has more outputs than half its fan-in (a 1x1 expansion),
+    through X^T Y (N f^2, then f^2 O): the same terms, up to rounding."""
+    _, n, f = xs.shape
+    wt = weights.transpose(0, 2, 1)
+    out = np.empty((xs.shape[0], f + 1, weights.shape[1]))
+    if 2 * weights.shape[1] > f:
+        out[:, :f] = (xs.transpose(0, 2, 1) @ ys) @ wt + sums[:, :, None] * bias[:, None, :]
+        out[:, f] = (ys.sum(axis=1)[:, None, :] @ wt)[:, 0] + n * bias
+    else:
+        y_out = ys @ wt + bias[:, None, :]
+        out[:, :f] = xs.transpose(0, 2, 1) @ y_out
+        out[:, f] = y_out.sum(axis=1)
+    return out
 
 
 def _solve(w: Weight, gram: np.ndarray, cross: np.ndarray, keep_rows: np.ndarray, damp: float,
