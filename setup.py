@@ -10,8 +10,8 @@ from setuptools import Extension, setup
 
 NATIVE = Extension(
     "onnxcompress.container._native",
-    sources=["csrc/huffman.c", "csrc/codebook.c", "csrc/bitgroups.c"],
-    depends=["csrc/huffman.h", "csrc/codebook.h", "csrc/bitgroups.h"],
+    sources=["csrc/huffman.c", "csrc/codebook.c", "csrc/bitgroups.c", "csrc/rans.c"],
+    depends=["csrc/huffman.h", "csrc/codebook.h", "csrc/bitgroups.h", "csrc/rans.h"],
     include_dirs=["csrc"],
     extra_compile_args=["-O3", "-std=c99", "-Wall", "-Wextra"],
 )

@@ -1,8 +1,8 @@
 """The onnxcompress container: a compact, checksummed file for a compressed ONNX model.
 
 Deep Compression's storage stages (Han et al., "Deep Compression", ICLR 2016): sparse weights in
-relative-index form, shared weights as codebook indices, and Huffman coding on top. See
-docs/FORMAT.md for the byte layout.
+relative-index form, shared weights as codebook indices, and Huffman coding on top (or rANS
+coding, where that is smaller). See docs/FORMAT.md for the byte layout.
 """
 
 from __future__ import annotations

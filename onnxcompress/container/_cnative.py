@@ -1,4 +1,4 @@
-"""ctypes bindings to the container's C library (csrc/huffman.c, csrc/codebook.c).
+"""ctypes bindings to the container's C library (csrc/huffman.c, codebook.c, bitgroups.c, rans.c).
 
 The library is plain C built by setup.py as `_native<EXT_SUFFIX>` beside this file. Each wrapper
 takes and returns numpy arrays and turns the C return codes into `NativeError`; ctypes drops the
@@ -28,7 +28,13 @@ _MESSAGES = {
     -6: "unsupported element size",
     -7: "an index past the codebook or a position past the tensor",
     -8: "sizes that do not match the bit groups",
+    -9: "invalid rANS frequency table (precision outside 1..15, or not summing to 2^precision)",
+    -10: "the rANS state does not start within [2^23, 2^31) or does not end at 2^23",
+    -11: "a symbol without a frequency",
+    -12: "the output buffer is too small",
+    -13: "out of memory",
 }
+_E_SPACE = -12
 
 _u8p = ctypes.POINTER(ctypes.c_uint8)
 _vp = ctypes.c_void_p
@@ -77,6 +83,23 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.ocx_bitgroups_expand.argtypes = [_vp, _sz, ctypes.c_uint32, ctypes.c_uint32,
                                          ctypes.c_uint64, _vp, _sz]
     lib.ocx_bitgroups_expand.restype = ctypes.c_int
+    lib.ocx_rans_encode.argtypes = [_vp, ctypes.c_int, ctypes.c_int, _vp, _sz, _vp, _sz]
+    lib.ocx_rans_encode.restype = ctypes.c_int64
+    lib.ocx_rans_decode.argtypes = [_vp, ctypes.c_int, ctypes.c_int, _vp, _sz, _vp, _sz]
+    lib.ocx_rans_decode.restype = ctypes.c_int
+    lib.ocx_rans_sparse_encode.argtypes = [
+        _vp, _vp, _sz, ctypes.c_int, ctypes.c_int,  # entries: gaps, values, count; width, filler
+        _vp, ctypes.c_int, ctypes.c_int,  # gap model: frequencies, alphabet, precision
+        _vp, ctypes.c_int, ctypes.c_int,  # value model
+        _vp, _sz, _vp, _sz, _vp,  # gap output, value output, their two lengths
+    ]
+    lib.ocx_rans_sparse_encode.restype = ctypes.c_int
+    lib.ocx_rans_sparse_decode.argtypes = [
+        _vp, ctypes.c_int, ctypes.c_int, _vp, _sz,  # gap stream: model, payload
+        _vp, ctypes.c_int, ctypes.c_int, _vp, _sz,  # value stream
+        _sz, ctypes.c_int, _vp, ctypes.c_int, ctypes.c_int, _vp, _sz,
+    ]
+    lib.ocx_rans_sparse_decode.restype = ctypes.c_int
     return lib
 
 
@@ -180,3 +203,86 @@ def bitgroups_expand(kept: np.ndarray, keep: int, group_bits: int, groups: int,
     )
     if rc:
         raise NativeError(rc, "bitgroups expand")
+
+
+def _freqs(freqs: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(freqs, dtype=np.uint32)
+
+
+def rans_encode(freqs: np.ndarray, precision: int, symbols: np.ndarray, cap: int) -> bytes:
+    """rANS payload of uint8 symbols. `cap` is a bound the caller proved (rans.Model.capacity);
+    should it ever be short, the encoder is run again with room for its worst case, 2 bytes a
+    symbol, rather than failing a write."""
+    f = _freqs(freqs)
+    sym = np.ascontiguousarray(symbols, dtype=np.uint8).reshape(-1)
+    for size in (cap, 4 + 2 * sym.size):
+        out = np.empty(size, dtype=np.uint8)
+        rc = library().ocx_rans_encode(_ptr(f), f.size, precision, _ptr(sym), sym.size,
+                                       _ptr(out), out.size)
+        if rc != _E_SPACE:
+            break
+    if rc < 0:
+        raise NativeError(int(rc), "rANS encode")
+    return out[:rc].tobytes()
+
+
+def rans_decode(freqs: np.ndarray, precision: int, data: bytes | memoryview, n: int
+                ) -> np.ndarray:
+    """Decode n >= 1 uint8 symbols from a rANS payload."""
+    f = _freqs(freqs)
+    src = np.frombuffer(data, dtype=np.uint8)
+    out = np.empty(n, dtype=np.uint8)
+    rc = library().ocx_rans_decode(_ptr(f), f.size, precision, _ptr(src), src.size, _ptr(out), n)
+    if rc:
+        raise NativeError(rc, "rANS decode")
+    return out
+
+
+def rans_sparse_encode(gaps: np.ndarray, vals: np.ndarray, gap_bits: int, filler: int,
+                       gap_model: tuple[np.ndarray, int, int],
+                       val_model: tuple[np.ndarray, int, int]) -> tuple[bytes, bytes]:
+    """(gap payload, value payload) of the sparse form at `gap_bits` from its entries (uint32
+    fill run before each non-fill element, its value symbol). Each model is (frequencies,
+    precision, capacity); the worst case (2 bytes a symbol) is the fallback, as in rans_encode."""
+    g = np.ascontiguousarray(gaps, dtype=np.uint32)
+    v = np.ascontiguousarray(vals, dtype=np.uint8)
+    gf, vf = _freqs(gap_model[0]), _freqs(val_model[0])
+    lens = np.zeros(2, dtype=np.uint64)
+    for attempt in range(2):
+        gcap, vcap = gap_model[2], val_model[2]
+        if attempt:  # every entry and filler is one symbol of each stream
+            gcap = vcap = 4 + 2 * (g.size + int((g >> np.uint32(gap_bits)).sum()))
+        gout, vout = np.empty(gcap, dtype=np.uint8), np.empty(vcap, dtype=np.uint8)
+        rc = library().ocx_rans_sparse_encode(
+            _ptr(g), _ptr(v), g.size, gap_bits, filler,
+            _ptr(gf), gf.size, gap_model[1], _ptr(vf), vf.size, val_model[1],
+            _ptr(gout), gout.size, _ptr(vout), vout.size, _ptr(lens),
+        )
+        if rc != _E_SPACE:
+            break
+    if rc:
+        raise NativeError(rc, "rANS sparse encode")
+    return gout[: int(lens[0])].tobytes(), vout[: int(lens[1])].tobytes()
+
+
+def rans_sparse_decode(
+    gap_model: tuple[np.ndarray, int],
+    gap_payload: bytes | memoryview,
+    val_model: tuple[np.ndarray, int],
+    val_payload: bytes | memoryview,
+    m: int,
+    filler: int,
+    book: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """sparse_decode from two rANS streams, each model (frequencies, precision)."""
+    gf, vf = _freqs(gap_model[0]), _freqs(val_model[0])
+    gs, vs = np.frombuffer(gap_payload, np.uint8), np.frombuffer(val_payload, np.uint8)
+    book = np.ascontiguousarray(book)
+    rc = library().ocx_rans_sparse_decode(
+        _ptr(gf), gf.size, gap_model[1], _ptr(gs), gs.size,
+        _ptr(vf), vf.size, val_model[1], _ptr(vs), vs.size,
+        m, filler, _ptr(book), book.size, out.itemsize, _ptr(out), out.size,
+    )
+    if rc:
+        raise NativeError(rc, "rANS sparse decode")

@@ -9,14 +9,17 @@
   fill elements since the previous entry in `gap_bits` bits (8 for conv, 5 for fc in the paper).
   A gap too long for `gap_bits` is bridged with filler entries (gap = 2^gap_bits - 1, value = the
   reserved symbol K, where K is the codebook size), which occupy a fill element. The gap and value
-  streams are Huffman-coded separately.
+  streams are Huffman-coded separately (sparse.py builds them);
+- codebook-rans and sparse-rans: the same two forms with rANS streams (rans.py) in place of the
+  Huffman ones, within about 0.05% of the entropy where Huffman's whole bits lose 0.5-3%;
 - bitgroups: bit-packed data made of equal groups whose high bits are all 0, as XnorConv's weight
   bits are (each tap's channel bits padded to whole 64-bit words): only the low `keep` bits of
   each group are stored, so a binarized layer costs 1 bit per weight whatever its channel count.
   Offered only for tensors the writer names with their group size, and only when exact.
 
-The writer computes the exact size of each candidate from histograms (no trial encoding of the
-Huffman codecs) and keeps the smallest; docs/FORMAT.md gives the byte layouts.
+The writer computes the exact size of each candidate and keeps the smallest (ties to the lower
+codec id, so Huffman wins ties): Huffman sizes from histograms, rANS sizes by encoding in C (a
+stream's length depends on its order, not its histogram alone); docs/FORMAT.md gives the layouts.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _cnative, huffman
+from . import _cnative, huffman, rans
 from .format import Codec, Cursor, PayloadError
 from .inflate import inflate
+from .sparse import GAP_WIDTHS, entry_gaps, fill_gaps, gap_histogram, sparse_entries
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ class Encoded:
 
     codec: Codec
     payload: bytes
-    n_symbols: int = 0  # Huffman-coded symbols (both streams for sparse)
+    n_symbols: int = 0  # entropy-coded symbols (both streams for sparse)
     coded_bits: int = 0  # their payload bits
     entropy_bits: float | None = None  # their empirical entropy bound; None for raw codecs
 
@@ -60,6 +64,29 @@ class _Candidate:
     codec: Codec
     nbytes: int
     build: Callable[[], Encoded]  # encodes for real; only the winner is built
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A candidate whose exact size is known only once encoded (the rANS forms), with a proven
+    lower bound on it (rans.payload_bounds)."""
+
+    codec: Codec
+    least: int
+    price: Callable[[tuple[int, Codec]], _Candidate | None]  # given the (size, codec) to beat
+
+
+def _settle(found: list[_Candidate], pending: list[_Pending], price_all: bool = False
+            ) -> list[_Candidate]:
+    """Price the pending candidates that could still win (smaller, or as small with a lower
+    codec id), the most promising first: skipping the others cannot change the choice.
+    price_all (for tests) prices every one, each at its own best."""
+    for p in sorted(pending, key=lambda p: (p.least, p.codec)):
+        beat = (1 << 62, Codec.SPARSE_RANS + 1) if price_all else min(
+            (c.nbytes, c.codec) for c in found)
+        if (p.least, p.codec) < beat and (priced := p.price(beat)) is not None:
+            found.append(priced)
+    return found
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -119,55 +146,41 @@ def _codebook_candidates(elements: np.ndarray, gap_bits: int | None) -> list[_Ca
     return [] if found is None else _index_candidates(elements.size, *found, gap_bits)
 
 
-def _index_candidates(n: int, book: np.ndarray, idx: np.ndarray, gap_bits: int | None
-                      ) -> list[_Candidate]:
-    """The codebook and (when the fill is common enough) sparse forms of book[idx]."""
+def _index_candidates(n: int, book: np.ndarray, idx: np.ndarray, gap_bits: int | None,
+                      price_all: bool = False) -> list[_Candidate]:
+    """The codebook and (when the fill is common enough) sparse forms of book[idx], each with
+    Huffman and with rANS streams (those only where they could win)."""
     counts = huffman.histogram(idx, minlength=book.size)
     dense = huffman.plan(counts)
     head = 1 + 2 + book.nbytes
-    out = [
+    found = [
         _Candidate(Codec.CODEBOOK, head + dense.nbytes, lambda: _encode_codebook(book, idx, dense))
     ]
+    pending = [_rans_codebook(book, idx, counts)]
     fill = int(np.argmax(counts))
     if counts[fill] >= SPARSE_MIN_FILL * n:
-        widths = GAP_WIDTHS if gap_bits is None else (gap_bits,)
-        gap_hist, long_gaps = gap_histogram(idx, fill)
+        gaps, syms = entry_gaps(idx, fill)
+        gap_hist, long_gaps = gap_histogram(gaps)
         values = np.delete(counts[: book.size], fill)
+        widths = GAP_WIDTHS if gap_bits is None else (gap_bits,)
+        nz_book = np.delete(book, fill)
+        sparse_head = _sparse_head(n, book[fill], 0, nz_book)  # gap_bits is set when written
         width, pg, pv = min((_sparse_plan(gap_hist, long_gaps, values, w) for w in widths),
                             key=lambda plan: plan[1].nbytes + plan[2].nbytes)
-        nz_book = np.delete(book, fill)
-        size = 1 + 1 + 8 + book.itemsize + 2 + nz_book.nbytes + pg.nbytes + pv.nbytes
 
         def build() -> Encoded:
-            gaps, vals, _ = sparse_entries(idx, book, fill, width)
-            return _encode_sparse(n, book[fill], width, nz_book, gaps, vals, pg, pv)
+            gap_stream, val_stream, _ = sparse_entries(idx, book, fill, width)
+            return _encode_sparse(sparse_head, width, gap_stream, val_stream, pg, pv)
 
-        out.append(_Candidate(Codec.SPARSE, size, build))
-    return out
-
-
-GAP_WIDTHS = tuple(range(1, 9))  # the sparse form's gap widths (bits) a writer may choose
-SHORT_GAPS = 256  # gaps below this are counted in a histogram; longer ones kept as they are
-
-
-def gap_histogram(idx: np.ndarray, fill: int) -> tuple[np.ndarray, np.ndarray]:
-    """The fill elements before each non-fill element of `idx`, as a histogram of the gaps
-    below SHORT_GAPS and an array of the longer ones: enough to price every gap width."""
-    pos = np.flatnonzero(idx.reshape(-1) != fill)
-    gap = np.diff(pos, prepend=-1) - 1
-    return np.bincount(gap[gap < SHORT_GAPS], minlength=SHORT_GAPS), gap[gap >= SHORT_GAPS]
-
-
-def fill_gaps(gap_hist: np.ndarray, long_gaps: np.ndarray, width: int) -> tuple[np.ndarray, int]:
-    """(histogram of the gap stream, filler entries) at `width` bits: a gap g is g >> width
-    fillers of gap 2^width - 1 then an entry of gap g mod 2^width (see sparse_entries)."""
-    step = 1 << width
-    g = np.arange(gap_hist.size)
-    counts = np.bincount(g & (step - 1), weights=gap_hist, minlength=step).astype(np.int64)
-    counts += np.bincount(long_gaps & (step - 1), minlength=step)
-    fillers = int(np.dot(gap_hist, g >> width)) + int((long_gaps >> width).sum())
-    counts[step - 1] += fillers
-    return counts, fillers
+        found.append(_Candidate(Codec.SPARSE, len(sparse_head) + pg.nbytes + pv.nbytes, build))
+        if n < 1 << 32:  # the C encoder takes the gaps as uint32
+            models = {}
+            for w in widths:
+                models[w] = _rans_sparse_models(gap_hist, long_gaps, values, w)
+                if models[w][1].freqs.size <= nz_book.size:  # no filler: every wider width
+                    break  # has these very streams, and ties go to the narrower width
+            pending.append(_rans_sparse(sparse_head, gaps, syms, nz_book.size, models))
+    return _settle(found, pending, price_all)
 
 
 def _sparse_plan(gap_hist: np.ndarray, long_gaps: np.ndarray, values: np.ndarray, width: int
@@ -178,45 +191,64 @@ def _sparse_plan(gap_hist: np.ndarray, long_gaps: np.ndarray, values: np.ndarray
     return width, huffman.plan(gap_counts), huffman.plan(np.append(values, fillers))
 
 
+def _rans_sparse_models(gap_hist: np.ndarray, long_gaps: np.ndarray, values: np.ndarray,
+                        width: int) -> tuple[rans.Model, rans.Model]:
+    """The gap and value stream models of the sparse form at `width` (as _sparse_plan)."""
+    gap_counts, fillers = fill_gaps(gap_hist, long_gaps, width)
+    return rans.plan(gap_counts), rans.plan(np.append(values, fillers))
+
+
+def _rans_sparse(head: bytes, gaps: np.ndarray, syms: np.ndarray, filler: int,
+                 models: dict[int, tuple[rans.Model, rans.Model]]) -> _Pending:
+    """The sparse form with rANS streams at the width that makes it smallest (ties to the
+    narrower one). A width's exact size needs its streams encoded (in C, straight from the
+    entries), but rans.payload_bounds brackets it from the frequencies: only the widths whose
+    least size could beat the best exact one so far are encoded, the most promising first.
+    The result is the exact minimum all the same."""
+    least = {w: len(head) + sum(m.size_bounds()[0] for m in ms) for w, ms in models.items()}
+
+    def price(beat: tuple[int, Codec]) -> _Candidate | None:
+        best: tuple[int, int, Encoded] | None = None  # (size, width, section)
+        # int32 gaps are never negative: their bits are the uint32 ones, no copy
+        entries = gaps.view(np.uint32) if gaps.dtype == np.int32 else gaps.astype(np.uint32)
+        for w in sorted(models, key=least.__getitem__):
+            if (least[w], Codec.SPARSE_RANS) >= beat or (best and (least[w], w) > best[:2]):
+                continue  # cannot win, nor tie with a lower codec id or a narrower width
+            gm, vm = models[w]
+            gp, vp = rans.sparse_payloads(entries, syms, w, filler, gm, vm)
+            body = _with_width(head, w) + rans.stream(gm, gp) + rans.stream(vm, vp)
+            if best is None or (len(body), w) < best[:2]:
+                enc = Encoded(Codec.SPARSE_RANS, body, gm.n + vm.n, 8 * (len(gp) + len(vp)),
+                              gm.entropy_bits + vm.entropy_bits)
+                best = (len(body), w, enc)
+        if best is None:
+            return None
+        enc = best[2]
+        return _Candidate(Codec.SPARSE_RANS, len(enc.payload), lambda: enc)
+
+    return _Pending(Codec.SPARSE_RANS, min(least.values()), price)
+
+
+def _rans_codebook(book: np.ndarray, idx: np.ndarray, counts: np.ndarray) -> _Pending:
+    """The codebook form with an rANS stream (its exact size needs the encoder)."""
+    model = rans.plan(counts)
+    head = struct.pack("<BH", book.itemsize, book.size) + _le_bytes(book)
+
+    def price(_beat: tuple[int, Codec]) -> _Candidate:
+        payload = rans.encode_payload(idx, model)
+        body = head + rans.stream(model, payload)
+        enc = Encoded(Codec.CODEBOOK_RANS, body, model.n, 8 * len(payload), model.entropy_bits)
+        return _Candidate(Codec.CODEBOOK_RANS, len(body), lambda: enc)
+
+    return _Pending(Codec.CODEBOOK_RANS, len(head) + model.size_bounds()[0], price)
+
+
 def coded_size(book: np.ndarray, idx: np.ndarray, gap_bits: int | None = None) -> int:
     """Payload bytes the writer would spend on book[idx] (≤ 256 entries) with the best of the
-    codebook and sparse codecs, planned from histograms (nothing is encoded): what a search
-    needs to price a setting without writing a container."""
+    codebook and sparse codecs, Huffman or rANS (Huffman planned from histograms, rANS encoded
+    in C): what a search needs to price a setting without writing a container."""
     idx = idx.reshape(-1)
     return min(c.nbytes for c in _index_candidates(idx.size, book, idx, gap_bits))
-
-
-def sparse_entries(
-    idx: np.ndarray, book: np.ndarray, fill: int, gap_bits: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(gap stream, value stream, codebook without the fill) of Deep Compression's sparse form.
-
-    Value symbols index the codebook without the fill; symbol K = len(that codebook) marks a
-    filler entry, inserted wherever a gap exceeds 2^gap_bits - 1.
-    """
-    # int32 positions and in-place steps: on a 100 M-element layer each int64 temporary of
-    # the entries is 80 MB
-    max_gap = (1 << gap_bits) - 1
-    pos = np.flatnonzero(idx != fill)
-    if idx.size < 2**31 - 1:
-        pos = pos.astype(np.int32)
-    sym = idx[pos]
-    sym = (sym - (sym > fill)).astype(np.uint8)  # drop the fill from the codebook
-    nz_book = np.delete(book, fill)
-    gap = np.diff(pos, prepend=pos.dtype.type(-1))
-    del pos
-    gap -= 1
-    fillers = gap >> gap_bits  # filler entries before each real one: gap // (max_gap + 1)
-    if not fillers.any():
-        return gap.astype(np.uint8), sym, nz_book
-    fillers += 1
-    last = np.cumsum(fillers, out=fillers)  # where each real entry lands after its fillers
-    last -= 1
-    gaps = np.full(int(last[-1]) + 1, max_gap, dtype=np.uint8)
-    vals = np.full(gaps.size, nz_book.size, dtype=np.uint8)
-    gaps[last] = gap & max_gap
-    vals[last] = sym
-    return gaps, vals, nz_book
 
 
 def _encode_codebook(book: np.ndarray, idx: np.ndarray, p: huffman.StreamPlan) -> Encoded:
@@ -226,26 +258,24 @@ def _encode_codebook(book: np.ndarray, idx: np.ndarray, p: huffman.StreamPlan) -
     return Encoded(Codec.CODEBOOK, payload, p.n, p.bits, p.entropy_bits)
 
 
-def _encode_sparse(
-    n: int,
-    fill: np.generic,
-    gap_bits: int,
-    nz_book: np.ndarray,
-    gaps: np.ndarray,
-    vals: np.ndarray,
-    pg: huffman.StreamPlan,
-    pv: huffman.StreamPlan,
-) -> Encoded:
-    payload = b"".join(
-        [
-            struct.pack("<BBQ", nz_book.itemsize, gap_bits, n),
-            _le_bytes(np.array([fill], dtype=nz_book.dtype)),
-            struct.pack("<H", nz_book.size),
-            _le_bytes(nz_book),
-            huffman.encode(gaps, pg),
-            huffman.encode(vals, pv),
-        ]
-    )
+def _sparse_head(n: int, fill: np.generic, gap_bits: int, nz_book: np.ndarray) -> bytes:
+    """The sparse form's fields before its two streams (the same for Huffman and rANS)."""
+    return b"".join([
+        struct.pack("<BBQ", nz_book.itemsize, gap_bits, n),
+        _le_bytes(np.array([fill], dtype=nz_book.dtype)),
+        struct.pack("<H", nz_book.size),
+        _le_bytes(nz_book),
+    ])
+
+
+def _with_width(head: bytes, gap_bits: int) -> bytes:
+    """A sparse head with its gap_bits byte (the second) set."""
+    return head[:1] + bytes([gap_bits]) + head[2:]
+
+
+def _encode_sparse(head: bytes, gap_bits: int, gaps: np.ndarray, vals: np.ndarray,
+                   pg: huffman.StreamPlan, pv: huffman.StreamPlan) -> Encoded:
+    payload = _with_width(head, gap_bits) + huffman.encode(gaps, pg) + huffman.encode(vals, pv)
     return Encoded(
         Codec.SPARSE, payload, pg.n + pv.n, pg.bits + pv.bits, pg.entropy_bits + pv.entropy_bits
     )
@@ -294,14 +324,14 @@ def decode(codec: Codec, buf: memoryview, nbytes: int, elem_size: int | None = N
     cur = Cursor(buf)
     if codec in (Codec.STORED, Codec.ZLIB, Codec.LZMA):
         return _decode_raw(codec, cur, nbytes)
-    if codec in (Codec.CODEBOOK, Codec.SPARSE):
+    if codec in _INDEX_CODECS:
         e = _element_size(cur)
         if e != elem_size:
             raise PayloadError(
                 f"elements of {e} bytes, the tensor's type has {elem_size or 'other'}-byte ones"
             )
-        decoder = _decode_codebook if codec == Codec.CODEBOOK else _decode_sparse
-        return decoder(cur, e, nbytes // e)
+        decoder, coder = _INDEX_CODECS[codec]
+        return decoder(cur, e, nbytes // e, coder)
     if codec == Codec.BITGROUPS:
         return _decode_bitgroups(cur, nbytes)
     raise PayloadError(f"unknown tensor codec {int(codec)}")
@@ -332,9 +362,10 @@ def _element_size(cur: Cursor) -> int:
     return e
 
 
-def _decode_codebook(cur: Cursor, e: int, count: int) -> np.ndarray:
+def _decode_codebook(cur: Cursor, e: int, count: int, coder) -> np.ndarray:
+    """Codecs 3 and 6: `coder` (the huffman or rans module) reads the index stream."""
     book = _read_book(cur, e)
-    idx = huffman.decode(cur, max_alphabet=book.size, count=count)
+    idx = coder.decode(cur, max_alphabet=book.size, count=count)
     cur.done()
     # 1-byte elements are looked up in place: the indices become the tensor, no second array
     out = idx if e == 1 else np.empty(idx.size, dtype=book.dtype)
@@ -342,7 +373,9 @@ def _decode_codebook(cur: Cursor, e: int, count: int) -> np.ndarray:
     return out
 
 
-def _decode_sparse(cur: Cursor, e: int, count: int) -> np.ndarray:
+def _decode_sparse(cur: Cursor, e: int, count: int, coder) -> np.ndarray:
+    """Codecs 4 and 7: `coder` (the huffman or rans module) reads the two stream headers, and
+    the C decoder of that coder walks both streams in step."""
     gap_bits = cur.u8()
     if not 1 <= gap_bits <= 8:
         raise PayloadError(f"gap_bits {gap_bits}, expected 1..8")
@@ -354,16 +387,14 @@ def _decode_sparse(cur: Cursor, e: int, count: int) -> np.ndarray:
     if book.size > 255:
         raise PayloadError(f"sparse codebook of {book.size} entries, at most 255 allowed")
     # every entry occupies an element: at most n of them
-    m, gap_lengths, gap_payload = huffman.read_header(cur, 1 << gap_bits, max_symbols=n)
-    m_vals, val_lengths, val_payload = huffman.read_header(cur, book.size + 1, max_symbols=n)
+    m, gap_model, gap_payload = coder.read_header(cur, 1 << gap_bits, max_symbols=n)
+    m_vals, val_model, val_payload = coder.read_header(cur, book.size + 1, max_symbols=n)
     cur.done()
     if m != m_vals:
         raise PayloadError(f"{m} gaps but {m_vals} values")
     out = np.zeros(n, dtype=book.dtype) if fill == 0 else np.full(n, fill, dtype=book.dtype)
-    _native_call(
-        _cnative.sparse_decode,
-        gap_lengths, gap_payload, val_lengths, val_payload, m, book.size, book, out,
-    )
+    walk = _cnative.rans_sparse_decode if coder is rans else _cnative.sparse_decode
+    _native_call(walk, gap_model, gap_payload, val_model, val_payload, m, book.size, book, out)
     return out
 
 
@@ -380,6 +411,15 @@ def _decode_bitgroups(cur: Cursor, nbytes: int) -> np.ndarray:
     out = np.zeros(nbytes, np.uint8)
     _native_call(_cnative.bitgroups_expand, kept, keep, group_bits, groups, out)
     return out
+
+
+# index codecs: (section decoder, stream coder)
+_INDEX_CODECS = {
+    Codec.CODEBOOK: (_decode_codebook, huffman),
+    Codec.SPARSE: (_decode_sparse, huffman),
+    Codec.CODEBOOK_RANS: (_decode_codebook, rans),
+    Codec.SPARSE_RANS: (_decode_sparse, rans),
+}
 
 
 def _native_call(fn, *args) -> None:

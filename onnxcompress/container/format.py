@@ -4,8 +4,9 @@ A file is a 24-byte header, a section table (32 bytes per section) and the secti
 back, all little-endian. Section 0 holds the ONNX graph whose big initializers were stripped of
 their data; every other section holds one initializer, encoded by one of the codecs of
 `codecs.py` (raw, codebook, or Deep Compression's sparse relative-index form with Huffman coding,
-Han et al., "Deep Compression", ICLR 2016). The header, the table and each section carry a
-CRC-32 so that a damaged file names the part that is damaged.
+Han et al., "Deep Compression", ICLR 2016; or those two with rANS coding in place of Huffman).
+The header, the table and each section carry a CRC-32 so that a damaged file names the part
+that is damaged.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class Codec(enum.IntEnum):
     CODEBOOK = 3
     SPARSE = 4
     BITGROUPS = 5
+    CODEBOOK_RANS = 6  # codebook with an rANS stream instead of the Huffman one
+    SPARSE_RANS = 7  # sparse with rANS gap and value streams
 
 
 class PayloadError(ValueError):

@@ -1,8 +1,9 @@
 """Slow, obviously-correct Python twins of the C routines, used only by tests to cross-check.
 
 Canonical code assignment follows RFC 1951 section 3.2.2; the sparse walk follows Han et al.,
-"Deep Compression" (ICLR 2016), section 4 (relative indices with filler entries). Nothing here
-is used when reading or writing a container.
+"Deep Compression" (ICLR 2016), section 4 (relative indices with filler entries); the rANS coder
+follows docs/FORMAT.md ("rANS streams") step by step, in Python integers. Nothing here is used
+when reading or writing a container.
 """
 
 from __future__ import annotations
@@ -65,3 +66,62 @@ def sparse_expand(
         if val != filler:
             out[pos] = book[val]
     return out
+
+
+RANS_LOW = 1 << 23
+
+
+def _starts(freqs: list[int]) -> list[int]:
+    out, total = [], 0
+    for f in freqs:
+        out.append(total)
+        total += f
+    return out
+
+
+def rans_encode(freqs: np.ndarray, precision: int, symbols: np.ndarray) -> bytes:
+    """Payload of an rANS stream: symbols last to first from state L, bytes shifted out while the
+    state would pass 2^31, then the final state (u32 LE) followed by those bytes reversed."""
+    freqs = [int(f) for f in freqs]
+    if sum(freqs) != 1 << precision:
+        raise ValueError("frequencies must sum to 2^precision")
+    starts, out, x = _starts(freqs), [], RANS_LOW
+    for s in reversed([int(v) for v in symbols]):
+        f = freqs[s] if s < len(freqs) else 0
+        if not f:
+            raise ValueError(f"symbol {s} has no frequency")
+        while x >= (RANS_LOW >> precision) * 256 * f:
+            out.append(x % 256)
+            x //= 256
+        x = (x // f) * (1 << precision) + x % f + starts[s]
+    return x.to_bytes(4, "little") + bytes(reversed(out))
+
+
+def rans_decode(freqs: np.ndarray, precision: int, data: bytes, n: int) -> np.ndarray:
+    """Decode n symbols; raise ValueError on a bad table, a state out of range, a payload that
+    ends early or has bytes left, or a final state other than L."""
+    freqs = [int(f) for f in freqs]
+    total = 1 << precision
+    if sum(freqs) != total:
+        raise ValueError("frequencies must sum to 2^precision")
+    starts = _starts(freqs)
+    if len(data) < 4:
+        raise ValueError("no room for the state")
+    x, pos = int.from_bytes(data[:4], "little"), 4
+    if not RANS_LOW <= x < 1 << 31:
+        raise ValueError("initial state out of range")
+    out = []
+    for _ in range(n):
+        t = x % total
+        s = next(i for i, (c, f) in enumerate(zip(starts, freqs)) if c <= t < c + f)
+        out.append(s)
+        x = freqs[s] * (x // total) + t - starts[s]
+        while x < RANS_LOW:
+            if pos == len(data):
+                raise ValueError("payload ended early")
+            x, pos = x * 256 + data[pos], pos + 1
+    if pos != len(data):
+        raise ValueError("payload bytes left over")
+    if x != RANS_LOW:
+        raise ValueError("final state is not L")
+    return np.array(out, dtype=np.uint8)

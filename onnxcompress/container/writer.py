@@ -3,8 +3,9 @@
 The last two stages of Deep Compression (Han et al., ICLR 2016): the passes already pruned and
 clustered the weights; here each initializer gets the smallest lossless encoding among raw
 (zlib/LZMA), codebook + Huffman indices, and the sparse relative-index form with Huffman-coded
-gaps and values (`codecs.py`). The file is written to a temporary file beside the target and
-renamed over it, so a crash never leaves half a container under the final name.
+gaps and values, or those two with rANS streams in place of the Huffman ones (`codecs.py`). The
+file is written to a temporary file beside the target and renamed over it, so a crash never
+leaves half a container under the final name.
 """
 
 from __future__ import annotations
@@ -58,10 +59,11 @@ class TensorRow:
     """How one initializer was stored."""
 
     name: str
-    codec: str  # "stored", "zlib", "lzma", "codebook", "sparse"
+    codec: str  # "stored", "zlib", "lzma", "codebook", "sparse", "bitgroups", "codebook_rans",
+    # "sparse_rans"
     original_bytes: int
     stored_bytes: int  # the payload section, headers included
-    n_symbols: int  # Huffman-coded symbols (gaps + values for sparse); 0 for raw codecs
+    n_symbols: int  # Huffman- or rANS-coded symbols (gaps + values for sparse); 0 for raw codecs
     bits_per_symbol: float | None  # coded payload bits / n_symbols; None for raw codecs
     entropy_bits: float | None  # empirical entropy of those symbols, in bits (total)
 

@@ -51,9 +51,9 @@ def render(report: Report) -> str:
         lines += [(f"scored: output '{report.scored_output}' by {report.metric} "
                   f"({report.units})")]
     lines += _exits(report)
-    if report.container and report.container["n_symbols"]:  # no line when nothing is Huffman-coded
+    if report.container and report.container["n_symbols"]:  # no line when nothing is entropy-coded
         c = report.container
-        lines += ["", (f"Huffman: {c['n_symbols']:,} symbols at {c['bits_per_symbol']:.3f} bits "
+        lines += ["", (f"entropy coding (Huffman/rANS): {c['n_symbols']:,} symbols at {c['bits_per_symbol']:.3f} bits "
                        f"each; entropy bound {c['entropy_bits_per_symbol']:.3f} "
                        f"({c['over_entropy']:+.1%})")]
     if report.unknown_ops:

@@ -255,7 +255,7 @@ def original_weights(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def coding_summary(creport) -> dict[str, float]:
-    """Huffman-coded symbols of a container against their empirical entropy (Shannon bound)."""
+    """Entropy-coded symbols (Huffman or rANS streams) of a container against their empirical entropy (Shannon bound)."""
     rows = [t for t in creport.tensors if t.n_symbols and t.bits_per_symbol is not None]
     n = sum(t.n_symbols for t in rows)
     coded = sum(t.bits_per_symbol * t.n_symbols for t in rows)

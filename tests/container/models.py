@@ -83,3 +83,27 @@ def initializer_bits(model: onnx.ModelProto) -> dict[str, tuple[str, tuple, byte
         a = numpy_helper.to_array(t)
         out[t.name] = (str(a.dtype), a.shape, a.tobytes())
     return out
+
+
+def channel_pruned(rng: np.random.Generator, shape: tuple[int, ...], keep: float,
+                   levels: int = 8) -> np.ndarray:
+    """float32 weights pruned a kernel (the last two dims of a conv weight) or a run of 64 (an fc
+    row) at a time, the kept ones on `levels` shared values with the middle one most common: long
+    zero runs, where the sparse forms beat the dense codebook ones."""
+    run = shape[-1] * shape[-2] if len(shape) == 4 else 64
+    centers = np.linspace(-0.5, 0.5, levels).astype(np.float32)
+    w = centers[np.clip(np.round(rng.normal(levels / 2, 1.2, size=shape)), 0, levels - 1)
+                .astype(int)]
+    kept = np.repeat(rng.random(w.size // run) < keep, run).reshape(shape)
+    return np.where(kept, w, np.float32(0.0)).astype(np.float32)
+
+
+def structured_net(seed: int = 0) -> onnx.ModelProto:
+    """NET whose conv and fc weights were pruned a channel at a time (channel_pruned)."""
+    model = net(seed)
+    rng = np.random.default_rng(seed + 1)
+    for t in model.graph.initializer:
+        if t.name in KINDS:
+            w = numpy_helper.to_array(t)
+            t.CopyFrom(numpy_helper.from_array(channel_pruned(rng, w.shape, 0.3), t.name))
+    return model
