@@ -210,7 +210,7 @@ def ridge_optimum(gram: np.ndarray, cross: np.ndarray, damp: float = 0.01,
     if prior is not None:
         rhs = rhs.copy()
         rhs[:k] += lam * prior.T
-    return Ridge(h, np.linalg.solve(h, rhs).T, upper)
+    return Ridge(h, (upper.T @ (upper @ rhs)).T, upper)  # H^-1 = U^T U: no second factoring
 
 
 def inverse_factor(h: np.ndarray) -> np.ndarray:
