@@ -1,10 +1,10 @@
-"""Container speed: Huffman decode throughput and load time against ONNX Runtime.
+"""Container speed: Huffman and rANS decode throughput and load time against ONNX Runtime.
 
     python benchmarks/container_speed.py [--mb 256] [--repeats 5] [--workdir DIR]
 
-1. decode throughput of the C Huffman decoder (M symbols/s, median of `repeats`) on the gap and
-   value streams of a realistic pruned + clustered tensor, with the coded size against the
-   empirical entropy bound;
+1. decode throughput of the C Huffman and rANS decoders (M symbols/s, median of `repeats`) on
+   the gap and value streams of a realistic pruned + clustered tensor, with the coded size
+   against the empirical entropy bound;
 2. a large float model (a chain of square Gemms, `--mb` MB of weights quantized to 32 levels,
    90% zeros) saved as .onnx and as a container; median load time of
    a) onnxruntime.InferenceSession(original.onnx),
@@ -31,6 +31,7 @@ from onnxcompress.container import (
     codecs,
     huffman,
     ort_session,
+    rans,
     read_container,
     write_container,
 )
@@ -73,6 +74,7 @@ def decode_throughput(rng: np.random.Generator, n: int, repeats: int) -> None:
             f"  {p.bits / p.n:.3f} bits/symbol vs entropy {p.entropy_bits / p.n:.3f}"
             f"  (+{100 * huffman.entropy_gap(p):.2f}%)"
         )
+        rans_throughput(label, sym, repeats)
     dense = huffman.plan(counts)
     payload = _cnative.huff_encode(dense.lengths, idx, (dense.bits + 7) // 8)
     t = median_time(lambda: _cnative.huff_decode(dense.lengths, payload, idx.size), repeats)
@@ -80,6 +82,19 @@ def decode_throughput(rng: np.random.Generator, n: int, repeats: int) -> None:
         f"  dense  {idx.size:>11,} symbols  decode {idx.size / t / 1e6:7.1f} M symbols/s"
         f"  (codebook indices, all elements)"
     )
+    rans_throughput("dense", idx, repeats)
+
+
+def rans_throughput(label: str, sym: np.ndarray, repeats: int) -> None:
+    """The same symbols as an rANS stream: decode speed and payload bits against entropy."""
+    m = rans.plan(np.bincount(sym, minlength=256))
+    payload = rans.encode_payload(sym, m)
+    t = median_time(lambda: _cnative.rans_decode(m.freqs, m.precision, payload, sym.size),
+                    repeats)
+    assert np.array_equal(_cnative.rans_decode(m.freqs, m.precision, payload, sym.size), sym)
+    bits = 8 * len(payload)
+    print(f"  {label:6s} rANS (P={m.precision:2d})  decode {sym.size / t / 1e6:7.1f} M symbols/s"
+          f"  {bits / sym.size:.3f} bits/symbol (+{100 * (bits / m.entropy_bits - 1):.2f}%)")
 
 
 def big_model(rng: np.random.Generator, mb: int) -> onnx.ModelProto:
