@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -47,6 +49,9 @@ from .protos import PACKED_4BIT, clear_data, element_width
 log = logging.getLogger(__name__)
 
 EXTERNAL_MIN_BYTES = 1024  # load_for_ort hands tensors at least this big to ORT as arrays
+# sections decoded at once: the C decoders release the GIL, and an entropy-coded stream is
+# sequential, so the cores work on different tensors
+DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
 EXTERNAL_LOCATION = "onnxcompress-container"  # placeholder location, never opened
 
 
@@ -106,9 +111,7 @@ def load_for_ort(
     used = _consumed_names(model.graph) | {i.name for i in model.graph.input}
     arrays: dict[str, np.ndarray] = {}
     unused = []
-    for e in p.tensors:
-        t = model.graph.initializer[e.index]
-        flat = _decode_tensor(p, e, t)
+    for e, t, flat in _decoded(p, model):
         clear_data(t)
         if t.name not in used:
             unused.append(e.index)
@@ -366,12 +369,29 @@ def _decode_tensor(p: _Parsed, e: Entry, t: TensorProto) -> np.ndarray:
 
 def _to_model(p: _Parsed) -> onnx.ModelProto:
     model = _graph(p)
-    for e in p.tensors:
-        t = model.graph.initializer[e.index]
-        data = _decode_tensor(p, e, t).tobytes()
+    for _, t, flat in _decoded(p, model):
         clear_data(t)
-        t.raw_data = data
+        t.raw_data = flat.tobytes()
     return model
+
+
+def _decoded(p: _Parsed, model: onnx.ModelProto
+             ) -> Iterator[tuple[Entry, TensorProto, np.ndarray]]:
+    """Each tensor section with its initializer, decoded, in section order (so the first bad
+    section is the one reported); up to DECODE_THREADS decode at once, at most that many
+    ahead of the caller (memory stays near one tensor per thread)."""
+    inits = model.graph.initializer
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        pending: deque = deque()
+        for e in p.tensors:
+            t = inits[e.index]
+            pending.append((e, t, pool.submit(_decode_tensor, p, e, t)))
+            if len(pending) > DECODE_THREADS:
+                done, tensor, future = pending.popleft()
+                yield done, tensor, future.result()
+        while pending:
+            done, tensor, future = pending.popleft()
+            yield done, tensor, future.result()
 
 
 _ORT_DTYPES = {
