@@ -56,17 +56,20 @@ INTERESTING = (0, 1, 2, 7, 8, 0x7F, 0x80, 0xFF, 0x100, 0xFFFF, 0x10000, 2**31 - 
 
 
 def write_seeds(folder: Path) -> list[Path]:
-    """The seed containers: every codec (stored, zlib, codebook, sparse, bitgroups, and an LZMA
-    graph or tensor where the writer picks one) and XnorConv nodes, with their input arrays."""
+    """The seed containers: every codec (stored, zlib, codebook, sparse, their rANS forms,
+    bitgroups, and an LZMA graph or tensor where the writer picks one) and XnorConv nodes,
+    with their input arrays."""
     import onnx
 
     from onnxcompress.container import write_container
-    from tests.container.models import KINDS, net
+    from tests.container.models import KINDS, net, structured_net
     from tests.passes.binary_nets import binarize, float_net
 
     folder.mkdir(parents=True, exist_ok=True)
     binary, _ = binarize(float_net(), mode="xnor", target="native", layers="all")
-    seeds = [("net", net(), KINDS), ("xnor", binary, None)]
+    # randomly pruned weights come out codebook and codebook-rans, channel-pruned ones sparse
+    # and sparse-rans
+    seeds = [("net", net(), KINDS), ("structured", structured_net(), KINDS), ("xnor", binary, None)]
     paths = []
     for name, model, kinds in seeds:
         path = folder / f"{name}.onnxc"
@@ -167,7 +170,7 @@ def _section_mutation(rng: np.random.Generator, data: bytes) -> tuple[bytes, str
     buf = bytearray(payload)
     what = _poke(rng, buf)
     if rng.random() < 0.2:  # and maybe another codec id for the same bytes
-        codec = int(rng.integers(0, 7))
+        codec = int(rng.integers(0, 9))  # every codec id, and one no reader knows
         what += f"+codec{codec}"
     layout.tensors[k] = (codec, index, bytes(buf))
     return join(layout), f"section{k}-{what}"
