@@ -53,9 +53,9 @@ def render(report: Report) -> str:
     lines += _exits(report)
     if report.container and report.container["n_symbols"]:  # no line when nothing is entropy-coded
         c = report.container
-        lines += ["", (f"entropy coding (Huffman/rANS): {c['n_symbols']:,} symbols at {c['bits_per_symbol']:.3f} bits "
-                       f"each; entropy bound {c['entropy_bits_per_symbol']:.3f} "
-                       f"({c['over_entropy']:+.1%})")]
+        lines += ["", (f"entropy coding (Huffman/rANS): {c['n_symbols']:,} symbols at "
+                       f"{c['bits_per_symbol']:.3f} bits each; entropy bound "
+                       f"{c['entropy_bits_per_symbol']:.3f} ({c['over_entropy']:+.1%})")]
     if report.unknown_ops:
         lines += ["", "left untouched (no pass knows these ops): " + ", ".join(report.unknown_ops)]
     lines += [f"note: {n}" for n in report.notes]
