@@ -157,8 +157,16 @@ def plan(graph: gs.Graph, calibration: Calibration, budget: float | None, *,
         best = order[_boundary(order, trial, allocations, curves, budget)]
     chosen = allocations[best]
     result = trials[best]
+    spared = _spared(curves, chosen, budget)
+    failed = [t for t in trials.values() if not t.fits]
+    if failed and all(s.untouched for s in chosen.values()):
+        # the curves did not rule these layers out: the end-to-end trials did
+        mildest = max(failed, key=lambda t: t.predicted_bytes)
+        spared = {layer: ("every allocation that compressed the model measured over the budget "
+                          f"end to end (the mildest, {mildest.predicted_bytes:,} B of weights: "
+                          f"drop {mildest.drop:.2f} ± {mildest.error:.2f})") for layer in spared}
     return Plan(steps_for(chosen), chosen, budget, result.drop, result.error, len(held), fit_cal,
-                curves, list(trials.values()), _spared(curves, chosen, budget), runs.get(best))
+                curves, list(trials.values()), spared, runs.get(best))
 
 
 def _copy(graph: gs.Graph) -> gs.Graph:

@@ -178,3 +178,17 @@ def test_the_mildest_allocation_leaves_free_looking_layers_untouched() -> None:
     front = allocate.frontier([free, _curve("b", 1.0)])
     assert all(s.untouched for s in front[-1].values())
     assert front[0]["free"] == space.Setting(0.8, 4)
+
+
+def test_when_every_compressing_trial_fails_the_spared_layers_say_so(monkeypatch) -> None:
+    """A model on which any change, however small, measures over the budget end to end (a
+    chaotic untrained net): the plan leaves every layer untouched, and the report blames the
+    trials, not the curves."""
+    monkeypatch.setattr(search.M, "drop", lambda *args: 5.0)
+    model = normalize(tiny_cnn())
+    ctx = calib_context(tiny_data(n=600, seed=3, labels=False))
+    p = search.plan(to_graph(model), ctx.calibration, 1.0)
+    assert not p.steps and p.drop == 0.0
+    assert any(not t.fits for t in p.trials)
+    assert p.spared and all("measured over the budget end to end" in why
+                            for why in p.spared.values())
