@@ -187,6 +187,26 @@ def read_lengths(cur: Cursor, alphabet: int) -> np.ndarray:
     return lengths
 
 
+def read_counts(cur: Cursor, coder: str, max_alphabet: int, max_symbols: int | None
+                ) -> tuple[int, int]:
+    """A stream's first two fields, symbol count and alphabet size, as Huffman and rANS
+    streams share them: checked against `max_symbols` (what the tensor's dims leave room for)
+    and `max_alphabet` before anything is allocated; `coder` names the stream in errors."""
+    n = read_varint(cur)
+    if max_symbols is not None and n > max_symbols:
+        raise PayloadError(
+            f"{coder} stream of {n} symbols, the tensor's dims leave room for {max_symbols}"
+        )
+    alphabet = read_varint(cur)
+    if alphabet > max_alphabet:
+        raise PayloadError(
+            f"{coder} alphabet of {alphabet} symbols, at most {max_alphabet} allowed"
+        )
+    if (alphabet == 0) != (n == 0):
+        raise PayloadError(f"{coder} stream of {n} symbols with an alphabet of {alphabet}")
+    return n, alphabet
+
+
 def read_header(
     cur: Cursor, max_alphabet: int, max_symbols: int | None = None
 ) -> tuple[int, np.ndarray, memoryview]:
@@ -195,18 +215,7 @@ def read_header(
     The symbol count is checked against `max_symbols` (what the tensor's dims leave room for)
     and against the payload (a code of two or more symbols spends at least a bit on each)
     before the caller allocates anything for the symbols."""
-    n = read_varint(cur)
-    if max_symbols is not None and n > max_symbols:
-        raise PayloadError(
-            f"Huffman stream of {n} symbols, the tensor's dims leave room for {max_symbols}"
-        )
-    alphabet = read_varint(cur)
-    if alphabet > max_alphabet:
-        raise PayloadError(
-            f"Huffman alphabet of {alphabet} symbols, at most {max_alphabet} allowed"
-        )
-    if (alphabet == 0) != (n == 0):
-        raise PayloadError(f"Huffman stream of {n} symbols with an alphabet of {alphabet}")
+    n, alphabet = read_counts(cur, "Huffman", max_alphabet, max_symbols)
     lengths = read_lengths(cur, alphabet)
     payload = cur.take(read_varint(cur))
     if np.count_nonzero(lengths) > 1 and n > 8 * len(payload):

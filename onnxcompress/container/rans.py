@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _cnative
 from .format import Cursor, PayloadError
-from .huffman import entropy_bits, read_varint, varint
+from .huffman import entropy_bits, read_counts, read_varint, varint
 
 PRECISIONS = range(1, 16)  # P: frequencies out of 2^P; the C decoder's slot table has 2^P bytes
 STATE_LOW = 1 << 23  # L: the state stays in [L, 2^8 L), 32 bits
@@ -202,16 +202,7 @@ def read_header(
 
     The symbol count is checked against `max_symbols` (what the tensor's dims leave room for)
     before the caller allocates anything; the frequencies must sum to exactly 2^P."""
-    n = read_varint(cur)
-    if max_symbols is not None and n > max_symbols:
-        raise PayloadError(
-            f"rANS stream of {n} symbols, the tensor's dims leave room for {max_symbols}"
-        )
-    alphabet = read_varint(cur)
-    if alphabet > max_alphabet:
-        raise PayloadError(f"rANS alphabet of {alphabet} symbols, at most {max_alphabet} allowed")
-    if (alphabet == 0) != (n == 0):
-        raise PayloadError(f"rANS stream of {n} symbols with an alphabet of {alphabet}")
+    n, alphabet = read_counts(cur, "rANS", max_alphabet, max_symbols)
     freqs, precision = np.zeros(0, dtype=np.uint32), 0
     if alphabet:
         precision = cur.u8()

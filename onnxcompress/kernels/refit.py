@@ -195,7 +195,7 @@ def ridge_optimum(gram: np.ndarray, cross: np.ndarray, damp: float = 0.01,
                   prior: np.ndarray | None = None) -> Ridge:
     k = gram.shape[0] - 1
     lam = max(damp * ridge_scale(gram), 1e-12)
-    for _ in range(MAX_DAMP_RAISES):
+    for attempt in range(MAX_DAMP_RAISES):
         reg = np.full(k + 1, lam)
         reg[-1] = 0.0
         h = gram + np.diag(reg)
@@ -203,9 +203,9 @@ def ridge_optimum(gram: np.ndarray, cross: np.ndarray, damp: float = 0.01,
             upper = inverse_factor(h)
             break
         except np.linalg.LinAlgError:  # rounding left H indefinite: a larger ridge fixes it
+            if attempt == MAX_DAMP_RAISES - 1:
+                raise  # the caller reports the layer
             lam *= 10
-    else:
-        upper = inverse_factor(h)  # still failing: the caller reports the layer
     rhs = cross.astype(np.float64)
     if prior is not None:
         rhs = rhs.copy()
