@@ -11,10 +11,11 @@ leaves half a container under the final name.
 from __future__ import annotations
 
 import logging
-import lzma
 import os
 import zlib
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,9 @@ log = logging.getLogger(__name__)
 # callers that pin them with tensor_kinds; otherwise each sparse section gets the width (1..8
 # bits) that makes it smallest, priced from its gap histogram
 GAP_BITS = {"conv": 8, "fc": 5, "embedding": 5}
+# tensors encoded at once: zlib, LZMA and the C coders release the GIL; each thread holds one
+# tensor's raw bytes
+ENCODE_THREADS = max(1, min(2, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -127,10 +131,13 @@ def encode_container(
         (SectionKind.GRAPH, graph_codec, 0, graph)
     ]
     rows = []
-    # one tensor's raw bytes at a time: at VGG-19 scale all of them at once are another 575 MB
-    for index, tensor, raw, elem_size in _data_tensors(model, arrays or {}):
-        enc = codecs.encode(raw, elem_size, gap_bits.get(tensor.name),
-                            groups.get(tensor.name))
+
+    def encoded(item: tuple) -> codecs.Encoded:
+        _, tensor, raw, elem_size = item
+        return codecs.encode(raw, elem_size, gap_bits.get(tensor.name), groups.get(tensor.name))
+
+    # a few tensors' raw bytes at a time: at VGG-19 scale all of them at once are another 575 MB
+    for (index, tensor, raw, _), enc in _in_order(_data_tensors(model, arrays or {}), encoded):
         payloads.append((SectionKind.TENSOR, enc.codec, index, enc.payload))
         rows.append(_row(tensor.name, raw, enc))
         log.debug("%s: %s, %d -> %d bytes", tensor.name, enc.codec.name, len(raw), len(enc.payload))
@@ -139,6 +146,21 @@ def encode_container(
         entries.append(Entry(kind, codec, index, offset, len(payload), crc32(payload)))
         offset += len(payload)
     return [pack_header(entries)] + [p[3] for p in payloads], rows, len(graph)
+
+
+def _in_order(items: Iterable, work) -> Iterator[tuple]:
+    """(item, work(item)) in the items' order, ENCODE_THREADS at once and at most that many
+    ahead of the caller."""
+    with ThreadPoolExecutor(ENCODE_THREADS) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append((item, pool.submit(work, item)))
+            if len(pending) > ENCODE_THREADS:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
 
 
 def _row(name: str, raw: bytes, enc: codecs.Encoded) -> TensorRow:
@@ -237,7 +259,7 @@ def _compress_graph(data: bytes) -> tuple[Codec, bytes]:
     options = [
         (Codec.STORED, data),
         (Codec.ZLIB, zlib.compress(data, 9)),
-        (Codec.LZMA, lzma.compress(data, format=lzma.FORMAT_ALONE, preset=9)),
+        (Codec.LZMA, codecs.lzma_alone(data)),
     ]
     readable = [o for o in options if len(data) <= graph_limit(len(o[1]))]
     return min(readable, key=lambda o: (len(o[1]), o[0]))
