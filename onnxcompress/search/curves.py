@@ -23,7 +23,8 @@ The curves also price every (sparsity, bits) pair of the layer in container byte
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -165,7 +166,21 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
             return 0.0, 0.0
         return distortion(metric, got, want), drop(metric, got, want, held.labels, held.targets)
 
-    curves = []
+    # pricing is mostly single-threaded numpy while the curves' runs leave a core idle: one
+    # layer is priced while the next ones are measured
+    with ThreadPoolExecutor(max_workers=1) as pricer:
+        priced = [(curve, pricer.submit(_prices, w, comp.originals[w.tensor.name], curve))
+                  for w, curve in _layer_curves(weights, ladders, comp, run, cost, local,
+                                                budget, progress)]
+        for curve, sizes in priced:
+            curve.sizes = sizes.result()
+    return [curve for curve, _ in priced]
+
+
+def _layer_curves(weights: list[Weight], ladders: dict[str, tuple], comp: Compensator,
+                  run: _Downstream, cost: Callable[[Weight], tuple[float, float]], local: bool,
+                  budget: float, progress: Callable[[str], None]) -> Iterator[tuple[Weight, Curve]]:
+    """Each layer's measured curve (without its prices), one after the other."""
     for i, w in enumerate(weights):
         original = comp.originals[w.tensor.name]
         curve = Curve(w.tensor.name, w.layer, w.kind, int(original.size))
@@ -181,9 +196,7 @@ def measure(graph: gs.Graph, reference: Snapshot, fit: Dataset, held: Dataset, o
                 _climb(ladder, steps, apply, partial(cost, w), budget,
                        partial(_say, progress, label))
                 comp.restore(w)
-        curve.sizes = _prices(w, original, curve)
-        curves.append(curve)
-    return curves
+        yield w, curve
 
 
 def _local(rungs: list[tuple], w: Weight, comp: Compensator, run: _Downstream,
