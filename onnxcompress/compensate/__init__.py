@@ -65,11 +65,19 @@ class Compensator:
         self.bias_before = {k: np.asarray(s.tensor.values).copy() for k, s in self.slots.items()}
         with_slot = [w for w in self.weights if w.tensor.name in self.slots]
         self.refittable = {w.tensor.name for w in with_slot if refit and not refit_unsupported(w)}
-        progress("collecting layer input statistics")
-        means = snapshot.means(data, [layer_input(w).name for w in with_slot])
-        self.stats = input_stats(means, with_slot)
+        self._stats: dict[str, np.ndarray] = {}
         self._grams: dict[str, np.ndarray] | None = None
         self._alone: dict[str, Alone] = {}  # per layer: what its refits alone share
+
+    def stat(self, *layers: Weight) -> list[np.ndarray]:
+        """The input statistic of each layer (for bias correction), from the snapshot; only
+        asked for when needed: a sweep that refits every layer uses none."""
+        todo = [w for w in layers if w.tensor.name not in self._stats]
+        if todo:
+            self.progress("collecting layer input statistics")
+            means = self.snapshot.means(self.data, [layer_input(w).name for w in todo])
+            self._stats.update(input_stats(means, todo))
+        return [self._stats[w.tensor.name] for w in layers]
 
     def method(self, w: Weight) -> str:
         """'refit', 'bias' or 'none' for this layer."""
@@ -103,7 +111,7 @@ class Compensator:
                                           self.bias_before[name], self.damp)
             self._alone[name].fit(keep, codebook, quick)
         else:
-            stat = self.stats[name]
+            stat, = self.stat(w)
             slot.shift(output_mean(w, self.originals[name], stat) - output_mean(w, w.values, stat))
 
     def sweep(self, changed: Sequence[Weight], keeps: Mapping[str, np.ndarray] | None = None,
@@ -118,14 +126,17 @@ class Compensator:
             keeps = {**{w.tensor.name: w.values != 0 for w in changed}, **(keeps or {})}
         if keeps is None or not any(self.method(w) == "refit" for w in todo):
             layers = [Corrected(w, self.slots[w.tensor.name], self.originals[w.tensor.name],
-                                self.stats[w.tensor.name]) for w in todo]
+                                stat) for w, stat in zip(todo, self.stat(*todo))]
             return correct_biases(self.graph, layers, self.data, self.snapshot.threads,
                                   progress=self.progress)
+        kept = {w.tensor.name: keeps.get(w.tensor.name) if self.method(w) == "refit" else None
+                for w in todo}
+        corrected = [w for w in todo if kept[w.tensor.name] is None]
+        stats = dict(zip((w.tensor.name for w in corrected), self.stat(*corrected)))
         items = [
             Refit(w, self.slots[w.tensor.name], self.originals[w.tensor.name],
-                  self.bias_before[w.tensor.name],
-                  keeps.get(w.tensor.name) if self.method(w) == "refit" else None,
-                  self.stats[w.tensor.name], (codebooks or {}).get(w.tensor.name))
+                  self.bias_before[w.tensor.name], kept[w.tensor.name],
+                  stats.get(w.tensor.name), (codebooks or {}).get(w.tensor.name))
             for w in todo
         ]
         return refit_sweep(self.graph, items, self.snapshot, self.data, self.damp,
