@@ -124,7 +124,7 @@ def _cross(xs: np.ndarray, sums: np.ndarray, ys: np.ndarray, weights: np.ndarray
     _, n, f = xs.shape
     wt = weights.transpose(0, 2, 1)
     out = np.empty((xs.shape[0], f + 1, weights.shape[1]))
-    if 2 * weights.shape[1] > f:
+    if _through_inputs(weights.shape[1], f):
         out[:, :f] = (xs.transpose(0, 2, 1) @ ys) @ wt + sums[:, :, None] * bias[:, None, :]
         out[:, f] = (ys.sum(axis=1)[:, None, :] @ wt)[:, 0] + n * bias
     else:
@@ -270,7 +270,8 @@ def refit_sweep(graph: gs.Graph, layers: Sequence[Refit], snapshot: Snapshot, da
     layer's on (segments.py): one pass over each model for the whole sweep (asking the snapshot
     for each layer's reference input would run the reference up to that layer every time when
     its activations are too big to cache)."""
-    changes = {}
+    changes: dict[str, np.ndarray] = {}
+    last: dict[str, tuple] = {}
     inputs = incremental_inputs(graph, [c.weight.node for c in layers], data, threads)
     reference_nodes = {n.name: n for n in snapshot.graph.nodes}
     references = incremental_inputs(
@@ -284,7 +285,7 @@ def refit_sweep(graph: gs.Graph, layers: Sequence[Refit], snapshot: Snapshot, da
             c.slot.shift(output_mean(c.weight, c.before, c.stat_before)
                          - output_mean(c.weight, c.weight.values, layer_stat(c.weight, mean)))
         else:
-            gram, cross = _normal_equations(c, x_now, (b[name] for b in was))
+            gram, cross = _normal_equations(c, x_now, (b[name] for b in was), last)
             prior = c.weight.to_rows(c.before).astype(np.float64) * c.weight.gain
             fit = _solve(c.weight, gram, cross, c.weight.to_rows(c.keep), damp, prior,
                          c.codebook)
@@ -295,10 +296,13 @@ def refit_sweep(graph: gs.Graph, layers: Sequence[Refit], snapshot: Snapshot, da
     return changes
 
 
-def _normal_equations(c: Refit, now: Iterable[np.ndarray], was: Iterable[np.ndarray]
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def _normal_equations(c: Refit, now: Sequence[np.ndarray], was: Iterable[np.ndarray],
+                      last: dict[str, tuple]) -> tuple[np.ndarray, np.ndarray]:
     """Grams of the compressed input rows and their cross terms with the reference outputs,
-    per group: (G, f+1, f+1) and (G, f+1, O/G)."""
+    per group: (G, f+1, f+1) and (G, f+1, O/G). When the cross terms go through X^T Y
+    (`_cross`), what they share with the previous layer of the sweep on the same input (the
+    query, key and value projections of attention) is taken from `last` (input name -> the
+    layer-independent terms), and left there for the next."""
     w = c.weight
     g = groups(w)
     target = w.to_rows(c.before).astype(np.float64) * w.gain
@@ -311,11 +315,43 @@ def _normal_equations(c: Refit, now: Iterable[np.ndarray], was: Iterable[np.ndar
             yield (_by_group(w, input_rows(w, x_now, pick)),
                    _by_group(w, input_rows(w, x_was, pick)))
 
-    gram = cross = 0.0
-    for block in _gathered(picked()):
-        g_part, c_part = _normal_terms(*block, target, bias)
-        gram, cross = gram + g_part, cross + c_part
+    if not _through_inputs(target.shape[1], target.shape[2]):
+        gram = cross = 0.0
+        for block in _gathered(picked()):
+            g_part, c_part = _normal_terms(*block, target, bias)
+            gram, cross = gram + g_part, cross + c_part
+        return gram, cross
+    name = layer_input(w).name
+    if name not in last:
+        last.clear()
+        last[name] = _input_moments(_gathered(picked()))
+    gram, xty, y_sum = last[name]
+    f = target.shape[2]
+    wt = target.transpose(0, 2, 1)
+    cross = np.empty((g, f + 1, target.shape[1]))
+    cross[:, :f] = xty @ wt + gram[:, :f, f][:, :, None] * bias[:, None, :]
+    cross[:, f] = (y_sum[:, None, :] @ wt)[:, 0] + gram[:, f, f][:, None] * bias
     return gram, cross
+
+
+def _through_inputs(outputs: int, fan_in: int) -> bool:
+    """Whether a layer's cross terms are cheaper through X^T Y than through its outputs."""
+    return 2 * outputs > fan_in
+
+
+def _input_moments(blocks: Iterable[tuple[np.ndarray, np.ndarray]]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Over blocks of grouped (compressed, reference) input rows: the Grams with the ones
+    column last, X^T Y and the column sums of Y; float64."""
+    gram = xty = y_sum = 0.0
+    for x, y in blocks:
+        gram = gram + _gram(x)
+        step = max(1, GROUP_BLOCK_BYTES // max(1, x.shape[1] * x.shape[2] * 8))
+        xty = xty + np.concatenate([
+            x[at].astype(np.float64).transpose(0, 2, 1) @ y[at].astype(np.float64)
+            for at in (slice(s, s + step) for s in range(0, len(x), step))])
+        y_sum = y_sum + y.sum(axis=1, dtype=np.float64)
+    return gram, xty, y_sum
 
 
 def _gathered(parts: Iterable[tuple[np.ndarray, ...]]) -> Iterator[tuple[np.ndarray, ...]]:

@@ -207,3 +207,60 @@ def test_refit_of_a_badly_conditioned_wide_layer_does_not_fail() -> None:
     assert np.isin(q, book).all()
     err = lambda wq, bias: np.square(x @ wq.T + bias - x @ w.T).mean()
     assert err(q, b) < 0.01 * err(rounded, 0.0)
+
+
+def test_layers_on_one_input_share_their_terms_and_get_each_their_own_refit(monkeypatch) -> None:
+    """Attention's query, key and value projections read one tensor: the sweep takes the
+    Gram and X^T Y once for them, and each layer's refit is the one it gets from its own
+    normal equations (computed through its outputs, sharing nothing)."""
+    import onnx
+    import onnx_graphsurgeon as gs
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxcompress.calibration import Snapshot
+    from onnxcompress.compensate import Compensator
+    from onnxcompress.compensate import refit as C
+    from onnxcompress.data import Dataset
+    from onnxcompress.graph import iter_weights
+
+    rng = np.random.default_rng(5)
+    f = 12
+    names = ("q", "k", "v")
+    weights = [numpy_helper.from_array(rng.normal(size=(f, f)).astype(np.float32), f"w_{n}")
+               for n in names]
+    nodes = [helper.make_node("Relu", ["x"], ["h"], name="relu")]
+    weights += [numpy_helper.from_array(rng.normal(size=f).astype(np.float32), f"b_{n}")
+                for n in names]
+    nodes += [helper.make_node("MatMul", ["h", f"w_{n}"], [f"m_{n}"], name=n) for n in names]
+    nodes += [helper.make_node("Add", [f"m_{n}", f"b_{n}"], [f"y_{n}"], name=f"bias_{n}")
+              for n in names]
+    nodes += [helper.make_node("Add", ["y_q", "y_k"], ["s"], name="add1"),
+              helper.make_node("Add", ["s", "y_v"], ["out"], name="add2")]
+    graph = helper.make_graph(nodes, "qkv", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["n", f])], [helper.make_tensor_value_info(
+            "out", TensorProto.FLOAT, ["n", f])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    data = Dataset({"x": rng.normal(size=(300, f)).astype(np.float32)}, None, batch=64)
+    book = np.array([-1.0, -0.3, 0.3, 1.0])
+
+    def refit(shared: bool) -> dict[str, np.ndarray]:
+        monkeypatch.setattr(C, "_through_inputs", lambda o, fan_in: shared)
+        g = gs.import_onnx(model)
+        ws = iter_weights(g)
+        comp = Compensator(g, ws, Snapshot(g.copy()), data, refit=True)
+        for w in ws:  # each weight onto the codebook's nearest value
+            w.set_values(book[np.abs(w.values[..., None] - book).argmin(-1)].astype(np.float32))
+        comp.sweep(ws, codebooks={w.tensor.name: book for w in ws})
+        return {t.name: np.asarray(t.values) for t in g.tensors().values()
+                if isinstance(t, gs.Constant)}
+
+    calls = []
+    moments = C._input_moments
+    monkeypatch.setattr(C, "_input_moments", lambda blocks: calls.append(1) or moments(blocks))
+    shared = refit(True)
+    assert len(calls) == 1  # one input, three layers
+    alone = refit(False)
+    assert shared.keys() == alone.keys() and len(shared) >= 6  # three weights, three biases
+    for name, values in alone.items():
+        np.testing.assert_allclose(shared[name], values, rtol=1e-5, atol=1e-6)
