@@ -237,7 +237,8 @@ def quantize_lstsq(gram: np.ndarray, cross: np.ndarray, keep: np.ndarray, codebo
     k = keep.shape[1]
     ridge = ridge or ridge_optimum(gram, cross, damp, prior)
     book = np.sort(np.asarray(codebook, dtype=np.float64).reshape(-1))
-    target = lambda cols, j: np.where(keep[:, j], _nearest(book, cols), 0.0)
+    kept = np.ascontiguousarray(keep.T)  # kept[j]: column j of keep, contiguous
+    target = lambda column, j: np.where(kept[j], _nearest(book, column), 0.0)
     return _sweep(ridge.target, ridge.upper, k, target)
 
 
@@ -263,8 +264,9 @@ def _obs_then_cg(ridge: Ridge, keep: np.ndarray, iters: int = CG_ITERS
     gradient steps on (w - w*)^T H (w - w*) over the kept weights (Jacobi preconditioned, all
     rows at once) that remove it."""
     o, k = keep.shape
+    kept = np.ascontiguousarray(keep.T)
     swept, bias = _sweep(ridge.target, ridge.upper, k,
-                         lambda cols, j: np.where(keep[:, j], cols, 0.0))
+                         lambda column, j: np.where(kept[j], column, 0.0))
     mask = np.hstack([keep, np.ones((o, 1), dtype=bool)])
     w = _conjugate_gradient(ridge.h, ridge.target, np.hstack([swept, bias[:, None]]) * mask,
                             mask, iters)
@@ -280,19 +282,20 @@ def _sweep(w: np.ndarray, upper: np.ndarray, k: int, target, block: int = SWEEP_
         err = (w[j] - t[j]) / U[j, j];   w[j:] -= err * U[j, j:]
 
     in blocks (SparseGPT's lazy batch updates): inside a block only its own columns move, the
-    rest of the row takes the block's errors in one product. Returns (weights, bias)."""
-    w = w.copy()
+    rest of the row takes the block's errors in one product. Worked on w transposed, so that a
+    column is contiguous. Returns (weights, bias)."""
+    wt = np.array(w.T, dtype=np.float64, order="C")  # (K+1, O)
     for start in range(0, k, block):
         end = min(start + block, k)
-        errs = np.zeros((w.shape[0], end - start))
+        errs = np.empty((end - start, wt.shape[1]))
         for j in range(start, end):
-            t = target(w[:, j], j)
-            err = (w[:, j] - t) / upper[j, j]
-            w[:, j:end] -= err[:, None] * upper[j, j:end]
-            w[:, j] = t
-            errs[:, j - start] = err
-        w[:, end:] -= errs @ upper[start:end, end:]
-    return w[:, :k], w[:, k]
+            t = target(wt[j], j)
+            err = (wt[j] - t) / upper[j, j]
+            wt[j + 1:end] -= upper[j, j + 1:end, None] * err
+            wt[j] = t
+            errs[j - start] = err
+        wt[end:] -= upper[start:end, end:].T @ errs
+    return np.ascontiguousarray(wt[:k].T), wt[k].copy()
 
 
 def _conjugate_gradient(h: np.ndarray, target: np.ndarray, w: np.ndarray, mask: np.ndarray,
