@@ -271,7 +271,7 @@ def refit_sweep(graph: gs.Graph, layers: Sequence[Refit], snapshot: Snapshot, da
     for each layer's reference input would run the reference up to that layer every time when
     its activations are too big to cache)."""
     changes: dict[str, np.ndarray] = {}
-    last: dict[str, tuple] = {}
+    last: dict[tuple, tuple] = {}
     inputs = incremental_inputs(graph, [c.weight.node for c in layers], data, threads)
     reference_nodes = {n.name: n for n in snapshot.graph.nodes}
     references = incremental_inputs(
@@ -297,11 +297,11 @@ def refit_sweep(graph: gs.Graph, layers: Sequence[Refit], snapshot: Snapshot, da
 
 
 def _normal_equations(c: Refit, now: Sequence[np.ndarray], was: Iterable[np.ndarray],
-                      last: dict[str, tuple]) -> tuple[np.ndarray, np.ndarray]:
+                      last: dict[tuple, tuple]) -> tuple[np.ndarray, np.ndarray]:
     """Grams of the compressed input rows and their cross terms with the reference outputs,
     per group: (G, f+1, f+1) and (G, f+1, O/G). When the cross terms go through X^T Y
     (`_cross`), what they share with the previous layer of the sweep on the same input (the
-    query, key and value projections of attention) is taken from `last` (input name -> the
+    query, key and value projections of attention) is taken from `last` (`_rows_key` -> the
     layer-independent terms), and left there for the next."""
     w = c.weight
     g = groups(w)
@@ -321,17 +321,24 @@ def _normal_equations(c: Refit, now: Sequence[np.ndarray], was: Iterable[np.ndar
             g_part, c_part = _normal_terms(*block, target, bias)
             gram, cross = gram + g_part, cross + c_part
         return gram, cross
-    name = layer_input(w).name
-    if name not in last:
+    rows = _rows_key(w)
+    if rows not in last:
         last.clear()
-        last[name] = _input_moments(_gathered(picked()))
-    gram, xty, y_sum = last[name]
+        last[rows] = _input_moments(_gathered(picked()))
+    gram, xty, y_sum = last[rows]
     f = target.shape[2]
     wt = target.transpose(0, 2, 1)
     cross = np.empty((g, f + 1, target.shape[1]))
     cross[:, :f] = xty @ wt + gram[:, :f, f][:, :, None] * bias[:, None, :]
     cross[:, f] = (y_sum[:, None, :] @ wt)[:, 0] + gram[:, f, f][:, None] * bias
     return gram, cross
+
+
+def _rows_key(w: Weight) -> tuple:
+    """What a layer's input rows are made of: its input tensor, and for a Conv how its patches
+    are cut (two convs on one tensor with other strides or kernels have other rows)."""
+    return (layer_input(w).name, w.node.op,
+            tuple(sorted((k, repr(v)) for k, v in w.node.attrs.items())))
 
 
 def _through_inputs(outputs: int, fan_in: int) -> bool:

@@ -209,39 +209,17 @@ def test_refit_of_a_badly_conditioned_wide_layer_does_not_fail() -> None:
     assert err(q, b) < 0.01 * err(rounded, 0.0)
 
 
-def test_layers_on_one_input_share_their_terms_and_get_each_their_own_refit(monkeypatch) -> None:
-    """Attention's query, key and value projections read one tensor: the sweep takes the
-    Gram and X^T Y once for them, and each layer's refit is the one it gets from its own
-    normal equations (computed through its outputs, sharing nothing)."""
-    import onnx
+def _shared_and_own_refits(model, data, monkeypatch) -> tuple[dict, dict, int]:
+    """Every constant after a sweep that snaps each weight to a 4-value codebook and refits it,
+    with the shared X^T Y terms and with each layer's own (through its outputs); and how many
+    times the shared terms were computed."""
     import onnx_graphsurgeon as gs
-    from onnx import TensorProto, helper, numpy_helper
 
     from onnxcompress.calibration import Snapshot
     from onnxcompress.compensate import Compensator
     from onnxcompress.compensate import refit as C
-    from onnxcompress.data import Dataset
     from onnxcompress.graph import iter_weights
 
-    rng = np.random.default_rng(5)
-    f = 12
-    names = ("q", "k", "v")
-    weights = [numpy_helper.from_array(rng.normal(size=(f, f)).astype(np.float32), f"w_{n}")
-               for n in names]
-    nodes = [helper.make_node("Relu", ["x"], ["h"], name="relu")]
-    weights += [numpy_helper.from_array(rng.normal(size=f).astype(np.float32), f"b_{n}")
-                for n in names]
-    nodes += [helper.make_node("MatMul", ["h", f"w_{n}"], [f"m_{n}"], name=n) for n in names]
-    nodes += [helper.make_node("Add", [f"m_{n}", f"b_{n}"], [f"y_{n}"], name=f"bias_{n}")
-              for n in names]
-    nodes += [helper.make_node("Add", ["y_q", "y_k"], ["s"], name="add1"),
-              helper.make_node("Add", ["s", "y_v"], ["out"], name="add2")]
-    graph = helper.make_graph(nodes, "qkv", [helper.make_tensor_value_info(
-        "x", TensorProto.FLOAT, ["n", f])], [helper.make_tensor_value_info(
-            "out", TensorProto.FLOAT, ["n", f])], weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    data = Dataset({"x": rng.normal(size=(300, f)).astype(np.float32)}, None, batch=64)
     book = np.array([-1.0, -0.3, 0.3, 1.0])
 
     def refit(shared: bool) -> dict[str, np.ndarray]:
@@ -258,9 +236,71 @@ def test_layers_on_one_input_share_their_terms_and_get_each_their_own_refit(monk
     calls = []
     moments = C._input_moments
     monkeypatch.setattr(C, "_input_moments", lambda blocks: calls.append(1) or moments(blocks))
-    shared = refit(True)
-    assert len(calls) == 1  # one input, three layers
-    alone = refit(False)
+    return refit(True), refit(False), len(calls)
+
+
+def _model(nodes, weights, x, outputs: dict[str, list]):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x)],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, shape) for o, shape in outputs.items()],
+        weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_layers_on_one_input_share_their_terms_and_get_each_their_own_refit(monkeypatch) -> None:
+    """Attention's query, key and value projections read one tensor: the sweep takes the
+    Gram and X^T Y once for them, and each layer's refit is the one it gets from its own
+    normal equations (computed through its outputs, sharing nothing)."""
+    from onnx import helper, numpy_helper
+
+    from onnxcompress.data import Dataset
+
+    rng = np.random.default_rng(5)
+    f, names = 12, ("q", "k", "v")
+    weights = [numpy_helper.from_array(rng.normal(size=(f, f)).astype(np.float32), f"w_{n}")
+               for n in names]
+    weights += [numpy_helper.from_array(rng.normal(size=f).astype(np.float32), f"b_{n}")
+                for n in names]
+    nodes = [helper.make_node("Relu", ["x"], ["h"], name="relu")]
+    nodes += [helper.make_node("MatMul", ["h", f"w_{n}"], [f"m_{n}"], name=n) for n in names]
+    nodes += [helper.make_node("Add", [f"m_{n}", f"b_{n}"], [f"y_{n}"], name=f"bias_{n}")
+              for n in names]
+    nodes += [helper.make_node("Add", ["y_q", "y_k"], ["s"], name="add1"),
+              helper.make_node("Add", ["s", "y_v"], ["out"], name="add2")]
+    data = Dataset({"x": rng.normal(size=(300, f)).astype(np.float32)}, None, batch=64)
+    shared, alone, computed = _shared_and_own_refits(
+        _model(nodes, weights, ["n", f], {"out": ["n", f]}), data, monkeypatch)
+    assert computed == 1  # one input, three layers
     assert shared.keys() == alone.keys() and len(shared) >= 6  # three weights, three biases
+    for name, values in alone.items():
+        np.testing.assert_allclose(shared[name], values, rtol=1e-5, atol=1e-6)
+
+
+def test_convolutions_on_one_input_with_other_strides_share_nothing(monkeypatch) -> None:
+    """Two 3x3 convs on one tensor, strides 1 and 2: the same input and fan-in, other rows;
+    each gets its own terms and its own refit."""
+    from onnx import helper, numpy_helper
+
+    from onnxcompress.data import Dataset
+
+    rng = np.random.default_rng(6)
+    weights = [numpy_helper.from_array(rng.normal(size=(16, 2, 3, 3)).astype(np.float32), n)
+               for n in ("w1", "w2")]
+    weights += [numpy_helper.from_array(rng.normal(size=16).astype(np.float32), n)
+                for n in ("b1", "b2")]
+    nodes = [helper.make_node("Relu", ["x"], ["h"], name="relu"),
+             helper.make_node("Conv", ["h", "w1", "b1"], ["y1"], name="c1", kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1], strides=[1, 1]),
+             helper.make_node("Conv", ["h", "w2", "b2"], ["y2"], name="c2", kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1], strides=[2, 2])]
+    data = Dataset({"x": rng.normal(size=(200, 2, 6, 6)).astype(np.float32)}, None, batch=50)
+    shared, alone, computed = _shared_and_own_refits(
+        _model(nodes, weights, ["n", 2, 6, 6], {"y1": ["n", 16, 6, 6], "y2": ["n", 16, 3, 3]}), data, monkeypatch)
+    assert computed == 2
     for name, values in alone.items():
         np.testing.assert_allclose(shared[name], values, rtol=1e-5, atol=1e-6)
