@@ -12,9 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -44,14 +42,13 @@ from .format import (
     tensor_section,
 )
 from .inflate import inflate
+from .ordered import in_order
 from .protos import PACKED_4BIT, clear_data, element_width
 
 log = logging.getLogger(__name__)
 
 EXTERNAL_MIN_BYTES = 1024  # load_for_ort hands tensors at least this big to ORT as arrays
-# sections decoded at once: the C decoders release the GIL, and an entropy-coded stream is
-# sequential, so the cores work on different tensors
-DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))  # sections decoded at once (ordered.py)
 EXTERNAL_LOCATION = "onnxcompress-container"  # placeholder location, never opened
 
 
@@ -378,20 +375,11 @@ def _to_model(p: _Parsed) -> onnx.ModelProto:
 def _decoded(p: _Parsed, model: onnx.ModelProto
              ) -> Iterator[tuple[Entry, TensorProto, np.ndarray]]:
     """Each tensor section with its initializer, decoded, in section order (so the first bad
-    section is the one reported); up to DECODE_THREADS decode at once, at most that many
-    ahead of the caller (memory stays near one tensor per thread)."""
+    section is the one reported); up to DECODE_THREADS at once (ordered.py)."""
     inits = model.graph.initializer
-    with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        pending: deque = deque()
-        for e in p.tensors:
-            t = inits[e.index]
-            pending.append((e, t, pool.submit(_decode_tensor, p, e, t)))
-            if len(pending) > DECODE_THREADS:
-                done, tensor, future = pending.popleft()
-                yield done, tensor, future.result()
-        while pending:
-            done, tensor, future = pending.popleft()
-            yield done, tensor, future.result()
+    sections = ((e, inits[e.index]) for e in p.tensors)
+    for (e, t), flat in in_order(sections, lambda et: _decode_tensor(p, *et), DECODE_THREADS):
+        yield e, t, flat
 
 
 _ORT_DTYPES = {

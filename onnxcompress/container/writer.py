@@ -13,9 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import zlib
-from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from .format import (
     pack_header,
     prefix_size,
 )
+from .ordered import in_order
 from .protos import (
     clear_data,
     element_width,
@@ -53,9 +52,7 @@ log = logging.getLogger(__name__)
 # callers that pin them with tensor_kinds; otherwise each sparse section gets the width (1..8
 # bits) that makes it smallest, priced from its gap histogram
 GAP_BITS = {"conv": 8, "fc": 5, "embedding": 5}
-# tensors encoded at once: zlib, LZMA and the C coders release the GIL; each thread holds one
-# tensor's raw bytes
-ENCODE_THREADS = max(1, min(2, os.cpu_count() or 1))
+ENCODE_THREADS = max(1, min(2, os.cpu_count() or 1))  # tensors encoded at once (ordered.py)
 
 
 @dataclass(frozen=True)
@@ -136,8 +133,8 @@ def encode_container(
         _, tensor, raw, elem_size = item
         return codecs.encode(raw, elem_size, gap_bits.get(tensor.name), groups.get(tensor.name))
 
-    # a few tensors' raw bytes at a time: at VGG-19 scale all of them at once are another 575 MB
-    for (index, tensor, raw, _), enc in _in_order(_data_tensors(model, arrays or {}), encoded):
+    for (index, tensor, raw, _), enc in in_order(_data_tensors(model, arrays or {}), encoded,
+                                                  ENCODE_THREADS):
         payloads.append((SectionKind.TENSOR, enc.codec, index, enc.payload))
         rows.append(_row(tensor.name, raw, enc))
         log.debug("%s: %s, %d -> %d bytes", tensor.name, enc.codec.name, len(raw), len(enc.payload))
@@ -146,21 +143,6 @@ def encode_container(
         entries.append(Entry(kind, codec, index, offset, len(payload), crc32(payload)))
         offset += len(payload)
     return [pack_header(entries)] + [p[3] for p in payloads], rows, len(graph)
-
-
-def _in_order(items: Iterable, work) -> Iterator[tuple]:
-    """(item, work(item)) in the items' order, ENCODE_THREADS at once and at most that many
-    ahead of the caller."""
-    with ThreadPoolExecutor(ENCODE_THREADS) as pool:
-        pending: deque = deque()
-        for item in items:
-            pending.append((item, pool.submit(work, item)))
-            if len(pending) > ENCODE_THREADS:
-                done, future = pending.popleft()
-                yield done, future.result()
-        while pending:
-            done, future = pending.popleft()
-            yield done, future.result()
 
 
 def _row(name: str, raw: bytes, enc: codecs.Encoded) -> TensorRow:
