@@ -93,45 +93,73 @@ def _gram(x: np.ndarray) -> np.ndarray:
     return _normal_terms(x)[0]
 
 
+def _group_blocks(x: np.ndarray) -> list[slice]:
+    """Blocks of groups converted to float64 at once (a depthwise layer has hundreds of
+    1-channel groups: one batched product per block, not one per group)."""
+    g, n, f = x.shape
+    block = max(1, GROUP_BLOCK_BYTES // max(1, n * f * 8))
+    return [slice(start, start + block) for start in range(0, g, block)]
+
+
+def _block_gram(xs: np.ndarray) -> np.ndarray:
+    """Grams with the ones column last of float64 grouped rows xs (B, N, f)."""
+    _, n, f = xs.shape
+    gram = np.empty((xs.shape[0], f + 1, f + 1))
+    gram[:, :f, :f] = xs.transpose(0, 2, 1) @ xs
+    gram[:, :f, f] = gram[:, f, :f] = xs.sum(axis=1)
+    gram[:, f, f] = n
+    return gram
+
+
 def _normal_terms(x: np.ndarray, y: np.ndarray | None = None, weights: np.ndarray | None = None,
                   bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """The Grams of grouped rows x (G, N, f) with the ones column last, and, given the
     reference rows y (G, N, f), `weights` (G, O/G, f) and `bias` (G, O/G), their cross terms
-    with the reference outputs y @ weights.T + bias: (G, f+1, O/G). In float64, a block of
-    groups at a time (a depthwise layer has hundreds of 1-channel groups: one batched product
-    per block, not one per group)."""
-    g, n, f = x.shape
+    with the reference outputs y @ weights.T + bias, [X 1]^T (Y W^T + 1 b^T): (G, f+1, O/G),
+    through the outputs (2 N f O multiply-adds; a layer with more outputs than half its
+    fan-in goes through X^T Y instead: `_input_moments`). In float64, a block of groups at a
+    time."""
+    g, _, f = x.shape
     gram = np.empty((g, f + 1, f + 1))
     cross = None if y is None else np.empty((g, f + 1, weights.shape[1]))
-    block = max(1, GROUP_BLOCK_BYTES // max(1, n * f * 8))
-    for start in range(0, g, block):
-        at = slice(start, start + block)
+    for at in _group_blocks(x):
         xs = x[at].astype(np.float64)
-        sums = xs.sum(axis=1)
-        gram[at, :f, :f] = xs.transpose(0, 2, 1) @ xs
-        gram[at, :f, f] = gram[at, f, :f] = sums
-        gram[at, f, f] = n
+        gram[at] = _block_gram(xs)
         if cross is not None:
-            cross[at] = _cross(xs, sums, y[at].astype(np.float64), weights[at], bias[at])
+            y_out = y[at].astype(np.float64) @ weights[at].transpose(0, 2, 1) + bias[at, None, :]
+            cross[at, :f] = xs.transpose(0, 2, 1) @ y_out
+            cross[at, f] = y_out.sum(axis=1)
     return gram, cross
 
 
-def _cross(xs: np.ndarray, sums: np.ndarray, ys: np.ndarray, weights: np.ndarray,
-           bias: np.ndarray) -> np.ndarray:
-    """[X 1]^T (Y W^T + 1 b^T) for grouped rows: through the outputs Y W^T (2 N f O
-    multiply-adds) or, when a layer has more outputs than half its fan-in (a 1x1 expansion),
-    through X^T Y (N f^2, then f^2 O): the same terms, up to rounding."""
-    _, n, f = xs.shape
+def _input_moments(blocks: Iterable[tuple[np.ndarray, np.ndarray]]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Over blocks of grouped (compressed, reference) input rows: the Grams with the ones
+    column last, X^T Y and the column sums of Y, float64: what the cross terms of every layer
+    reading these rows are made of (`_from_moments`), whatever its weights."""
+    gram = xty = y_sum = 0.0
+    for x, y in blocks:
+        g, _, f = x.shape
+        gram_part, xty_part = np.empty((g, f + 1, f + 1)), np.empty((g, f, y.shape[2]))
+        for at in _group_blocks(x):
+            xs = x[at].astype(np.float64)
+            gram_part[at] = _block_gram(xs)
+            xty_part[at] = xs.transpose(0, 2, 1) @ y[at].astype(np.float64)
+        gram, xty = gram + gram_part, xty + xty_part
+        y_sum = y_sum + y.sum(axis=1, dtype=np.float64)
+    return gram, xty, y_sum
+
+
+def _from_moments(gram: np.ndarray, xty: np.ndarray, y_sum: np.ndarray, weights: np.ndarray,
+                  bias: np.ndarray) -> np.ndarray:
+    """The cross terms of `_normal_terms` from `_input_moments`: N f^2 for the moments, then
+    f^2 O, where through the outputs costs 2 N f O."""
+    f = xty.shape[1]
     wt = weights.transpose(0, 2, 1)
-    out = np.empty((xs.shape[0], f + 1, weights.shape[1]))
-    if _through_inputs(weights.shape[1], f):
-        out[:, :f] = (xs.transpose(0, 2, 1) @ ys) @ wt + sums[:, :, None] * bias[:, None, :]
-        out[:, f] = (ys.sum(axis=1)[:, None, :] @ wt)[:, 0] + n * bias
-    else:
-        y_out = ys @ wt + bias[:, None, :]
-        out[:, :f] = xs.transpose(0, 2, 1) @ y_out
-        out[:, f] = y_out.sum(axis=1)
-    return out
+    cross = np.empty((len(gram), f + 1, weights.shape[1]))
+    cross[:, :f] = xty @ wt + gram[:, :f, f][:, :, None] * bias[:, None, :]
+    cross[:, f] = (y_sum[:, None, :] @ wt)[:, 0] + gram[:, f, f][:, None] * bias
+    return cross
 
 
 def _solve(w: Weight, gram: np.ndarray, cross: np.ndarray, keep_rows: np.ndarray, damp: float,
@@ -300,7 +328,7 @@ def _normal_equations(c: Refit, now: Sequence[np.ndarray], was: Iterable[np.ndar
                       last: dict[tuple, tuple]) -> tuple[np.ndarray, np.ndarray]:
     """Grams of the compressed input rows and their cross terms with the reference outputs,
     per group: (G, f+1, f+1) and (G, f+1, O/G). When the cross terms go through X^T Y
-    (`_cross`), what they share with the previous layer of the sweep on the same input (the
+    (`_input_moments`), what they share with the previous layer of the sweep on the same input (the
     query, key and value projections of attention) is taken from `last` (`_rows_key` -> the
     layer-independent terms), and left there for the next."""
     w = c.weight
@@ -326,12 +354,7 @@ def _normal_equations(c: Refit, now: Sequence[np.ndarray], was: Iterable[np.ndar
         last.clear()
         last[rows] = _input_moments(_gathered(picked()))
     gram, xty, y_sum = last[rows]
-    f = target.shape[2]
-    wt = target.transpose(0, 2, 1)
-    cross = np.empty((g, f + 1, target.shape[1]))
-    cross[:, :f] = xty @ wt + gram[:, :f, f][:, :, None] * bias[:, None, :]
-    cross[:, f] = (y_sum[:, None, :] @ wt)[:, 0] + gram[:, f, f][:, None] * bias
-    return gram, cross
+    return gram, _from_moments(gram, xty, y_sum, target, bias)
 
 
 def _rows_key(w: Weight) -> tuple:
@@ -344,21 +367,6 @@ def _rows_key(w: Weight) -> tuple:
 def _through_inputs(outputs: int, fan_in: int) -> bool:
     """Whether a layer's cross terms are cheaper through X^T Y than through its outputs."""
     return 2 * outputs > fan_in
-
-
-def _input_moments(blocks: Iterable[tuple[np.ndarray, np.ndarray]]
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Over blocks of grouped (compressed, reference) input rows: the Grams with the ones
-    column last, X^T Y and the column sums of Y; float64."""
-    gram = xty = y_sum = 0.0
-    for x, y in blocks:
-        gram = gram + _gram(x)
-        step = max(1, GROUP_BLOCK_BYTES // max(1, x.shape[1] * x.shape[2] * 8))
-        xty = xty + np.concatenate([
-            x[at].astype(np.float64).transpose(0, 2, 1) @ y[at].astype(np.float64)
-            for at in (slice(s, s + step) for s in range(0, len(x), step))])
-        y_sum = y_sum + y.sum(axis=1, dtype=np.float64)
-    return gram, xty, y_sum
 
 
 def _gathered(parts: Iterable[tuple[np.ndarray, ...]]) -> Iterator[tuple[np.ndarray, ...]]:

@@ -234,12 +234,9 @@ def quantize_lstsq(gram: np.ndarray, cross: np.ndarray, keep: np.ndarray, codebo
 
     so the layer's outputs, not each weight, stay close. Same arguments as `masked_lstsq`;
     `codebook` holds the nonzero values a kept weight may take."""
-    k = keep.shape[1]
     ridge = ridge or ridge_optimum(gram, cross, damp, prior)
     book = np.sort(np.asarray(codebook, dtype=np.float64).reshape(-1))
-    kept = np.ascontiguousarray(keep.T)  # kept[j]: column j of keep, contiguous
-    target = lambda column, j: np.where(kept[j], _nearest(book, column), 0.0)
-    return _sweep(ridge.target, ridge.upper, k, target)
+    return _sweep(ridge.target, ridge.upper, keep, lambda column: _nearest(book, column))
 
 
 def _nearest(book: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -264,9 +261,7 @@ def _obs_then_cg(ridge: Ridge, keep: np.ndarray, iters: int = CG_ITERS
     gradient steps on (w - w*)^T H (w - w*) over the kept weights (Jacobi preconditioned, all
     rows at once) that remove it."""
     o, k = keep.shape
-    kept = np.ascontiguousarray(keep.T)
-    swept, bias = _sweep(ridge.target, ridge.upper, k,
-                         lambda column, j: np.where(kept[j], column, 0.0))
+    swept, bias = _sweep(ridge.target, ridge.upper, keep, lambda column: column)
     mask = np.hstack([keep, np.ones((o, 1), dtype=bool)])
     w = _conjugate_gradient(ridge.h, ridge.target, np.hstack([swept, bias[:, None]]) * mask,
                             mask, iters)
@@ -274,22 +269,25 @@ def _obs_then_cg(ridge: Ridge, keep: np.ndarray, iters: int = CG_ITERS
     return w[:, :k], w[:, k]
 
 
-def _sweep(w: np.ndarray, upper: np.ndarray, k: int, target, block: int = SWEEP_BLOCK
+def _sweep(w: np.ndarray, upper: np.ndarray, keep: np.ndarray, value, block: int = SWEEP_BLOCK
            ) -> tuple[np.ndarray, np.ndarray]:
-    """Columns 0..k-1 of `w` (O, K+1) set one by one to target(w[:, j], j), each change's
-    error moved into the later columns through the Cholesky factor `upper` of H^-1:
+    """Columns 0..K-1 of `w` (O, K+1) set one by one to their target t[j]: value(w[:, j]) where
+    `keep` (O, K) holds, else 0; each change's error moved into the later columns through the
+    Cholesky factor `upper` of H^-1:
 
         err = (w[j] - t[j]) / U[j, j];   w[j:] -= err * U[j, j:]
 
     in blocks (SparseGPT's lazy batch updates): inside a block only its own columns move, the
     rest of the row takes the block's errors in one product. Worked on w transposed, so that a
     column is contiguous. Returns (weights, bias)."""
+    k = keep.shape[1]
+    kept = np.ascontiguousarray(keep.T)
     wt = np.array(w.T, dtype=np.float64, order="C")  # (K+1, O)
     for start in range(0, k, block):
         end = min(start + block, k)
         errs = np.empty((end - start, wt.shape[1]))
         for j in range(start, end):
-            t = target(wt[j], j)
+            t = np.where(kept[j], value(wt[j]), 0.0)
             err = (wt[j] - t) / upper[j, j]
             wt[j + 1:end] -= upper[j, j + 1:end, None] * err
             wt[j] = t

@@ -144,6 +144,29 @@ def test_grouped_normal_terms_are_each_groups_own(groups: int, per: int, block_b
         np.testing.assert_allclose(cross[g], xo.T @ out, rtol=1e-12, atol=1e-9)
 
 
+@pytest.mark.parametrize("groups, per, block_bytes", [(1, 8, 64 << 20), (3, 6, 1), (12, 1, 1)])
+def test_cross_terms_through_input_moments_are_the_same_terms(groups: int, per: int,
+                                                             block_bytes: int, monkeypatch) -> None:
+    """The Grams, X^T Y and Y's sums of several blocks of rows, a block of groups at a time,
+    give each group's Gram and the cross terms that the outputs give."""
+    from onnxcompress.compensate import refit as C
+
+    monkeypatch.setattr(C, "GROUP_BLOCK_BYTES", block_bytes)
+    rng = np.random.default_rng(4)
+    n, f = 40, 9
+    blocks = [(rng.normal(size=(groups, n, f)).astype(np.float32),
+               rng.normal(size=(groups, n, f)).astype(np.float32)) for _ in range(2)]
+    w = rng.normal(size=(groups, per, f))
+    b = rng.normal(size=(groups, per))
+    gram, xty, y_sum = C._input_moments(blocks)
+    cross = C._from_moments(gram, xty, y_sum, w, b)
+    for g in range(groups):
+        xo = R.with_ones(np.concatenate([x[g] for x, _ in blocks]))
+        y = np.concatenate([y[g] for _, y in blocks]).astype(np.float64)
+        np.testing.assert_allclose(gram[g], xo.T @ xo, rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(cross[g], xo.T @ (y @ w[g].T + b[g]), rtol=1e-10, atol=1e-9)
+
+
 def test_layer_statistics_sample_rows_per_sample_not_per_batch() -> None:
     """A model with a fixed batch of 1 gives its Grams as many rows per sample as one that
     runs 256 samples at a time: ROWS_PER_SAMPLE, not every position of every sample."""
